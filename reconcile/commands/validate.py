@@ -1,0 +1,25 @@
+"""`claude-auth validate`: check the roster, print every problem, change nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from reconcile.exitcodes import Exit
+from reconcile.roster_loader import RosterInvalid, load_roster
+
+
+def run(roster_path: str, *, as_json: bool = False) -> int:
+    try:
+        roster = load_roster(roster_path)
+    except RosterInvalid as exc:
+        if as_json:
+            print(json.dumps([issue.as_json() for issue in exc.issues], indent=2))
+        for issue in exc.issues:
+            print(issue.format(), file=sys.stderr)
+        return Exit.ERROR
+    if as_json:
+        print(json.dumps({"valid": True, "users": list(roster.users)}))
+    else:
+        print(f"{roster_path}: valid, {len(roster.users)} users")
+    return Exit.OK

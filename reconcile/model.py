@@ -1,0 +1,84 @@
+"""The vocabulary of a plan: actions, changes, and per-user problems.
+
+A plan is an immutable tuple of Change values computed by pure code. The
+executor dispatches on (kind, action) only; `reason` is for people.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Action(Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    ORPHANED = "orphaned"
+    """Managed for a user no longer in the roster; only `apply --prune` removes it."""
+
+    @property
+    def symbol(self) -> str:
+        return {"create": "+", "update": "~", "delete": "-", "orphaned": "!"}[self.value]
+
+
+class Kind(str, Enum):
+    """What a change is about, in the order the executor applies kinds."""
+
+    POLICY = "policy"
+    DIRECTORY = "directory"
+    TOKEN = "token"
+    TOKEN_RENEWAL = "token-renewal"
+    TOKEN_FILE = "token-file"
+    UNIT = "unit"
+    TIMER = "timer"
+
+
+KIND_ORDER: dict[Kind, int] = {kind: index for index, kind in enumerate(Kind)}
+
+
+@dataclass(frozen=True)
+class Change:
+    action: Action
+    kind: Kind
+    name: str
+    reason: str
+    user: str | None = None
+    needs_admin: bool = False
+    """True when only a run with an admin Vault token can carry it out."""
+    desired: object | None = field(default=None, compare=False, repr=False)
+    """The desired record the executor needs (never rendered)."""
+    observed: object | None = field(default=None, compare=False, repr=False)
+    """The observed record the executor needs (never rendered)."""
+    before_text: str | None = field(default=None, compare=False, repr=False)
+    """Current text of a policy or unit for --diff; never a secret."""
+    after_text: str | None = field(default=None, compare=False, repr=False)
+    """Desired text of a policy or unit for --diff; never a secret."""
+
+    def as_json(self) -> dict[str, str]:
+        return {"action": self.action.value, "kind": self.kind.value, "name": self.name, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class UserProblem:
+    """Something that stops one user from being reconciled (others still are)."""
+
+    user: str
+    message: str
+
+
+Plan = tuple[Change, ...]
+
+
+def is_pending(change: Change) -> bool:
+    """Whether `apply` (without --prune) would act on this change."""
+    return change.action is not Action.ORPHANED
+
+
+def sort_for_display(changes: tuple[Change, ...] | list[Change]) -> Plan:
+    return tuple(sorted(changes, key=lambda c: (c.name, KIND_ORDER[c.kind])))
+
+
+def sort_for_apply(changes: tuple[Change, ...] | list[Change]) -> Plan:
+    # Removals of tokens go before removals of policies; everything else by kind order.
+    return tuple(sorted(changes, key=lambda c: (KIND_ORDER[c.kind], c.name)))

@@ -1,0 +1,79 @@
+"""The roster: an immutable, validated description of who gets what.
+
+Loading lives in reconcile.roster_loader (YAML + schema + semantic checks);
+this module only holds the typed value every other module reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+DEFAULT_ROSTER_PATH = "/etc/claude-auth/roster.yaml"
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    address: str | None = None
+    """None means: use $VAULT_ADDR."""
+    kv_mount: str = "secret"
+    path_prefix: str = "workstation/claude-users"
+    policy_prefix: str = "workstation-claude-"
+    token_period: str = "768h"
+    token_period_seconds: int = 768 * 3600
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    interval: str = "6h"
+    interval_seconds: int = 6 * 3600
+    randomized_delay: str = "10m"
+    randomized_delay_seconds: int = 600
+    model: str = "haiku"
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    prometheus_textfile: str | None = None
+    """Where the hourly reconcile writes node_exporter metrics; None = off."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    claude_auth: bool = True
+    parked: bool = False
+    tier: str | None = None
+    authentik_user: str | None = None
+    k8s_user: str | None = None
+    namespaces: tuple[str, ...] = ()
+    code_layout: str | None = None
+    repos: tuple[str, ...] = ()
+
+    @property
+    def wants_token(self) -> bool:
+        """Parked users keep their token so unparking works at once."""
+        return self.claude_auth
+
+    @property
+    def wants_timer(self) -> bool:
+        return self.claude_auth and not self.parked
+
+
+@dataclass(frozen=True)
+class Roster:
+    users: Mapping[str, User]
+    vault: VaultSettings = field(default_factory=VaultSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    status: StatusSettings = field(default_factory=StatusSettings)
+    source: str = "roster.yaml"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "users", MappingProxyType(dict(sorted(self.users.items()))))
+
+    def policy_name(self, user: str) -> str:
+        return f"{self.vault.policy_prefix}{user}"
+
+    def kv_path(self, user: str) -> str:
+        return f"{self.vault.path_prefix}/{user}"

@@ -1,0 +1,230 @@
+"""The one module that talks to Vault (through hvac); nothing else imports hvac.
+
+Every call returns plain typed values or raises a VaultError whose text never
+holds a token: hvac's exceptions are translated here, with their chain cut
+(`from None`) so no traceback carries request details further.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import hvac
+import hvac.exceptions
+import requests
+
+
+class VaultError(Exception):
+    """A Vault request failed; the message is safe to show (no secrets)."""
+
+
+class VaultUnreachable(VaultError):
+    pass
+
+
+class VaultDenied(VaultError):
+    """403: the token is invalid, expired, revoked, or lacks the capability."""
+
+
+class VaultInvalid(VaultError):
+    """400: the request was rejected (for example an unknown accessor)."""
+
+
+class CasConflict(VaultError):
+    """A check-and-set write lost against a concurrent writer."""
+
+
+class Secret:
+    """A secret string whose repr and str never show the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """The essence of a token's lookup, never its value."""
+
+    accessor: str
+    display_name: str
+    policies: tuple[str, ...]
+    orphan: bool
+    period_seconds: int
+    ttl_seconds: int
+    meta: Mapping[str, str] = field(default_factory=dict)
+    creation_time: int = 0
+    """Seconds since the epoch."""
+
+    @classmethod
+    def from_lookup(cls, data: Mapping[str, Any]) -> "TokenInfo":
+        return cls(
+            accessor=str(data.get("accessor") or ""),
+            display_name=str(data.get("display_name") or ""),
+            policies=tuple(sorted(data.get("policies") or ())),
+            orphan=bool(data.get("orphan")),
+            period_seconds=int(data.get("period") or 0),
+            ttl_seconds=int(data.get("ttl") or 0),
+            meta=MappingProxyType(dict(data.get("meta") or {})),
+            creation_time=int(data.get("creation_time") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class KvSecret:
+    version: int
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class KvMetadata:
+    current_version: int
+    updated_time: str
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    token: Secret
+    accessor: str
+
+
+def resolve_address(configured: str | None) -> str | None:
+    return configured or os.environ.get("VAULT_ADDR") or None
+
+
+def resolve_token(home: Path | None = None) -> Secret | None:
+    """$VAULT_TOKEN, else ~/.vault-token, as the Vault CLI does."""
+    value = os.environ.get("VAULT_TOKEN")
+    if not value:
+        token_file = (home or Path.home()) / ".vault-token"
+        try:
+            value = token_file.read_text().strip()
+        except OSError:
+            value = ""
+    return Secret(value) if value else None
+
+
+def _translate(exc: Exception, what: str, address: str) -> VaultError:
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return VaultUnreachable(f"Vault at VAULT_ADDR={address} is unreachable ({what})")
+    if isinstance(exc, hvac.exceptions.Forbidden):
+        return VaultDenied(f"permission denied ({what}); the token is invalid, expired or lacks the capability")
+    if isinstance(exc, hvac.exceptions.InvalidRequest):
+        text = str(exc)
+        if "check-and-set" in text:
+            return CasConflict(f"check-and-set conflict ({what})")
+        return VaultInvalid(f"request rejected ({what})")
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        return VaultUnreachable(f"Vault at VAULT_ADDR={address} is sealed or down ({what})")
+    if isinstance(exc, hvac.exceptions.VaultError):
+        return VaultError(f"Vault error ({what}): {type(exc).__name__}")
+    return VaultError(f"Vault request failed ({what}): {type(exc).__name__}")
+
+
+class Vault:
+    """One hvac client for one token, with a count of the requests it made."""
+
+    def __init__(self, address: str, token: Secret | None, *, cacert: str | None = None,
+                 timeout: float = 10.0) -> None:
+        self.address = address
+        cacert = cacert or os.environ.get("VAULT_CACERT") or None
+        self._client = hvac.Client(url=address, token=token.reveal() if token else None,
+                                   verify=cacert if cacert else True, timeout=timeout)
+        self.requests: Counter[str] = Counter()
+        """Requests made, by HTTP method (LIST counted as LIST)."""
+        adapter = self._client.adapter
+        original = adapter.request
+
+        def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            self.requests[method.upper()] += 1
+            return original(method, url, *args, **kwargs)
+
+        adapter.request = counted  # type: ignore[method-assign]
+
+    @property
+    def writes(self) -> int:
+        return sum(n for method, n in self.requests.items() if method not in ("GET", "LIST", "HEAD"))
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, what, self.address) from None
+
+    def with_token(self, token: Secret) -> "Vault":
+        """A client for another token at the same address (shares nothing secret)."""
+        other = Vault(self.address, token)
+        other.requests = self.requests  # one count for the whole run
+        return other
+
+    # --- any token: itself ---------------------------------------------------
+
+    def lookup_self(self) -> TokenInfo:
+        data = self._call("token lookup-self", self._client.auth.token.lookup_self)
+        return TokenInfo.from_lookup(data["data"])
+
+    def renew_self(self) -> TokenInfo:
+        data = self._call("token renew-self", self._client.auth.token.renew_self)
+        auth = data.get("auth") or {}
+        # renew-self answers with an auth block; reshape to lookup fields we need.
+        return TokenInfo(
+            accessor=str(auth.get("accessor") or ""), display_name="",
+            policies=tuple(sorted(auth.get("token_policies") or auth.get("policies") or ())),
+            orphan=bool(auth.get("orphan")), period_seconds=0,
+            ttl_seconds=int(auth.get("lease_duration") or 0), meta=MappingProxyType(dict(auth.get("metadata") or {})),
+        )
+
+    # --- KV v2 -----------------------------------------------------------------
+
+    def kv_read(self, mount: str, path: str) -> KvSecret | None:
+        """The latest version of a KV v2 secret, or None when the path has none."""
+        try:
+            data = self._client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=mount, raise_on_deleted_version=False)
+        except hvac.exceptions.InvalidPath:
+            return None
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, f"read {mount}/data/{path}", self.address) from None
+        inner = data.get("data") or {}
+        metadata = inner.get("metadata") or {}
+        if metadata.get("deletion_time") or metadata.get("destroyed"):
+            return KvSecret(version=int(metadata.get("version") or 0), data=MappingProxyType({}))
+        return KvSecret(version=int(metadata.get("version") or 0),
+                        data=MappingProxyType(dict(inner.get("data") or {})))
+
+    def kv_write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int) -> int:
+        """Write the whole map only if the current version is `cas` (0: path is new). Returns the new version."""
+        result = self._call(f"write {mount}/data/{path}", self._client.secrets.kv.v2.create_or_update_secret,
+                            path=path, secret=dict(data), cas=cas, mount_point=mount)
+        return int((result.get("data") or {}).get("version") or 0)
+
+    def kv_metadata(self, mount: str, path: str) -> KvMetadata | None:
+        try:
+            data = self._client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)
+        except hvac.exceptions.InvalidPath:
+            return None
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, f"read {mount}/metadata/{path}", self.address) from None
+        inner = data.get("data") or {}
+        return KvMetadata(current_version=int(inner.get("current_version") or 0),
+                          updated_time=str(inner.get("updated_time") or ""))

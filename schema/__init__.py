@@ -1,0 +1,1 @@
+"""The roster JSON Schema; shipped as reconcile.schema."""

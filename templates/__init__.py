@@ -1,0 +1,1 @@
+"""Rendered files (jinja2): systemd units and the Vault policy; shipped as reconcile.templates."""
