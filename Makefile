@@ -7,10 +7,14 @@ STAMP := $(VENV)/.installed
 CLAUDE_CODE_VERSION := 2.1.197
 NODE_DIR := .node
 CLAUDE_BIN := $(NODE_DIR)/node_modules/.bin/claude
+# promtool (to unit-test the shipped alert rules), taken from Debian's prometheus
+# package without installing the server or its service.
+TOOLS_DIR := .tools
+PROMTOOL := $(TOOLS_DIR)/promtool
 
 .PHONY: test demo bench setup clean
 
-setup: $(STAMP) $(CLAUDE_BIN)
+setup: $(STAMP) $(CLAUDE_BIN) $(PROMTOOL)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +27,17 @@ $(CLAUDE_BIN):
 		@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
 	test -x $@
 
+$(PROMTOOL):
+	rm -rf $(TOOLS_DIR)/deb && mkdir -p $(TOOLS_DIR)/deb
+	cd $(TOOLS_DIR)/deb && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg-deb -x $(TOOLS_DIR)/deb/prometheus_*.deb $(TOOLS_DIR)/deb/root
+	cp $(TOOLS_DIR)/deb/root/usr/bin/promtool $@
+	rm -rf $(TOOLS_DIR)/deb
+	$@ --version >/dev/null
+
 test: setup
-	CLAUDE_AUTH_TEST_CLAUDE=$(abspath $(CLAUDE_BIN)) $(PY) -m pytest
+	CLAUDE_AUTH_TEST_CLAUDE=$(abspath $(CLAUDE_BIN)) CLAUDE_AUTH_PROMTOOL=$(abspath $(PROMTOOL)) \
+		$(PY) -m pytest
 
 demo: setup
 	CLAUDE_AUTH_DEMO_CLAUDE=$(abspath $(CLAUDE_BIN)) $(PY) demo/run_demo.py
@@ -33,4 +46,4 @@ bench: setup
 	$(PY) bench/run_bench.py
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR) .demo build *.egg-info
+	rm -rf $(VENV) $(NODE_DIR) $(TOOLS_DIR) .demo build *.egg-info

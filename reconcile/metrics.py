@@ -1,0 +1,85 @@
+"""Prometheus node_exporter textfile: rendering (pure) and the atomic write.
+
+Follows the text exposition format (HELP and TYPE lines, label values escaped)
+and node_exporter's advice to write a temp file and rename it into place, so a
+scrape never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SYNC_RESULTS = ("OK", "RECOVERED", "SKIP", "FAIL")
+
+# (name, help) of every family written; tests and the alert rules check against this.
+FAMILIES: tuple[tuple[str, str], ...] = (
+    ("claude_auth_sync_last_success_timestamp_seconds",
+     "Time of the last sync that ended OK or RECOVERED."),
+    ("claude_auth_sync_last_run_timestamp_seconds", "Time of the last sync run, whatever its result."),
+    ("claude_auth_sync_last_result", "1 for the result of the last sync run, 0 for the other results."),
+    ("claude_auth_token_ttl_seconds", "Seconds left on the user's scoped Vault token."),
+    ("claude_auth_backup_timestamp_seconds", "Time of the latest Claude login backup in Vault (backed_up_at)."),
+)
+
+
+@dataclass(frozen=True)
+class UserMetrics:
+    user: str
+    last_success: float | None = None
+    last_run: float | None = None
+    last_result: str | None = None
+    token_ttl: float | None = None
+    backup_time: float | None = None
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _sample(name: str, labels: dict[str, str], value: float) -> str:
+    rendered = ",".join(f'{key}="{escape_label_value(val)}"' for key, val in labels.items())
+    return f"{name}{{{rendered}}} {value:.17g}"
+
+
+def render_textfile(rows: list[UserMetrics]) -> str:
+    """Unknown values are left out rather than written as a fake 0."""
+    lines: list[str] = []
+    for name, help_text in FAMILIES:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        for row in sorted(rows, key=lambda r: r.user):
+            labels = {"user": row.user}
+            if name == "claude_auth_sync_last_result":
+                if row.last_result is not None:
+                    for result in SYNC_RESULTS:
+                        lines.append(_sample(name, {**labels, "result": result},
+                                             1.0 if result == row.last_result else 0.0))
+                continue
+            value = {
+                "claude_auth_sync_last_success_timestamp_seconds": row.last_success,
+                "claude_auth_sync_last_run_timestamp_seconds": row.last_run,
+                "claude_auth_token_ttl_seconds": row.token_ttl,
+                "claude_auth_backup_timestamp_seconds": row.backup_time,
+            }[name]
+            if value is not None:
+                lines.append(_sample(name, labels, float(value)))
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: Path, text: str) -> None:
+    """Temp file in the target folder, fsync, rename: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
