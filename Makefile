@@ -1,5 +1,8 @@
 # Two commands: `make test` and `make demo`. Both set themselves up.
-PYTHON ?= python3
+# Debian's interpreter when there is one: syncs run as each person's uid, in the
+# tests and the demo too, and an interpreter under /root (pyenv, mode 0700) is
+# out of their reach.
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
