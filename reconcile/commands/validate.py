@@ -14,9 +14,10 @@ def run(roster_path: str, *, as_json: bool = False) -> int:
         roster = load_roster(roster_path)
     except RosterInvalid as exc:
         if as_json:
-            print(json.dumps([issue.as_json() for issue in exc.issues], indent=2))
-        for issue in exc.issues:
-            print(issue.format(), file=sys.stderr)
+            print(json.dumps({"valid": False, "issues": [issue.as_json() for issue in exc.issues]}, indent=2))
+        else:
+            for issue in exc.issues:
+                print(issue.format(), file=sys.stderr)
         return Exit.ERROR
     if as_json:
         print(json.dumps({"valid": True, "users": list(roster.users)}))
