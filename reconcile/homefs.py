@@ -1,0 +1,374 @@
+"""The only module that reads or writes below a user's home folder as root.
+
+Everything below a home folder is controlled by its user, who may plant a
+symbolic link (`~/.config -> /etc`) or a hard link (`vault-token` linked to a
+root-owned file) to make root write where it should not. So every operation
+here walks from the home folder one component at a time with openat
+semantics: each folder is opened with O_NOFOLLOW|O_DIRECTORY relative to the
+file descriptor of its parent, created with mkdir(dir_fd=...), and changed
+with fchown/fchmod on a descriptor, never by path. A symbolic link anywhere
+below the home folder, or a regular file with more than one hard link, is
+refused with UnsafePath; nothing outside the home folder is ever touched.
+Files are written atomically: a fresh temporary file (O_CREAT|O_EXCL|
+O_NOFOLLOW) in the same folder, renamed over the old entry through folder
+descriptors, so an existing link is replaced, never written through.
+
+The home folder itself (from the user database) is trusted as chosen by root.
+Paths are given relative to the home folder (`.config/claude-auth-sync`) and
+shown to people as `~/.config/claude-auth-sync`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from typing import Literal
+
+from reconcile.accounts import Account
+
+CONFIG_DIR = ".config/claude-auth-sync"
+STATE_DIR = ".local/state/claude-auth-sync"
+TOKEN_FILE = ".config/claude-auth-sync/vault-token"
+
+INTERMEDIATE_MODE = 0o700
+"""Mode of a missing intermediate folder (`~/.config`, `~/.local`, ...) created here."""
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a planted FIFO must not hang; O_NOCTTY: never acquire a terminal.
+_LEAF_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class HomeFsError(Exception):
+    """An operation below a home folder failed; the message names the path."""
+
+
+class UnsafePath(HomeFsError):
+    """A path below a home folder is not what root may safely act on (a planted link, a wrong type)."""
+
+
+EntryKind = Literal["missing", "directory", "file", "symlink", "other"]
+
+
+@dataclass(frozen=True)
+class EntryState:
+    kind: EntryKind
+    mode: int
+    """Permission bits (stat.S_IMODE), 0 when missing."""
+    uid: int
+    gid: int
+    nlink: int
+
+
+MISSING = EntryState(kind="missing", mode=0, uid=-1, gid=-1, nlink=0)
+
+
+def shown(rel_path: str) -> str:
+    """How people see a path below the home folder: `~/.config/claude-auth-sync`."""
+    return f"~/{rel_path}"
+
+
+def _split(rel_path: str) -> list[str]:
+    parts = rel_path.split("/")
+    if rel_path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"not a plain relative path below a home folder: {rel_path!r}")
+    return parts
+
+
+def _state(st: os.stat_result) -> EntryState:
+    if stat.S_ISDIR(st.st_mode):
+        kind: EntryKind = "directory"
+    elif stat.S_ISREG(st.st_mode):
+        kind = "file"
+    elif stat.S_ISLNK(st.st_mode):
+        kind = "symlink"
+    else:
+        kind = "other"
+    return EntryState(kind=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, nlink=st.st_nlink)
+
+
+def _describe_kind(kind: EntryKind) -> str:
+    return {"directory": "a folder", "file": "a regular file", "symlink": "a symbolic link",
+            "other": "a special file", "missing": "missing"}[kind]
+
+
+def _open_home(account: Account) -> int:
+    try:
+        return os.open(account.home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise HomeFsError(f"home folder {account.home} does not exist") from None
+    except NotADirectoryError:
+        raise HomeFsError(f"home folder {account.home} is not a folder") from None
+    except OSError as exc:
+        raise HomeFsError(f"cannot open home folder {account.home}: {exc.strerror}") from None
+
+
+def _unsafe_child(parent_fd: int, name: str, display: str) -> UnsafePath:
+    """Why `name` could not be opened as a folder without following links."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except OSError:
+        return UnsafePath(f"{display} changed while it was being checked; refusing to use it")
+    if stat.S_ISLNK(st.st_mode):
+        return UnsafePath(f"{display} is a symbolic link; refusing to follow it")
+    return UnsafePath(f"{display} is {_describe_kind(_state(st).kind)}, not a folder; refusing to use it")
+
+
+def _open_dir(parent_fd: int, name: str, display: str) -> int | None:
+    """The folder `name` in `parent_fd`, opened without following a link; None when missing."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _unsafe_child(parent_fd, name, display) from None
+        raise HomeFsError(f"cannot open {display}: {exc.strerror}") from None
+
+
+def _make_dir(parent_fd: int, name: str, display: str, account: Account, mode: int) -> int:
+    """Create the folder `name` owned by the user with `mode` (or open it if it appeared meanwhile)."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+        created = True
+    except FileExistsError:
+        created = False
+    except OSError as exc:
+        raise HomeFsError(f"cannot create {display}: {exc.strerror}") from None
+    fd = _open_dir(parent_fd, name, display)
+    if fd is None:
+        raise UnsafePath(f"{display} disappeared while it was being created; refusing to continue")
+    if created:
+        try:
+            os.fchown(fd, account.uid, account.gid)
+            os.fchmod(fd, mode)
+        except OSError as exc:
+            os.close(fd)
+            raise HomeFsError(f"cannot set owner and mode of {display}: {exc.strerror}") from None
+    return fd
+
+
+def _walk(account: Account, parts: list[str], *, create: bool) -> int | None:
+    """A descriptor of the folder ~/parts[0]/.../parts[-1], or None when a component is missing.
+
+    With `create`, missing folders are created owned by the user with
+    INTERMEDIATE_MODE; existing ones are left as they are. A symbolic link
+    or non-folder on the way raises UnsafePath. The caller closes the
+    descriptor.
+    """
+    fd = _open_home(account)
+    try:
+        for index, name in enumerate(parts):
+            display = shown("/".join(parts[: index + 1]))
+            child = _open_dir(fd, name, display)
+            if child is None:
+                if not create:
+                    os.close(fd)
+                    return None
+                child = _make_dir(fd, name, display, account, INTERMEDIATE_MODE)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def inspect(account: Account, rel_path: str) -> EntryState:
+    """What is at ~/rel_path, like lstat; a missing parent means missing.
+
+    Raises UnsafePath when a parent folder is a symbolic link or not a folder
+    (the final component is reported as kind "symlink"/"other", not raised).
+    """
+    parts = _split(rel_path)
+    parent = _walk(account, parts[:-1], create=False)
+    if parent is None:
+        return MISSING
+    try:
+        st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return MISSING
+    except OSError as exc:
+        raise HomeFsError(f"cannot inspect {shown(rel_path)}: {exc.strerror}") from None
+    finally:
+        os.close(parent)
+    return _state(st)
+
+
+def _fix(fd: int, account: Account, mode: int, display: str) -> None:
+    st = os.fstat(fd)
+    try:
+        if (st.st_uid, st.st_gid) != (account.uid, account.gid):
+            os.fchown(fd, account.uid, account.gid)
+        # After fchown: changing the owner may clear set-id bits, so the mode is set last.
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+            os.fchmod(fd, mode)
+    except OSError as exc:
+        raise HomeFsError(f"cannot set owner and mode of {display}: {exc.strerror}") from None
+
+
+def ensure_directory(account: Account, rel_path: str, mode: int = 0o700) -> None:
+    """Make ~/rel_path a folder owned by the user with `mode`.
+
+    Missing intermediate folders are created (owned by the user, 0700);
+    existing intermediate folders keep their mode.
+    """
+    parts = _split(rel_path)
+    parent = _walk(account, parts[:-1], create=True)
+    assert parent is not None
+    try:
+        display = shown(rel_path)
+        fd = _open_dir(parent, parts[-1], display)
+        if fd is None:
+            fd = _make_dir(parent, parts[-1], display, account, mode)
+    finally:
+        os.close(parent)
+    try:
+        _fix(fd, account, mode, display)
+    finally:
+        os.close(fd)
+
+
+def write_private_file(account: Account, rel_path: str, data: bytes, mode: int = 0o600) -> None:
+    """Atomically make ~/rel_path a fresh regular file holding `data`, owned by the user.
+
+    A new temporary file in the same folder (O_CREAT|O_EXCL|O_NOFOLLOW) gets
+    owner, mode and data, is fsynced, and is renamed over the old entry via
+    folder descriptors. An existing symbolic or hard link at rel_path is
+    replaced, never written through: whatever it points to stays untouched.
+    Missing parent folders are created as in ensure_directory's intermediates.
+    """
+    parts = _split(rel_path)
+    display = shown(rel_path)
+    parent = _walk(account, parts[:-1], create=True)
+    assert parent is not None
+    leaf = parts[-1]
+    temp = f".{leaf}.tmp-{secrets.token_hex(8)}"
+    try:
+        try:
+            existing = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            raise UnsafePath(f"{display} is a folder, not a file; refusing to replace it")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=parent)
+        except OSError as exc:
+            raise HomeFsError(f"cannot create a temporary file next to {display}: {exc.strerror}") from None
+        try:
+            try:
+                os.fchown(fd, account.uid, account.gid)
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, leaf, src_dir_fd=parent, dst_dir_fd=parent)
+        except BaseException as exc:
+            try:
+                os.unlink(temp, dir_fd=parent)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise HomeFsError(f"cannot write {display}: {exc.strerror}") from None
+            raise
+        os.fsync(parent)
+    finally:
+        os.close(parent)
+
+
+def _open_leaf(parent: int, leaf: str, display: str) -> int | None:
+    """The entry `leaf` opened read-only without following a link; None when missing."""
+    try:
+        return os.open(leaf, _LEAF_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(f"{display} is a symbolic link; refusing to follow it") from None
+        if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):
+            raise UnsafePath(f"{display} is a special file; refusing to use it") from None
+        raise HomeFsError(f"cannot open {display}: {exc.strerror}") from None
+
+
+def read_private_file(account: Account, rel_path: str, max_bytes: int = 65536) -> bytes | None:
+    """The bytes of ~/rel_path, or None when it (or a parent) is missing.
+
+    Raises UnsafePath when it is a symbolic link, not a regular file, has
+    more than one hard link (possibly a link to someone else's file), or
+    holds more than `max_bytes`.
+    """
+    parts = _split(rel_path)
+    display = shown(rel_path)
+    parent = _walk(account, parts[:-1], create=False)
+    if parent is None:
+        return None
+    try:
+        fd = _open_leaf(parent, parts[-1], display)
+    finally:
+        os.close(parent)
+    if fd is None:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{display} is {_describe_kind(_state(st).kind)}, not a regular file; refusing to read it")
+        if st.st_nlink > 1:
+            raise UnsafePath(f"{display} has {st.st_nlink} hard links (one may be planted); refusing to read it")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_bytes:
+            raise UnsafePath(f"{display} is larger than {max_bytes} bytes; refusing to read it")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise HomeFsError(f"cannot read {display}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def fix_owner_mode(account: Account, rel_path: str, mode: int) -> None:
+    """Give the existing file or folder ~/rel_path the user as owner and `mode`.
+
+    Acts through a descriptor opened without following links. A symbolic
+    link, a special file, or a regular file with more than one hard link is
+    refused with UnsafePath; a missing entry raises HomeFsError.
+    """
+    parts = _split(rel_path)
+    display = shown(rel_path)
+    parent = _walk(account, parts[:-1], create=False)
+    if parent is None:
+        raise HomeFsError(f"{display} does not exist")
+    try:
+        try:
+            before = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            raise HomeFsError(f"{display} does not exist") from None
+        kind = _state(before).kind
+        if kind not in ("file", "directory"):
+            raise UnsafePath(f"{display} is {_describe_kind(kind)}; refusing to change it")
+        fd = _open_leaf(parent, parts[-1], display)
+        if fd is None:
+            raise HomeFsError(f"{display} disappeared while it was being changed")
+    finally:
+        os.close(parent)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise UnsafePath(f"{display} changed while it was being checked; refusing to change it")
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            raise UnsafePath(f"{display} has {st.st_nlink} hard links (one may be planted); refusing to change it")
+        _fix(fd, account, mode, display)
+    finally:
+        os.close(fd)

@@ -1,0 +1,564 @@
+"""The local side of a reconcile: per-user folders, token-file owner and mode,
+systemd unit files, and timers.
+
+Owns, in the observe / plan / apply shape:
+
+- `desired_local(roster, exec_path, roster_path)`: pure; what the roster asks
+  for on this machine (folders and token-file mode for every user with
+  `claude_auth`, the four unit files rendered from templates/, and one timer
+  per roster user, enabled iff `user.wants_timer`, plus the hourly reconcile
+  timer, always enabled).
+- `observe_local(root, desired, accounts)`: reads the disk through
+  reconcile.homefs (never following a link a user planted), the unit files,
+  and the timers' enablement with ONE batched `systemctl is-enabled` (plus,
+  on the live root only, one batched `is-active`). A user without an account
+  or home folder, or with a planted link, becomes a UserProblem for that user
+  only.
+- `plan_local(desired, observed)`: pure; the Changes (Kind.DIRECTORY,
+  TOKEN_FILE, UNIT, TIMER). No folder or token-file change is planned for a
+  user with a problem, and their timer is never enabled (a timer that must be
+  disabled still is: a parked user's timer really stops even when the home
+  folder is gone). Enabled `claude-auth-sync@X.timer` links of users no longer
+  in the roster are Action.ORPHANED, or Action.DELETE (disable, stop) when
+  planned with `prune=True` (`apply --prune`).
+- `apply_local_change(change, ctx)` / `finish_local(changed_kinds, ctx)`:
+  carry out one change (returning a short "what was done" text) and finish
+  the run; raise an exception with a clear message on failure.
+
+Timers, reloads, starts and stops: `apply_local_change` does it all for a
+timer change. It enables or disables the link (`systemctl [--root=DIR]
+enable|disable`), and on the live root also starts or stops the timer. Before
+the first timer change after a unit file was written (live root), it runs the
+one `daemon-reload`, so a timer is never started from a stale unit.
+`finish_local` runs that one `daemon-reload` when unit files were written and
+no timer change did it yet. With a root other than `/`, nothing is started,
+stopped or reloaded. The executor applies kinds in KIND_ORDER (UNIT before
+TIMER) with one LocalContext for the whole run and calls `finish_local` once
+at the end.
+
+The token file itself is created (with the token) by the Vault side through
+homefs.write_private_file; here only an existing token file's owner and mode
+are checked and fixed (Kind.TOKEN_FILE, Action.UPDATE).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from reconcile import homefs, systemd
+from reconcile.accounts import Account, lookup_accounts, names_by_uid
+from reconcile.durations import format_duration
+from reconcile.homefs import CONFIG_DIR, STATE_DIR, TOKEN_FILE, EntryState, HomeFsError
+from reconcile.model import Action, Change, Kind, UserProblem
+from reconcile.roster import Roster
+from reconcile.templating import render
+
+SYNC_SERVICE = "claude-auth-sync@.service"
+SYNC_TIMER = "claude-auth-sync@.timer"
+RECONCILE_SERVICE = "claude-auth-reconcile.service"
+RECONCILE_TIMER = "claude-auth-reconcile.timer"
+UNIT_NAMES = (SYNC_SERVICE, SYNC_TIMER, RECONCILE_SERVICE, RECONCILE_TIMER)
+
+UNIT_DIR = "etc/systemd/system"
+"""Where unit files go, relative to --root."""
+
+DIRECTORY_MODE = 0o700
+TOKEN_FILE_MODE = 0o600
+SYNC_BOOT_DELAY = "5min"
+RECONCILE_BOOT_DELAY = "10min"
+RECONCILE_INTERVAL = "1h"
+RECONCILE_RANDOMIZED_DELAY = "5min"
+SYNC_PATH = "%h/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_SYNC_TIMER_INSTANCE = re.compile(r"^claude-auth-sync@(?P<user>[^/]+)\.timer$")
+_ACTIVE = frozenset({"active", "activating", "reloading"})
+
+
+def sync_timer(user: str) -> str:
+    return f"claude-auth-sync@{user}.timer"
+
+
+# --- desired --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DesiredDirectory:
+    user: str
+    rel_path: str
+    mode: int = DIRECTORY_MODE
+
+
+@dataclass(frozen=True)
+class DesiredTokenFile:
+    user: str
+    rel_path: str = TOKEN_FILE
+    mode: int = TOKEN_FILE_MODE
+
+
+@dataclass(frozen=True)
+class DesiredUnit:
+    name: str
+    """The unit file name, e.g. claude-auth-sync@.service."""
+    text: str
+
+
+@dataclass(frozen=True)
+class DesiredTimer:
+    unit: str
+    enabled: bool
+    user: str | None = None
+    """None for the reconcile timer."""
+    why: str = ""
+    """Why it is disabled, for people: "parked", "claude_auth false", "not in the roster"."""
+
+
+@dataclass(frozen=True)
+class DesiredLocal:
+    home_users: tuple[str, ...]
+    """Users whose home folder holds managed things (those with claude_auth)."""
+    directories: tuple[DesiredDirectory, ...]
+    token_files: tuple[DesiredTokenFile, ...]
+    units: tuple[DesiredUnit, ...]
+    timers: tuple[DesiredTimer, ...]
+
+
+def systemd_exec_word(word: str) -> str:
+    """One ExecStart= argument, quoted for systemd (specifiers and $ escaped)."""
+    if not word or any(ch in word for ch in "\n\r\0"):
+        raise ValueError(f"cannot put {word!r} on a systemd command line")
+    escaped = word.replace("%", "%%").replace("$", "$$")
+    if re.fullmatch(r"[A-Za-z0-9_@%$+=:,./-]+", escaped):
+        return escaped
+    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def systemd_environment(name: str, value: str, *, specifiers: bool = False) -> str:
+    """One Environment= value, `"NAME=value"` quoted for systemd.
+
+    `%` is escaped unless `specifiers` (then `%h` and friends are meant).
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or any(ch in value for ch in "\n\r\0"):
+        raise ValueError(f"cannot put {name}={value!r} into a systemd Environment= line")
+    if not specifiers:
+        value = value.replace("%", "%%")
+    text = f"{name}={value}"
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def default_exec_path() -> str:
+    """The `claude-auth` script of the running installation (next to this Python), else the one on PATH."""
+    beside = Path(sys.executable).parent / "claude-auth"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("claude-auth")
+    return os.path.abspath(found) if found else str(beside)
+
+
+def render_units(roster: Roster, exec_path: str, roster_path: str) -> tuple[DesiredUnit, ...]:
+    """The four unit files, rendered from templates/ (pure)."""
+    if not os.path.isabs(exec_path):
+        raise ValueError(f"the claude-auth executable must be an absolute path, not {exec_path!r}")
+    exec_word = systemd_exec_word(exec_path)
+    has_vault_address = roster.vault.address is not None
+    environment = []
+    if roster.vault.address is not None:
+        environment.append(systemd_environment("VAULT_ADDR", roster.vault.address))
+    environment += [
+        systemd_environment("CLAUDE_AUTH_KV_MOUNT", roster.vault.kv_mount),
+        systemd_environment("CLAUDE_AUTH_PATH_PREFIX", roster.vault.path_prefix),
+        systemd_environment("CLAUDE_AUTH_POLICY_PREFIX", roster.vault.policy_prefix),
+        systemd_environment("CLAUDE_AUTH_MODEL", roster.sync.model),
+        # `claude` is looked up on PATH; the user's own ~/.local/bin first.
+        systemd_environment("PATH", SYNC_PATH, specifiers=True),
+        # The home folder is read-only in the sandbox: an auto-update could not
+        # be written anyway, so claude is told not to try.
+        systemd_environment("DISABLE_AUTOUPDATER", "1"),
+    ]
+    textfile = roster.status.prometheus_textfile
+    read_write_paths = [systemd_exec_word(os.path.dirname(textfile))] if textfile else []
+    return (
+        DesiredUnit(SYNC_SERVICE, render(
+            f"{SYNC_SERVICE}.j2", exec_path=exec_word, environment=environment,
+            has_vault_address=has_vault_address)),
+        DesiredUnit(SYNC_TIMER, render(
+            f"{SYNC_TIMER}.j2", interval=format_duration(roster.sync.interval_seconds),
+            randomized_delay=format_duration(roster.sync.randomized_delay_seconds),
+            boot_delay=SYNC_BOOT_DELAY)),
+        DesiredUnit(RECONCILE_SERVICE, render(
+            f"{RECONCILE_SERVICE}.j2", exec_path=exec_word,
+            roster_path=systemd_exec_word(os.path.abspath(roster_path)),
+            has_vault_address=has_vault_address, read_write_paths=read_write_paths)),
+        DesiredUnit(RECONCILE_TIMER, render(
+            f"{RECONCILE_TIMER}.j2", interval=RECONCILE_INTERVAL,
+            randomized_delay=RECONCILE_RANDOMIZED_DELAY, boot_delay=RECONCILE_BOOT_DELAY)),
+    )
+
+
+def desired_local(roster: Roster, exec_path: str, roster_path: str) -> DesiredLocal:
+    """What the roster asks for on this machine (pure, apart from rendering templates).
+
+    `exec_path` is the absolute path of the `claude-auth` executable (see
+    default_exec_path); `roster_path` is the roster the hourly reconcile
+    reads (made absolute against the current folder if relative).
+    """
+    home_users = tuple(name for name, user in roster.users.items() if user.claude_auth)
+    directories = tuple(
+        DesiredDirectory(name, rel_path) for name in home_users for rel_path in (CONFIG_DIR, STATE_DIR))
+    token_files = tuple(DesiredTokenFile(name) for name in home_users)
+    timers = [DesiredTimer(RECONCILE_TIMER, True)]
+    for name, user in roster.users.items():
+        why = "" if user.wants_timer else ("claude_auth false" if not user.claude_auth else "parked")
+        timers.append(DesiredTimer(sync_timer(name), user.wants_timer, name, why))
+    return DesiredLocal(home_users, directories, token_files,
+                        render_units(roster, exec_path, roster_path), tuple(timers))
+
+
+# --- observed -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObservedTimer:
+    enabled: str
+    """systemctl is-enabled's answer ("enabled", "disabled", "not-found", ...)."""
+    active: str | None = None
+    """systemctl is-active's answer on the live root; None elsewhere."""
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.enabled in systemd.ENABLED_STATES
+
+    @property
+    def is_running(self) -> bool:
+        return self.active in _ACTIVE
+
+
+@dataclass(frozen=True)
+class ObservedLocal:
+    accounts: Mapping[str, Account]
+    """Home users that could be inspected safely (no problem)."""
+    entries: Mapping[tuple[str, str], EntryState]
+    """(user, path below the home) -> what is there."""
+    units: Mapping[str, bytes | None]
+    """Unit file name -> its bytes, None when missing."""
+    timers: Mapping[str, ObservedTimer]
+    problems: tuple[UserProblem, ...] = ()
+    stray_timers: tuple[str, ...] = ()
+    """Enabled claude-auth-sync@X.timer links whose X is not in the roster."""
+    owner_names: Mapping[int, str] = field(default_factory=dict)
+    """uid -> account name, for reasons people read."""
+    live: bool = False
+
+
+def _checked_state(account: Account, rel_path: str, want: str) -> EntryState:
+    """inspect(), refusing what root must not act on (want: "directory" or "file")."""
+    state = homefs.inspect(account, rel_path)
+    shown = homefs.shown(rel_path)
+    if state.kind == "symlink":
+        raise homefs.UnsafePath(f"{shown} is a symbolic link; refusing to follow it")
+    if state.kind == "other":
+        raise homefs.UnsafePath(f"{shown} is a special file; refusing to use it")
+    if state.kind not in ("missing", want):
+        wanted = "a folder" if want == "directory" else "a regular file"
+        raise homefs.UnsafePath(f"{shown} is not {wanted}; refusing to use it")
+    if state.kind == "file" and state.nlink > 1:
+        raise homefs.UnsafePath(
+            f"{shown} has {state.nlink} hard links (one may be planted); refusing to touch it")
+    return state
+
+
+def _read_unit(root: Path, name: str) -> bytes | None:
+    try:
+        return (Path(root) / UNIT_DIR / name).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _stray_timers(root: Path, roster_users: Iterable[str]) -> tuple[str, ...]:
+    wants = Path(root) / UNIT_DIR / "timers.target.wants"
+    try:
+        names = os.listdir(wants)
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+    known = set(roster_users)
+    stray = []
+    for name in names:
+        match = _SYNC_TIMER_INSTANCE.match(name)
+        if match and match.group("user") not in known:
+            stray.append(name)
+    return tuple(sorted(stray))
+
+
+def observe_local(root: Path, desired: DesiredLocal,
+                  accounts: Mapping[str, Account | UserProblem]) -> ObservedLocal:
+    """Read folders, token files, unit files and timers under `root`.
+
+    `accounts` comes from accounts.lookup_accounts(root, desired.home_users);
+    a home user missing from it is looked up here.
+    """
+    root = Path(root)
+    live = systemd.is_live_root(root)
+    problems: list[UserProblem] = []
+    good: dict[str, Account] = {}
+    entries: dict[tuple[str, str], EntryState] = {}
+    for user in desired.home_users:
+        found = accounts.get(user)
+        if found is None:
+            found = lookup_accounts(root, [user])[user]
+        if isinstance(found, UserProblem):
+            problems.append(found)
+            continue
+        seen: dict[tuple[str, str], EntryState] = {}
+        try:
+            for directory in (d for d in desired.directories if d.user == user):
+                seen[(user, directory.rel_path)] = _checked_state(found, directory.rel_path, "directory")
+            for token_file in (t for t in desired.token_files if t.user == user):
+                seen[(user, token_file.rel_path)] = _checked_state(found, token_file.rel_path, "file")
+        except HomeFsError as exc:  # UnsafePath included
+            problems.append(UserProblem(user, str(exc)))
+            continue
+        good[user] = found
+        entries.update(seen)
+
+    units = {unit.name: _read_unit(root, unit.name) for unit in desired.units}
+    timer_names = [timer.unit for timer in desired.timers]
+    # An instance of a template we manage that is not on disk yet is not
+    # enabled; asking systemctl about it would only make it stop early.
+    missing_templates = {name for name in (SYNC_TIMER, RECONCILE_TIMER) if units.get(name) is None}
+    known = {name: systemd.NOT_FOUND for name in timer_names if _template_of(name) in missing_templates}
+    to_ask = [name for name in timer_names if name not in known]
+    states = {**known, **(systemd.is_enabled(root, to_ask) if to_ask else {})}
+    active = systemd.is_active(timer_names) if live else {}
+    timers = {name: ObservedTimer(states[name], active.get(name)) for name in timer_names}
+
+    wrong_owners = {state.uid for (user, _), state in entries.items()
+                    if state.kind != "missing" and state.uid != good[user].uid}
+    owner_names = names_by_uid(root, wrong_owners) if wrong_owners else {}
+    roster_users = [timer.user for timer in desired.timers if timer.user is not None]
+    return ObservedLocal(
+        accounts=good, entries=entries, units=units, timers=timers,
+        problems=tuple(problems), stray_timers=_stray_timers(root, roster_users),
+        owner_names=owner_names, live=live)
+
+
+def _template_of(unit: str) -> str:
+    """claude-auth-sync@alice.timer -> claude-auth-sync@.timer; other names unchanged."""
+    if "@" not in unit:
+        return unit
+    prefix, _, rest = unit.partition("@")
+    return f"{prefix}@{rest[rest.rfind('.'):]}"
+
+
+# --- plan -----------------------------------------------------------------
+
+
+def _owner_name(uid: int, names: Mapping[int, str]) -> str:
+    if uid in names:
+        return names[uid]
+    return "root" if uid == 0 else f"uid {uid}"
+
+
+def _drift(state: EntryState, account: Account, mode: int, names: Mapping[int, str]) -> list[str]:
+    reasons = []
+    if state.mode != mode:
+        reasons.append(f"mode {state.mode:04o}, want {mode:04o}")
+    if state.uid != account.uid:
+        reasons.append(f"owner {_owner_name(state.uid, names)}, want {account.name}")
+    if state.gid != account.gid:
+        reasons.append(f"group gid {state.gid}, want gid {account.gid}")
+    return reasons
+
+
+def plan_local(desired: DesiredLocal, observed: ObservedLocal, *, prune: bool = False) -> list[Change]:
+    """The local changes apply would make (pure).
+
+    Timers of users no longer in the roster are Action.ORPHANED, or
+    Action.DELETE (disable and stop) with `prune`.
+    """
+    changes: list[Change] = []
+    for directory in desired.directories:
+        account = observed.accounts.get(directory.user)
+        if account is None:
+            continue
+        state = observed.entries[(directory.user, directory.rel_path)]
+        name = f"{directory.user}:{homefs.shown(directory.rel_path)}"
+        if state.kind == "missing":
+            changes.append(Change(Action.CREATE, Kind.DIRECTORY, name, "missing", user=directory.user,
+                                  desired=directory, observed=state))
+            continue
+        reasons = _drift(state, account, directory.mode, observed.owner_names)
+        if reasons:
+            changes.append(Change(Action.UPDATE, Kind.DIRECTORY, name, "; ".join(reasons),
+                                  user=directory.user, desired=directory, observed=state))
+
+    for token_file in desired.token_files:
+        account = observed.accounts.get(token_file.user)
+        if account is None:
+            continue
+        state = observed.entries[(token_file.user, token_file.rel_path)]
+        if state.kind != "file":
+            continue  # creating it (with a token) is the Vault side's job
+        reasons = _drift(state, account, token_file.mode, observed.owner_names)
+        if reasons:
+            changes.append(Change(Action.UPDATE, Kind.TOKEN_FILE,
+                                  f"{token_file.user}:{homefs.shown(token_file.rel_path)}", "; ".join(reasons),
+                                  user=token_file.user, desired=token_file, observed=state))
+
+    for unit in desired.units:
+        current = observed.units.get(unit.name)
+        if current is None:
+            changes.append(Change(Action.CREATE, Kind.UNIT, unit.name, "missing", desired=unit,
+                                  before_text="", after_text=unit.text))
+        elif current != unit.text.encode():
+            changes.append(Change(Action.UPDATE, Kind.UNIT, unit.name, "content differs", desired=unit,
+                                  before_text=current.decode("utf-8", errors="replace"), after_text=unit.text))
+
+    problem_users = {problem.user for problem in observed.problems}
+    for timer in desired.timers:
+        seen = observed.timers.get(timer.unit, ObservedTimer(systemd.NOT_FOUND))
+        enablement = "not enabled" if seen.enabled == systemd.NOT_FOUND else seen.enabled
+        if timer.enabled:
+            if timer.user in problem_users:
+                continue  # never start a sync for a user we could not set up
+            if not seen.is_enabled:
+                changes.append(Change(Action.CREATE, Kind.TIMER, timer.unit, f"{enablement}, want enabled",
+                                      user=timer.user, desired=timer, observed=seen))
+            elif observed.live and not seen.is_running:
+                changes.append(Change(Action.UPDATE, Kind.TIMER, timer.unit,
+                                      f"enabled but {seen.active}, want running",
+                                      user=timer.user, desired=timer, observed=seen))
+        else:
+            if seen.is_enabled:
+                changes.append(Change(Action.DELETE, Kind.TIMER, timer.unit,
+                                      f"{enablement}, want disabled ({timer.why})",
+                                      user=timer.user, desired=timer, observed=seen))
+            elif observed.live and seen.is_running:
+                changes.append(Change(Action.UPDATE, Kind.TIMER, timer.unit,
+                                      f"{enablement} but {seen.active}, want stopped ({timer.why})",
+                                      user=timer.user, desired=timer, observed=seen))
+
+    for stray in observed.stray_timers:
+        match = _SYNC_TIMER_INSTANCE.match(stray)
+        owner = match.group("user") if match else None
+        gone = DesiredTimer(stray, False, owner, "not in the roster")
+        if prune:
+            changes.append(Change(Action.DELETE, Kind.TIMER, stray, "enabled, user not in the roster",
+                                  user=owner, desired=gone))
+        else:
+            changes.append(Change(Action.ORPHANED, Kind.TIMER, stray,
+                                  "enabled, user not in the roster; `apply --prune` disables it",
+                                  user=owner, desired=gone))
+    return changes
+
+
+# --- apply ----------------------------------------------------------------
+
+
+class LocalChangeError(Exception):
+    """A local change could not be carried out; the message says which and why."""
+
+
+@dataclass
+class LocalContext:
+    """What applying local changes needs; one per apply run (it tracks the pending reload)."""
+
+    root: Path
+    accounts: Mapping[str, Account]
+    units_written: int = 0
+    units_reloaded: int = 0
+    """units_written at the last daemon-reload."""
+
+    @classmethod
+    def create(cls, root: Path, accounts: Mapping[str, Account | UserProblem]) -> LocalContext:
+        """From lookup_accounts' answer (users with a problem left out)."""
+        return cls(Path(root), {name: a for name, a in accounts.items() if isinstance(a, Account)})
+
+    @property
+    def is_live(self) -> bool:
+        return systemd.is_live_root(self.root)
+
+
+def write_unit(root: Path, name: str, text: str) -> None:
+    """Atomically write a unit file (0644) into DIR/etc/systemd/system."""
+    folder = Path(root) / UNIT_DIR
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, folder / name)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+
+
+def _account(ctx: LocalContext, user: str | None) -> Account:
+    if user is None or user not in ctx.accounts:
+        raise LocalChangeError(f"{user}: no account found; cannot change files in the home folder")
+    return ctx.accounts[user]
+
+
+def _reload_if_pending(ctx: LocalContext) -> None:
+    if ctx.is_live and ctx.units_written > ctx.units_reloaded:
+        systemd.daemon_reload()
+        ctx.units_reloaded = ctx.units_written
+
+
+def apply_local_change(change: Change, ctx: LocalContext) -> str:
+    """Carry out one change planned by plan_local; returns what was done, for people.
+
+    Raises homefs.UnsafePath / HomeFsError, systemd.SystemdError or
+    LocalChangeError, each with a message naming the path or unit.
+    A timer whose desired state is disabled (parked, not in the roster) is
+    disabled and stopped, whatever the action.
+    """
+    desired = change.desired
+    if change.kind is Kind.DIRECTORY and isinstance(desired, DesiredDirectory):
+        homefs.ensure_directory(_account(ctx, desired.user), desired.rel_path, desired.mode)
+        return "created" if change.action is Action.CREATE else "owner and mode fixed"
+    if change.kind is Kind.TOKEN_FILE and isinstance(desired, DesiredTokenFile):
+        if change.action is not Action.UPDATE:
+            raise LocalChangeError(f"{change.name}: only fixing owner and mode is a local change")
+        homefs.fix_owner_mode(_account(ctx, desired.user), desired.rel_path, desired.mode)
+        return "owner and mode fixed"
+    if change.kind is Kind.UNIT and isinstance(desired, DesiredUnit):
+        try:
+            write_unit(ctx.root, desired.name, desired.text)
+        except OSError as exc:
+            raise LocalChangeError(f"cannot write {Path(ctx.root) / UNIT_DIR / desired.name}: {exc.strerror}") from None
+        ctx.units_written += 1
+        return "written"
+    if change.kind is Kind.TIMER and isinstance(desired, DesiredTimer):
+        live = ctx.is_live
+        _reload_if_pending(ctx)
+        if desired.enabled and change.action is not Action.ORPHANED:
+            systemd.enable(ctx.root, [desired.unit])
+            if live:
+                systemd.start([desired.unit])
+            return "enabled and started" if live else "enabled"
+        systemd.disable(ctx.root, [desired.unit])
+        if live:
+            systemd.stop([desired.unit])
+        return "disabled and stopped" if live else "disabled"
+    raise LocalChangeError(f"{change.name}: not a local change ({change.kind.value}, {change.action.value})")
+
+
+def finish_local(changed_kinds: set[Kind], ctx: LocalContext) -> None:
+    """After all changes: the one daemon-reload if unit files changed (live root only)."""
+    if not ctx.is_live:
+        return
+    if ctx.units_written > ctx.units_reloaded or (Kind.UNIT in changed_kinds and ctx.units_written == 0):
+        systemd.daemon_reload()
+        ctx.units_reloaded = ctx.units_written
