@@ -141,6 +141,18 @@ def _translate(exc: Exception, what: str, address: str) -> VaultError:
     return VaultError(f"Vault request failed ({what}): {type(exc).__name__}")
 
 
+_READ_ONLY_POSTS = ("/v1/auth/token/lookup", "/v1/auth/token/lookup-accessor", "/v1/sys/capabilities-self")
+"""POST endpoints that change nothing: token lookups carry the token in the body, never in a URL."""
+_READ_METHODS = ("GET", "LIST", "HEAD", "POST-READ")
+
+
+def _count_key(method: str, url: str) -> str:
+    method = method.upper()
+    if method == "POST" and url.split("?", 1)[0].rstrip("/").endswith(_READ_ONLY_POSTS):
+        return "POST-READ"
+    return method
+
+
 class Vault:
     """One hvac client for one token, with a count of the requests it made."""
 
@@ -148,22 +160,28 @@ class Vault:
                  timeout: float = 10.0) -> None:
         self.address = address
         cacert = cacert or os.environ.get("VAULT_CACERT") or None
+        # requests reads the proxy and CA-bundle variables (and ~/.netrc) on every
+        # request, about a fifth of a loopback lookup; read them once here instead.
+        session = requests.Session()
+        settings = session.merge_environment_settings(address, {}, None, cacert if cacert else True, None)
+        session.proxies.update(settings["proxies"] or {})
+        session.trust_env = False
         self._client = hvac.Client(url=address, token=token.reveal() if token else None,
-                                   verify=cacert if cacert else True, timeout=timeout)
+                                   verify=settings["verify"], timeout=timeout, session=session)
         self.requests: Counter[str] = Counter()
-        """Requests made, by HTTP method (LIST counted as LIST)."""
+        """Requests made, by HTTP method (LIST counted as LIST; read-only POSTs such as token lookups as POST-READ)."""
         adapter = self._client.adapter
         original = adapter.request
 
         def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            self.requests[method.upper()] += 1
+            self.requests[_count_key(method, url)] += 1
             return original(method, url, *args, **kwargs)
 
         adapter.request = counted  # type: ignore[method-assign]
 
     @property
     def writes(self) -> int:
-        return sum(n for method, n in self.requests.items() if method not in ("GET", "LIST", "HEAD"))
+        return sum(n for method, n in self.requests.items() if method not in _READ_METHODS)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -228,3 +246,118 @@ class Vault:
         inner = data.get("data") or {}
         return KvMetadata(current_version=int(inner.get("current_version") or 0),
                           updated_time=str(inner.get("updated_time") or ""))
+
+    # --- admin: policies and tokens (needs an admin token unless noted) --------
+    # Added for `plan`/`apply` (reconcile.vault_state). Read-only POSTs (token
+    # lookups, capabilities-self) are counted as reads: see _READ_ONLY_POSTS.
+
+    def capabilities_self(self, paths: list[str]) -> dict[str, tuple[str, ...]]:
+        """This token's capabilities on each path (one request; any valid token)."""
+        data = self._call("capabilities-self", self._client.adapter.post, "/v1/sys/capabilities-self",
+                          json={"paths": list(paths)})
+        inner = data.get("data") or data
+        return {path: tuple(inner.get(path) or ()) for path in paths}
+
+    def is_reachable(self) -> None:
+        """Raise VaultUnreachable unless /sys/health answers (no token needed)."""
+        self._call("health check", self._client.sys.read_health_status, method="GET")
+
+    def list_policies_detailed(self) -> dict[str, str] | None:
+        """Every ACL policy name and text in one request (OpenBao); None where unsupported (HashiCorp Vault)."""
+        try:
+            data = self._client.adapter.list("/v1/sys/policies/detailed/acl")
+        except (hvac.exceptions.InvalidPath, hvac.exceptions.UnsupportedOperation):
+            return None
+        except hvac.exceptions.InvalidRequest as exc:
+            if "unsupported" in str(exc):
+                return None
+            raise _translate(exc, "list sys/policies/detailed/acl", self.address) from None
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, "list sys/policies/detailed/acl", self.address) from None
+        key_info = ((data or {}).get("data") or {}).get("key_info") or {}
+        return {str(name): str((info or {}).get("policy") or "") for name, info in key_info.items()}
+
+    def list_policy_names(self) -> list[str]:
+        data = self._call("list sys/policies/acl", self._client.adapter.list, "/v1/sys/policies/acl")
+        return [str(name) for name in ((data or {}).get("data") or {}).get("keys") or ()]
+
+    def read_policy(self, name: str) -> str | None:
+        """The policy text, or None when there is no such policy."""
+        try:
+            data = self._client.sys.read_acl_policy(name)
+        except hvac.exceptions.InvalidPath:
+            return None
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, f"read policy {name}", self.address) from None
+        return str(((data or {}).get("data") or {}).get("policy") or "")
+
+    def write_policy(self, name: str, text: str) -> None:
+        self._call(f"write policy {name}", self._client.sys.create_or_update_acl_policy, name=name, policy=text)
+
+    def delete_policy(self, name: str) -> None:
+        """Idempotent: deleting a missing policy succeeds."""
+        self._call(f"delete policy {name}", self._client.sys.delete_acl_policy, name=name)
+
+    def lookup_token(self, token: Secret) -> TokenInfo | None:
+        """Look another token up (admin API, token in the POST body); None when it is expired, revoked or unknown."""
+        try:
+            data = self._client.auth.token.lookup(token.reveal())
+        except hvac.exceptions.Forbidden as exc:
+            if "bad token" in str(exc):
+                return None
+            raise _translate(exc, "token lookup", self.address) from None
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, "token lookup", self.address) from None
+        return TokenInfo.from_lookup(data["data"])
+
+    def lookup_token_self(self, token: Secret) -> TokenInfo | None:
+        """`lookup-self` with another token (needs no admin); None when Vault refuses it.
+
+        A refusal means expired, revoked, unknown, or a policy without lookup-self.
+        With a client that has no token of its own the request reuses this
+        client's connection; otherwise it goes through `with_token`.
+        """
+        try:
+            if self._client.adapter.token:
+                return self.with_token(token).lookup_self()
+            data = self._client.adapter.get("/v1/auth/token/lookup-self",
+                                            headers={"X-Vault-Token": token.reveal()})
+        except VaultDenied:
+            return None
+        except hvac.exceptions.Forbidden:
+            return None
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, "token lookup-self", self.address) from None
+        return TokenInfo.from_lookup(data["data"])
+
+    def lookup_accessor(self, accessor: str) -> TokenInfo | None:
+        """The token behind an accessor; None when it no longer exists."""
+        try:
+            data = self._client.auth.token.lookup_accessor(accessor)
+        except hvac.exceptions.InvalidRequest as exc:
+            if "invalid accessor" in str(exc):
+                return None
+            raise _translate(exc, "token lookup-accessor", self.address) from None
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, "token lookup-accessor", self.address) from None
+        return TokenInfo.from_lookup(data["data"])
+
+    def create_orphan_token(self, *, policies: list[str], period: str, display_name: str,
+                            meta: Mapping[str, str]) -> MintedToken:
+        """Mint an orphan, periodic token with exactly `policies` (no default policy)."""
+        data = self._call("token create-orphan", self._client.auth.token.create_orphan,
+                          policies=list(policies), period=period, no_default_policy=True,
+                          display_name=display_name, meta=dict(meta), renewable=True)
+        auth = data.get("auth") or {}
+        return MintedToken(token=Secret(str(auth["client_token"])), accessor=str(auth["accessor"]))
+
+    def revoke_accessor(self, accessor: str) -> None:
+        """Revoke the token behind an accessor; an accessor that no longer exists is not an error."""
+        try:
+            self._client.auth.token.revoke_accessor(accessor)
+        except hvac.exceptions.InvalidRequest as exc:
+            if "invalid accessor" in str(exc):
+                return
+            raise _translate(exc, "token revoke-accessor", self.address) from None
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, "token revoke-accessor", self.address) from None

@@ -1,0 +1,284 @@
+"""`claude-auth plan` and `claude-auth apply`.
+
+Both build the same plan the same way: load the roster, reach Vault and decide
+the mode (admin or hourly), read the world (Vault, the state file, the user
+database, the homes, systemd), then plan purely. Dry-run lives at one seam:
+`plan` prints that plan; `apply` hands it to the one executor.
+
+Nothing local is changed before the plan is complete, so an unreachable
+Vault or a rejected admin token ends the run with one line naming VAULT_ADDR,
+exit 1, and nothing changed.
+
+Modes. An admin token (a token from $VAULT_TOKEN, else ~/.vault-token, that
+may write ACL policies under the prefix and create orphan tokens with other
+policies: create/update on `sys/policies/acl/<prefix>...`, update and sudo on
+`auth/token/create-orphan`, or root) enables everything; one
+`sys/capabilities-self` request tells. Without one (the hourly timer, which
+sets CLAUDE_AUTH_NO_ADMIN=1), tokens are checked with their own lookup-self,
+renewals and local work are done, and each change that needs an admin is
+printed as a `WARN <user>: needs an admin run: ...` line on stderr; apply
+exits 0 and plan lists those changes (exit 2). Policies cannot be read
+without an admin token and are then not checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconcile import local_state, render, statefile
+from reconcile.accounts import Account, lookup_accounts
+from reconcile.executor import ExecContext, Result, execute, failures, finish
+from reconcile.exitcodes import Exit
+from reconcile.homefs import TOKEN_FILE, HomeFsError, read_private_file, write_private_file
+from reconcile.model import Plan, UserProblem
+from reconcile.planner import Desired, Observed, has_pending, make_plan
+from reconcile.roster import Roster
+from reconcile.roster_loader import RosterInvalid, load_roster
+from reconcile.systemd import SystemdError
+from reconcile.vault import Secret, Vault, VaultDenied, VaultError, resolve_address, resolve_token
+from reconcile.vault_state import (TokenFileUnreadable, VaultContext, desired_vault, next_records,
+                                   observe_vault)
+
+NO_ADMIN_ENV = "CLAUDE_AUTH_NO_ADMIN"
+CREATE_ORPHAN = "auth/token/create-orphan"
+
+
+class CommandFailed(Exception):
+    """Stops the run before any change; the message is one line for people."""
+
+
+@dataclass
+class Session:
+    roster: Roster
+    roster_path: str
+    root: Path
+    admin: bool
+    vault: Vault
+    """Holds the admin token in admin mode, no token otherwise."""
+    accounts: dict[str, Account]
+    problems: list[UserProblem]
+    records: dict[str, str]
+    desired: Desired
+    observed: Observed
+    plan: Plan
+
+
+# --- mode -------------------------------------------------------------------------------
+
+
+def admin_probe_paths(policy_prefix: str) -> list[str]:
+    return [f"sys/policies/acl/{policy_prefix.lower()}claude-auth-probe", CREATE_ORPHAN]
+
+
+def is_admin(capabilities: dict[str, tuple[str, ...]], policy_prefix: str) -> bool:
+    """May write the managed policies and mint orphan tokens carrying them."""
+    policy_path, mint_path = admin_probe_paths(policy_prefix)
+    policy_caps, mint_caps = set(capabilities.get(policy_path, ())), set(capabilities.get(mint_path, ()))
+    may_write_policies = "root" in policy_caps or bool({"create", "update"} & policy_caps)
+    # Minting a token whose policy the caller does not hold needs sudo on the endpoint.
+    may_mint = "root" in mint_caps or {"update", "sudo"} <= mint_caps
+    return may_write_policies and may_mint
+
+
+def _connect(roster: Roster) -> tuple[Vault, str | None]:
+    """The client to observe and change Vault with, and why it holds no admin token (None: it does)."""
+    address = resolve_address(roster.vault.address)
+    if not address:
+        raise CommandFailed("no Vault address: set VAULT_ADDR or vault.address in the roster")
+    token: Secret | None = None
+    why = f"{NO_ADMIN_ENV}=1"
+    if os.environ.get(NO_ADMIN_ENV) != "1":
+        token = resolve_token()
+        why = "no Vault token (VAULT_TOKEN or ~/.vault-token)"
+    try:
+        if token is not None:
+            admin_client = Vault(address, token)
+            try:
+                capabilities = admin_client.capabilities_self(admin_probe_paths(roster.vault.policy_prefix))
+            except VaultDenied:
+                capabilities = None
+                if not _is_live_token(admin_client):
+                    raise CommandFailed(f"the Vault token (VAULT_TOKEN or ~/.vault-token) was rejected by "
+                                        f"VAULT_ADDR={address}: it is invalid, expired or revoked") from None
+            if capabilities is not None and is_admin(capabilities, roster.vault.policy_prefix):
+                return admin_client, None
+            why = "the Vault token is not an admin token"
+        tokenless = Vault(address, None)
+        tokenless.is_reachable()
+        return tokenless, why
+    except VaultError as exc:
+        raise CommandFailed(_vault_failure(exc, address)) from None
+
+
+def _is_live_token(client: Vault) -> bool:
+    """After a 403 on capabilities-self: a live token without that path (no default policy, such as a
+    user's scoped token) can still look itself up; a rejected one cannot."""
+    try:
+        client.lookup_self()
+    except VaultDenied:
+        return False
+    return True
+
+
+def _vault_failure(exc: VaultError, address: str) -> str:
+    text = str(exc)
+    return text if "VAULT_ADDR" in text else f"Vault at VAULT_ADDR={address}: {text}"
+
+
+# --- reading the world ----------------------------------------------------------------------
+
+
+def _token_reader(accounts: dict[str, Account]) -> Any:
+    def read_token(user: str) -> bytes | None:
+        try:
+            return read_private_file(accounts[user], TOKEN_FILE)
+        except HomeFsError as exc:
+            raise TokenFileUnreadable(str(exc)) from None
+    return read_token
+
+
+def _token_writer(accounts: dict[str, Account]) -> Any:
+    def write_token(user: str, data: bytes) -> None:
+        write_private_file(accounts[user], TOKEN_FILE, data, mode=0o600)
+    return write_token
+
+
+def _dedupe(problems: list[UserProblem]) -> list[UserProblem]:
+    seen: dict[tuple[str, str], UserProblem] = {}
+    for problem in problems:
+        seen.setdefault((problem.user, problem.message), problem)
+    return sorted(seen.values(), key=lambda p: (p.user, p.message))
+
+
+def build_session(args: argparse.Namespace, roster_path: str) -> Session:
+    roster = load_roster(roster_path)
+    root = Path(args.root)
+    vault, no_admin_reason = _connect(roster)
+    admin = no_admin_reason is None
+    if no_admin_reason is not None:
+        print(f"NOTE: running without an admin token ({no_admin_reason}): policies are not checked; "
+              "changes that need an admin are left for the admin run", file=sys.stderr)
+    try:
+        records = statefile.read_records(root)
+    except statefile.StateFileError as exc:
+        raise CommandFailed(str(exc)) from None
+    # Accounts matter for users with claude_auth (their home holds the token file and folders).
+    home_users = [name for name, user in roster.users.items() if user.claude_auth]
+    found = lookup_accounts(root, home_users)
+    d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path)
+    try:
+        o_local = local_state.observe_local(root, d_local, found)
+    except SystemdError as exc:
+        raise CommandFailed(f"systemd: {exc}") from None
+    problems: list[UserProblem] = [v for v in found.values() if isinstance(v, UserProblem)]
+    problems.extend(o_local.problems)
+    # A user with a problem (no account, a planted link...) gets no token work either.
+    accounts = {name: value for name, value in found.items()
+                if isinstance(value, Account) and name in o_local.accounts}
+
+    d_vault = desired_vault(roster, socket.gethostname())
+    token_users = [user for user in d_vault.tokens if user in accounts]
+    try:
+        o_vault = observe_vault(vault, d_vault, admin=admin, records=records,
+                                read_token=_token_reader(accounts), token_users=token_users)
+    except VaultError as exc:
+        raise CommandFailed(_vault_failure(exc, vault.address)) from None
+
+    desired = Desired(vault=d_vault, local=d_local)
+    observed = Observed(vault=o_vault, local=o_local)
+    plan = make_plan(desired, observed, prune=bool(getattr(args, "prune", False)))
+    return Session(roster=roster, roster_path=roster_path, root=root, admin=admin, vault=vault,
+                   accounts=accounts, problems=_dedupe(problems), records=records,
+                   desired=desired, observed=observed, plan=plan)
+
+
+def _start(args: argparse.Namespace, roster_path: str) -> Session | int:
+    try:
+        return build_session(args, roster_path)
+    except RosterInvalid as exc:
+        for issue in exc.issues:
+            print(issue.format(), file=sys.stderr)
+        return Exit.ERROR
+    except CommandFailed as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return Exit.ERROR
+
+
+def _print_problems(problems: list[UserProblem]) -> None:
+    for problem in problems:
+        print(render.error_line(problem.user, problem.message), file=sys.stderr)
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+
+def run_plan(args: argparse.Namespace, roster_path: str) -> int:
+    session = _start(args, roster_path)
+    if isinstance(session, int):
+        return session
+    _print_problems(session.problems)
+    if args.json:
+        print(render.plan_json(session.plan))
+    else:
+        print(render.plan_text(session.plan, diff=bool(args.diff)))
+    if session.problems:
+        return Exit.ERROR
+    return Exit.CHANGES_PENDING if has_pending(session.plan) else Exit.OK
+
+
+def run_apply(args: argparse.Namespace, roster_path: str) -> int:
+    session = _start(args, roster_path)
+    if isinstance(session, int):
+        return session
+    as_json = bool(args.json)
+    _print_problems(session.problems)
+    errors = [render.problem_text(p) for p in session.problems]
+    warnings: list[str] = []
+
+    def report(result: Result) -> None:
+        if result.blocked:
+            text = render.warning_text(result.change)
+            warnings.append(text)
+            print(f"WARN {text}", file=sys.stderr)
+        elif not result.ok:
+            print(render.error_line(result.change.name, result.message), file=sys.stderr)
+        elif not as_json:
+            print(render.result_line(result))
+            if args.diff:
+                for line in render.diff_lines(result.change):
+                    print(f"    {line}")
+
+    vault_ctx = VaultContext(vault=session.vault, admin=session.admin,
+                             write_token=_token_writer(session.accounts))
+    ctx = ExecContext(vault=vault_ctx, local=local_state.LocalContext.create(session.root, session.accounts))
+    results: tuple[Result, ...] = ()
+    try:
+        results = execute(session.plan, ctx, report=report)
+        finish_error = finish(results, ctx)
+        if finish_error:
+            errors.append(f"systemd: {finish_error}")
+            print(render.error_line("systemd", finish_error), file=sys.stderr)
+    finally:
+        # Even after an unexpected error: remember every token minted so far.
+        records = next_records(session.records, session.desired.vault, session.observed.vault,
+                               vault_ctx.outcomes)
+        if records != session.records:
+            try:
+                statefile.write_records(session.root, records)
+            except statefile.StateFileError as exc:
+                errors.append(f"state: {exc}")
+                print(render.error_line("state", str(exc)), file=sys.stderr)
+
+    if as_json:
+        print(render.apply_json(session.plan, results, warnings=warnings, errors=errors))
+    else:
+        print(render.apply_summary(results))
+    failed = failures(results)
+    # Blocked changes are warnings (the hourly run exits 0); failures and problems are errors.
+    return Exit.ERROR if (failed or errors) else Exit.OK

@@ -1,0 +1,131 @@
+"""The one executor: carries out a Plan and records what happened to each change.
+
+Changes run in Kind order (model.sort_for_apply: policies, folders, tokens,
+renewals, token files, units, timers), dispatched on (kind, action) only to
+the domain handlers: Vault kinds to reconcile.vault_state, local kinds to
+reconcile.local_state. A failed change is recorded and the rest still run.
+Without an admin Vault token, a change that needs one is not attempted: it is
+recorded as blocked (a WARN line for people). Orphaned items are never acted
+on; `apply --prune` turns them into deletions at planning time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from reconcile import local_state
+from reconcile.homefs import HomeFsError
+from reconcile.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
+from reconcile.vault_state import HANDLERS as VAULT_HANDLERS
+from reconcile.systemd import SystemdError
+from reconcile.vault import VaultError
+from reconcile.vault_state import TokenFileWriteFailed, VaultContext
+
+LOCAL_KINDS = frozenset({Kind.DIRECTORY, Kind.TOKEN_FILE, Kind.UNIT, Kind.TIMER})
+_DOMAIN_ERRORS = (VaultError, HomeFsError, SystemdError, TokenFileWriteFailed)
+_DONE = {Action.CREATE: "created", Action.UPDATE: "updated", Action.DELETE: "removed"}
+
+
+@dataclass(frozen=True)
+class Result:
+    change: Change
+    ok: bool
+    message: str
+    """What was done (ok) or why it failed; never a secret."""
+    blocked: bool = False
+    """Not attempted: it needs an admin Vault token and this run has none."""
+
+    def as_json(self) -> dict[str, object]:
+        return {"name": self.change.name, "kind": self.change.kind.value, "action": self.change.action.value,
+                "ok": self.ok, "error": None if self.ok else self.message}
+
+
+@dataclass
+class ExecContext:
+    vault: VaultContext
+    local: Any
+    """local_state.LocalContext (root and accounts)."""
+
+    @property
+    def admin(self) -> bool:
+        return self.vault.admin
+
+
+Reporter = Callable[[Result], None]
+Handler = Callable[[Change, ExecContext], object]
+
+
+def _vault_handler(change: Change) -> Handler | None:
+    handler = VAULT_HANDLERS.get((change.kind, change.action))
+    if handler is None:
+        return None
+    return lambda c, ctx: handler(c, ctx.vault)
+
+
+def _local_handler(change: Change) -> Handler | None:
+    if change.kind not in LOCAL_KINDS:
+        return None
+    return lambda c, ctx: local_state.apply_local_change(c, ctx.local)
+
+
+def handler_for(change: Change) -> Handler | None:
+    return _vault_handler(change) or _local_handler(change)
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for people. Domain errors carry safe text: no token ever reaches them."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if isinstance(exc, _DOMAIN_ERRORS):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def execute(plan: Plan, ctx: ExecContext, *, report: Reporter) -> tuple[Result, ...]:
+    """Carry out every pending change; `report` sees each result as it happens."""
+    results: list[Result] = []
+    changed_kinds: set[Kind] = set()
+    for change in sort_for_apply([c for c in plan if is_pending(c)]):
+        if change.needs_admin and not ctx.admin:
+            result = Result(change, ok=False, message="needs an admin run", blocked=True)
+        else:
+            handler = handler_for(change)
+            if handler is None:
+                result = Result(change, ok=False,
+                                message=f"no handler for {change.action.value} {change.kind.value}")
+            else:
+                try:
+                    outcome = handler(change, ctx)
+                except Exception as exc:  # recorded; the other changes still run
+                    result = Result(change, ok=False, message=error_text(exc))
+                else:
+                    message = outcome if isinstance(outcome, str) and outcome else _DONE[change.action]
+                    result = Result(change, ok=True, message=message)
+                    changed_kinds.add(change.kind)
+        results.append(result)
+        report(result)
+    return tuple(results)
+
+
+def finish(changed: tuple[Result, ...], ctx: ExecContext) -> str | None:
+    """Run the local domain's one finishing step (daemon-reload), if it has one; an error text or None."""
+    finish_local = getattr(local_state, "finish_local", None)
+    if finish_local is None:
+        return None
+    kinds = {r.change.kind for r in changed if r.ok}
+    try:
+        finish_local(kinds, ctx.local)
+    except Exception as exc:
+        return error_text(exc)
+    return None
+
+
+def failures(results: tuple[Result, ...]) -> tuple[Result, ...]:
+    return tuple(r for r in results if not r.ok and not r.blocked)
+
+
+def blocked(results: tuple[Result, ...]) -> tuple[Result, ...]:
+    return tuple(r for r in results if r.blocked)

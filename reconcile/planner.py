@@ -1,0 +1,51 @@
+"""Pure composition of the domains: (desired, observed, prune) -> Plan.
+
+No I/O here: each domain's pure planner is called on values already read,
+and the changes are concatenated into one immutable, apply-ordered Plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from reconcile import local_state
+from reconcile.model import Action, Change, Plan, is_pending, sort_for_apply
+from reconcile.vault_state import DesiredVault, ObservedVault, plan_vault
+
+
+@dataclass(frozen=True)
+class Desired:
+    vault: DesiredVault
+    local: Any = None
+    """local_state.DesiredLocal, or None when the local domain is not planned."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    vault: ObservedVault
+    local: Any = None
+    """local_state.ObservedLocal, or None when the local domain is not planned."""
+
+
+def make_plan(desired: Desired, observed: Observed, *, prune: bool) -> Plan:
+    changes: list[Change] = list(plan_vault(desired.vault, observed.vault, prune=prune))
+    if desired.local is not None and observed.local is not None:
+        changes.extend(local_state.plan_local(desired.local, observed.local, prune=prune))
+    return sort_for_apply(changes)
+
+
+def pending(plan: Plan) -> Plan:
+    return tuple(change for change in plan if is_pending(change))
+
+
+def has_pending(plan: Plan) -> bool:
+    return any(is_pending(change) for change in plan)
+
+
+def counts(plan: Plan) -> tuple[int, int, int]:
+    """(to add, to change, to remove) among the pending changes."""
+    add = sum(1 for c in plan if c.action is Action.CREATE)
+    change = sum(1 for c in plan if c.action is Action.UPDATE)
+    remove = sum(1 for c in plan if c.action is Action.DELETE)
+    return add, change, remove

@@ -1,0 +1,111 @@
+"""Two views of one result, human and JSON, for `plan` and `apply`.
+
+Only fields meant for people are rendered: action, kind, name, reason,
+outcome messages, and with --diff the before/after text of policies and
+units. Changes carry no secret in these fields (tokens live in fields never
+rendered here), so nothing needs scrubbing at this point.
+
+Human plan: one line per change, `<symbol> <kind> <name>: <reason>`, sorted by
+name, then `Plan: A to add, C to change, R to remove.` or exactly
+`No changes.` when nothing is pending (orphaned items, `!`, are shown but are
+not pending). JSON plan: a list of {"action", "kind", "name", "reason"}.
+
+JSON apply: {"changes": [...as the plan...], "results": [{"name", "kind",
+"action", "ok", "error"}], "warnings": ["<user>: needs an admin run: ..."],
+"errors": ["<name or user>: <message>"]}. A change blocked for want of an
+admin token is a result with ok false and error "needs an admin run", and is
+also listed under "warnings"; "errors" holds per-user problems and failures
+that belong to no single change (state file, daemon-reload).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Iterable
+
+from reconcile.executor import Result
+from reconcile.model import Change, Plan, UserProblem, is_pending, sort_for_display
+from reconcile.planner import counts, has_pending
+
+NO_CHANGES = "No changes."
+
+
+def change_line(change: Change) -> str:
+    return f"{change.action.symbol} {change.kind.value} {change.name}: {change.reason}"
+
+
+def summary_line(plan: Plan) -> str:
+    if not has_pending(plan):
+        return NO_CHANGES
+    add, change, remove = counts(plan)
+    return f"Plan: {add} to add, {change} to change, {remove} to remove."
+
+
+def diff_lines(change: Change) -> list[str]:
+    """A unified diff of the text a change replaces (policies, units); empty when it has none.
+
+    Orphaned items are not acted on, so they get no diff.
+    """
+    if (change.before_text is None and change.after_text is None) or not is_pending(change):
+        return []
+    before = (change.before_text or "").splitlines(keepends=True)
+    after = (change.after_text or "").splitlines(keepends=True)
+    lines = difflib.unified_diff(before, after, fromfile=f"{change.name} (current)",
+                                 tofile=f"{change.name} (desired)")
+    return [line.rstrip("\n") for line in lines]
+
+
+def plan_text(plan: Plan, *, diff: bool = False) -> str:
+    lines: list[str] = []
+    for change in sort_for_display(plan):
+        lines.append(change_line(change))
+        if diff:
+            lines.extend(f"    {line}" for line in diff_lines(change))
+    lines.append(summary_line(plan))
+    return "\n".join(lines)
+
+
+def plan_json(plan: Plan) -> str:
+    return json.dumps([change.as_json() for change in sort_for_display(plan)], indent=2)
+
+
+def result_line(result: Result) -> str:
+    """Stdout line of a change carried out: `+ policy workstation-claude-alice: created`."""
+    change = result.change
+    return f"{change.action.symbol} {change.kind.value} {change.name}: {result.message}"
+
+
+def error_line(subject: str, message: str) -> str:
+    return f"ERROR {subject}: {message}"
+
+
+def warning_text(change: Change) -> str:
+    """`<user>: needs an admin run: <why>` (the WARN line without its prefix)."""
+    subject = change.user or change.name
+    return f"{subject}: needs an admin run: {change.kind.value} {change.name}: {change.reason}"
+
+
+def problem_text(problem: UserProblem) -> str:
+    return f"{problem.user}: {problem.message}"
+
+
+def apply_summary(results: Iterable[Result]) -> str:
+    results = list(results)
+    if not results:
+        return NO_CHANGES
+    done = sum(1 for r in results if r.ok)
+    failed = sum(1 for r in results if not r.ok and not r.blocked)
+    waiting = sum(1 for r in results if r.blocked)
+    return f"Applied: {done} done, {failed} failed, {waiting} need an admin run."
+
+
+def apply_json(plan: Plan, results: Iterable[Result], *, warnings: Iterable[str],
+               errors: Iterable[str]) -> str:
+    document = {
+        "changes": [change.as_json() for change in sort_for_display(plan)],
+        "results": [result.as_json() for result in results],
+        "warnings": list(warnings),
+        "errors": list(errors),
+    }
+    return json.dumps(document, indent=2)

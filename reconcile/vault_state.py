@@ -1,0 +1,515 @@
+"""The Vault domain: each user's ACL policy and scoped token.
+
+Owns four things, kept apart:
+
+- desired state (`desired_vault`, pure): from the roster, one policy per user
+  and one scoped token per user with `claude_auth: true` (parked users too, so
+  unparking works at once);
+- observation (`observe_vault`): the managed policies and each user's token as
+  Vault sees it, through reconcile.vault only, into plain frozen records;
+- the plan (`plan_vault`, pure): (desired, observed) -> changes, each with a
+  reason for people; the executor never reads the reason;
+- the handlers the executor calls for Vault kinds, and the bookkeeping of the
+  token accessors kept in the state file (`next_records`, pure).
+
+A token is "minted for" a user when its metadata says this tool minted it for
+that user. Only such a token is ever revoked: a token found in a user's file
+that belongs to someone else is replaced there but left alone in Vault.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Callable, Iterable, Mapping
+
+from reconcile.durations import format_duration
+from reconcile.model import Action, Change, Kind
+from reconcile.roster import Roster
+from reconcile.templating import render
+from reconcile.vault import MintedToken, Secret, TokenInfo, Vault, VaultError
+
+TOOL = "claude-auth"
+DISPLAY_PREFIX = "devvm-claude-auth-"
+POLICY_TEMPLATE = "policy.hcl.j2"
+RESERVED_POLICIES = frozenset({"root", "default"})
+"""Never managed, whatever the prefix."""
+
+_DISPLAY_SANITIZE = re.compile(r"[^a-zA-Z0-9-]")
+
+
+# --- desired (pure) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DesiredPolicy:
+    name: str
+    user: str
+    text: str
+
+
+@dataclass(frozen=True)
+class DesiredToken:
+    user: str
+    policy: str
+    display_name: str
+    """As requested at creation (`devvm-claude-auth-alice`); also the change name."""
+    period: str
+    """The roster's text (`768h`), handed to Vault as is."""
+    period_seconds: int
+    meta: Mapping[str, str]
+
+    @property
+    def vault_display_name(self) -> str:
+        """What Vault's lookup shows for `display_name`."""
+        return vault_display_name(self.display_name)
+
+
+@dataclass(frozen=True)
+class DesiredVault:
+    policy_prefix: str
+    policies: Mapping[str, DesiredPolicy]
+    """By policy name."""
+    tokens: Mapping[str, DesiredToken]
+    """By user name: only users with claude_auth true."""
+    users: frozenset[str]
+    """Every roster user."""
+
+
+def token_display_name(user: str) -> str:
+    return f"{DISPLAY_PREFIX}{user}"
+
+
+def vault_display_name(requested: str) -> str:
+    """Vault stores `token-` + the requested name with every character outside [a-zA-Z0-9-] made `-`."""
+    shown = _DISPLAY_SANITIZE.sub("-", f"token-{requested}")
+    return shown[:-1] if shown.endswith("-") else shown
+
+
+def render_policy(roster: Roster, user: str) -> str:
+    return render(POLICY_TEMPLATE, user=user, kv_mount=roster.vault.kv_mount, kv_path=roster.kv_path(user))
+
+
+def desired_vault(roster: Roster, host: str) -> DesiredVault:
+    """What Vault should hold for this roster (pure apart from reading the template)."""
+    prefix = roster.vault.policy_prefix.lower()  # Vault stores policy names lower-cased
+    policies: dict[str, DesiredPolicy] = {}
+    tokens: dict[str, DesiredToken] = {}
+    for name, user in roster.users.items():
+        policy = f"{prefix}{name}"
+        policies[policy] = DesiredPolicy(name=policy, user=name, text=render_policy(roster, name))
+        if user.wants_token:
+            tokens[name] = DesiredToken(
+                user=name, policy=policy, display_name=token_display_name(name),
+                period=roster.vault.token_period, period_seconds=roster.vault.token_period_seconds,
+                meta=MappingProxyType({"managed_by": TOOL, "user": name, "host": host}),
+            )
+    return DesiredVault(policy_prefix=prefix, policies=MappingProxyType(policies),
+                        tokens=MappingProxyType(tokens), users=frozenset(roster.users))
+
+
+def is_managed_policy(name: str, prefix: str) -> bool:
+    """Managed = the name starts with the policy prefix (names only; never root/default)."""
+    return bool(prefix) and name.startswith(prefix) and name not in RESERVED_POLICIES and len(name) > len(prefix)
+
+
+def is_minted_for(info: TokenInfo, user: str) -> bool:
+    """Whether the token's metadata says this tool minted it for `user` (the only tokens ever revoked)."""
+    return info.meta.get("managed_by") == TOOL and info.meta.get("user") == user
+
+
+# --- observed ---------------------------------------------------------------------
+
+
+class TokenState(Enum):
+    VALID = "valid"
+    """Looked up: the token lives (its fields may still differ from the desired ones)."""
+    NO_FILE = "no-file"
+    UNREADABLE = "unreadable"
+    """The file exists but is not safe to read or holds no token."""
+    DEAD = "dead"
+    """The admin lookup says: expired, revoked or unknown."""
+    REFUSED = "refused"
+    """Without an admin token: its own lookup-self was refused (dead, or its policy changed)."""
+
+
+@dataclass(frozen=True)
+class ObservedToken:
+    user: str
+    state: TokenState
+    info: TokenInfo | None = None
+    detail: str = ""
+    """Why the file is unreadable (safe to show)."""
+    token: Secret | None = field(default=None, compare=False, repr=False)
+    """The value from the file, for a renewal with the token itself; never rendered."""
+
+
+@dataclass(frozen=True)
+class RecordedToken:
+    """A token accessor the state file holds for a user."""
+
+    user: str
+    accessor: str
+    checked: bool = False
+    """True when looked up by accessor (admin only); then `info` None means it is gone."""
+    info: TokenInfo | None = None
+
+
+@dataclass(frozen=True)
+class ObservedVault:
+    admin: bool
+    policies: Mapping[str, str] | None
+    """Managed policy name -> text; None when they cannot be read (no admin token)."""
+    tokens: Mapping[str, ObservedToken]
+    """By user, for every user with a desired token and an account."""
+    recorded: Mapping[str, RecordedToken]
+    """By user, every record of the state file."""
+
+
+class TokenFileUnreadable(Exception):
+    """Raised by a `read_token` function: the file exists but may not or cannot be read."""
+
+
+TokenReader = Callable[[str], "bytes | None"]
+
+
+def parse_token_file(raw: bytes) -> Secret | None:
+    """The token in a token file, or None when it holds none (empty, not one printable word)."""
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    if not text or any(ch.isspace() or not ch.isprintable() for ch in text):
+        return None
+    return Secret(text)
+
+
+def _observe_token(vault: Vault, user: str, read_token: TokenReader, *, admin: bool) -> ObservedToken:
+    try:
+        raw = read_token(user)
+    except TokenFileUnreadable as exc:
+        return ObservedToken(user, TokenState.UNREADABLE, detail=str(exc))
+    if raw is None:
+        return ObservedToken(user, TokenState.NO_FILE)
+    secret = parse_token_file(raw)
+    if secret is None:
+        return ObservedToken(user, TokenState.UNREADABLE, detail="it holds no token")
+    info = vault.lookup_token(secret) if admin else vault.lookup_token_self(secret)
+    if info is None:
+        return ObservedToken(user, TokenState.DEAD if admin else TokenState.REFUSED, token=secret)
+    return ObservedToken(user, TokenState.VALID, info=info, token=secret)
+
+
+def _observe_policies(vault: Vault, prefix: str) -> dict[str, str]:
+    bodies = vault.list_policies_detailed()  # OpenBao: every body in one request
+    if bodies is None:  # HashiCorp Vault: names, then one read per managed policy
+        bodies = {}
+        for name in vault.list_policy_names():
+            if is_managed_policy(name, prefix):
+                text = vault.read_policy(name)
+                if text is not None:
+                    bodies[name] = text
+    return {name: text for name, text in bodies.items() if is_managed_policy(name, prefix)}
+
+
+def _needs_accessor_check(user: str, accessor: str, desired: DesiredVault,
+                          tokens: Mapping[str, ObservedToken]) -> bool:
+    if user not in desired.tokens:
+        return True  # offboarded or claude_auth false: is it still alive and ours?
+    current = tokens.get(user)
+    if current is None:
+        return False  # no account: nothing will be minted for this user now
+    return not (current.state is TokenState.VALID and current.info is not None
+                and current.info.accessor == accessor)
+
+
+def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: Mapping[str, str],
+                  read_token: TokenReader, token_users: Iterable[str]) -> ObservedVault:
+    """Read what Vault holds.
+
+    With `admin`, `vault` holds the admin token: policies are read, tokens are
+    looked up through the admin API and recorded accessors are checked. Without
+    it, `vault` should hold no token: each token looks itself up, and neither
+    policies nor recorded accessors can be read.
+    """
+    policies = _observe_policies(vault, desired.policy_prefix) if admin else None
+    tokens = {user: _observe_token(vault, user, read_token, admin=admin) for user in token_users}
+    recorded: dict[str, RecordedToken] = {}
+    for user, accessor in sorted(records.items()):
+        if admin and _needs_accessor_check(user, accessor, desired, tokens):
+            recorded[user] = RecordedToken(user, accessor, checked=True, info=vault.lookup_accessor(accessor))
+        else:
+            recorded[user] = RecordedToken(user, accessor)
+    return ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
+                         tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded))
+
+
+# --- plan (pure) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MintOrder:
+    """What the executor needs to (re-)mint one user's token."""
+
+    token: DesiredToken
+    revoke: tuple[str, ...]
+    """Accessors to revoke once the new token is in the file: only tokens minted for this user."""
+
+
+@dataclass(frozen=True)
+class RevokeOrder:
+    user: str
+    accessor: str
+
+
+def token_drift(want: DesiredToken, info: TokenInfo) -> list[str]:
+    """Why a live token is not the desired one (empty: it is)."""
+    reasons = []
+    if not info.orphan:
+        reasons.append("not an orphan token")
+    if info.policies != (want.policy,):
+        reasons.append(f"policies are [{', '.join(info.policies)}], want [{want.policy}]")
+    if info.display_name.lower() != want.vault_display_name.lower():
+        reasons.append(f"display name is {info.display_name or '(none)'}, want {want.vault_display_name}")
+    if info.period_seconds != want.period_seconds:
+        have = format_duration(info.period_seconds) if info.period_seconds else "none"
+        reasons.append(f"period is {have}, want {format_duration(want.period_seconds)}")
+    return reasons
+
+
+def needs_renewal(want: DesiredToken, info: TokenInfo) -> bool:
+    return info.ttl_seconds * 2 < want.period_seconds
+
+
+def _replaced_accessors(user: str, current: ObservedToken, record: RecordedToken | None) -> tuple[str, ...]:
+    accessors: list[str] = []
+    if current.state is TokenState.VALID and current.info is not None and is_minted_for(current.info, user):
+        accessors.append(current.info.accessor)
+    if (record is not None and record.checked and record.info is not None
+            and is_minted_for(record.info, user) and record.accessor not in accessors):
+        accessors.append(record.accessor)
+    return tuple(accessors)
+
+
+def _token_problem(current: ObservedToken) -> str:
+    return {
+        TokenState.NO_FILE: "token file is missing",
+        TokenState.UNREADABLE: f"token file is unreadable ({current.detail})",
+        TokenState.DEAD: "token is expired, revoked or unknown",
+        TokenState.REFUSED: "token refused its own lookup-self (expired, revoked, or its policy changed)",
+    }.get(current.state, "token differs")
+
+
+def plan_token(want: DesiredToken, current: ObservedToken, record: RecordedToken | None) -> list[Change]:
+    """The change (at most one) that brings one user's token to the desired state."""
+    mint = MintOrder(token=want, revoke=_replaced_accessors(want.user, current, record))
+    if current.state is TokenState.VALID and current.info is not None:
+        drift = token_drift(want, current.info)
+        if drift:
+            return [Change(Action.UPDATE, Kind.TOKEN, want.display_name, "; ".join(drift) + "; re-mint",
+                           user=want.user, needs_admin=True, desired=mint, observed=current)]
+        if needs_renewal(want, current.info):
+            reason = (f"TTL {format_duration(current.info.ttl_seconds)} is below half the period "
+                      f"({format_duration(want.period_seconds)}); renew")
+            return [Change(Action.UPDATE, Kind.TOKEN_RENEWAL, want.display_name, reason,
+                           user=want.user, needs_admin=False, desired=want, observed=current)]
+        return []
+    record_gone = record is None or (record.checked and record.info is None)
+    if current.state is TokenState.NO_FILE and record_gone:
+        return [Change(Action.CREATE, Kind.TOKEN, want.display_name, "no token yet; mint",
+                       user=want.user, needs_admin=True, desired=mint, observed=current)]
+    return [Change(Action.UPDATE, Kind.TOKEN, want.display_name, _token_problem(current) + "; re-mint",
+                   user=want.user, needs_admin=True, desired=mint, observed=current)]
+
+
+def plan_policies(desired: DesiredVault, policies: Mapping[str, str], *, prune: bool) -> list[Change]:
+    """Create or update each user's policy; managed policies of users not in the roster are orphaned."""
+    changes: list[Change] = []
+    for name, want in desired.policies.items():
+        have = policies.get(name)
+        if have is None:
+            changes.append(Change(Action.CREATE, Kind.POLICY, name, f"no policy yet for user {want.user}",
+                                  user=want.user, needs_admin=True, desired=want, after_text=want.text))
+        elif have != want.text:
+            changes.append(Change(Action.UPDATE, Kind.POLICY, name, "text differs from the template",
+                                  user=want.user, needs_admin=True, desired=want,
+                                  before_text=have, after_text=want.text))
+    managed = {name for name in policies if is_managed_policy(name, desired.policy_prefix)}
+    for name in sorted(managed - set(desired.policies)):
+        user = name[len(desired.policy_prefix):]
+        changes.append(_orphan(Kind.POLICY, name, user, prune, desired.users,
+                               payload=name, before_text=policies[name]))
+    return changes
+
+
+def plan_tokens(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -> list[Change]:
+    """Mint, re-mint or renew each user's token; revoke recorded tokens no longer wanted."""
+    changes: list[Change] = []
+    for user, want in desired.tokens.items():
+        current = observed.tokens.get(user)
+        if current is not None:  # None: the user has a problem (reported elsewhere)
+            changes.extend(plan_token(want, current, observed.recorded.get(user)))
+    for user, record in observed.recorded.items():
+        if user in desired.tokens:
+            continue
+        if record.checked and (record.info is None or not is_minted_for(record.info, user)):
+            continue  # already gone, or not ours: bookkeeping forgets it
+        changes.append(_orphan(Kind.TOKEN, token_display_name(user), user, prune, desired.users,
+                               payload=RevokeOrder(user, record.accessor)))
+    return changes
+
+
+def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -> list[Change]:
+    """Every Vault change, unsorted. Orphans become deletions only with `prune`.
+
+    Without an admin token the policies are unknown (None) and not planned.
+    """
+    changes: list[Change] = []
+    if observed.policies is not None:
+        changes.extend(plan_policies(desired, observed.policies, prune=prune))
+    changes.extend(plan_tokens(desired, observed, prune=prune))
+    return changes
+
+
+def _orphan(kind: Kind, name: str, user: str, prune: bool, roster_users: frozenset[str], *,
+            payload: object, before_text: str | None = None) -> Change:
+    what = "policy" if kind is Kind.POLICY else "token"
+    if user in roster_users:  # a token of a user whose claude_auth is false
+        return Change(Action.DELETE, kind, name, f"claude_auth is false for user {user}; revoke",
+                      user=user, needs_admin=True, desired=payload, before_text=before_text)
+    if prune:
+        verb = "delete" if kind is Kind.POLICY else "revoke"
+        return Change(Action.DELETE, kind, name, f"user {user} is not in the roster; {verb}",
+                      user=user, needs_admin=True, desired=payload, before_text=before_text)
+    return Change(Action.ORPHANED, kind, name,
+                  f"user {user} is not in the roster (apply --prune removes the {what})",
+                  user=user, needs_admin=True, desired=payload, before_text=before_text)
+
+
+# --- apply: handlers the executor calls ------------------------------------------------------
+
+
+TokenWriter = Callable[[str, bytes], None]
+"""Writes a user's token file (0600, owner the user, no link followed); raises on failure."""
+
+
+@dataclass
+class TokenOutcomes:
+    """What the executor did to tokens this run, for the state file."""
+
+    minted: dict[str, str] = field(default_factory=dict)
+    """user -> accessor of the token now in the user's file."""
+    revoked: set[str] = field(default_factory=set)
+    """Accessors revoked."""
+
+
+@dataclass
+class VaultContext:
+    vault: Vault
+    """The admin client (admin runs), else a client without a token."""
+    admin: bool
+    write_token: TokenWriter
+    outcomes: TokenOutcomes = field(default_factory=TokenOutcomes)
+
+
+class TokenFileWriteFailed(Exception):
+    pass
+
+
+def apply_policy(change: Change, ctx: VaultContext) -> str:
+    if change.action is Action.DELETE:
+        ctx.vault.delete_policy(change.name)
+        return "deleted"
+    want = change.desired
+    assert isinstance(want, DesiredPolicy)
+    ctx.vault.write_policy(want.name, want.text)
+    return "created" if change.action is Action.CREATE else "updated"
+
+
+def apply_token(change: Change, ctx: VaultContext) -> str:
+    if change.action is Action.DELETE:
+        order = change.desired
+        assert isinstance(order, RevokeOrder)
+        ctx.vault.revoke_accessor(order.accessor)
+        ctx.outcomes.revoked.add(order.accessor)
+        return "revoked"
+    mint = change.desired
+    assert isinstance(mint, MintOrder)
+    want = mint.token
+    minted = ctx.vault.create_orphan_token(policies=[want.policy], period=want.period,
+                                           display_name=want.display_name, meta=want.meta)
+    _write_or_revoke(ctx, want.user, minted)
+    ctx.outcomes.minted[want.user] = minted.accessor
+    for accessor in mint.revoke:
+        try:
+            ctx.vault.revoke_accessor(accessor)
+        except VaultError as exc:
+            raise VaultError(f"minted and written, but revoking the replaced token failed: {exc}") from None
+        ctx.outcomes.revoked.add(accessor)
+    if mint.revoke:
+        return "minted, written, replaced token revoked"
+    return "minted and written"
+
+
+def _write_or_revoke(ctx: VaultContext, user: str, minted: MintedToken) -> None:
+    try:
+        ctx.write_token(user, minted.token.reveal().encode("ascii"))
+    except Exception as exc:  # the file write failed: the new token must not outlive it
+        detail = str(exc) or type(exc).__name__
+        try:
+            ctx.vault.revoke_accessor(minted.accessor)
+        except VaultError as revoke_exc:
+            raise TokenFileWriteFailed(
+                f"writing the token file failed ({detail}); revoking the new token failed too: {revoke_exc}"
+            ) from None
+        raise TokenFileWriteFailed(f"writing the token file failed ({detail}); the new token was revoked") from None
+
+
+def apply_renewal(change: Change, ctx: VaultContext) -> str:
+    current = change.observed
+    assert isinstance(current, ObservedToken) and current.token is not None
+    renewed = ctx.vault.with_token(current.token).renew_self()
+    return f"renewed (TTL {format_duration(renewed.ttl_seconds)})"
+
+
+HANDLERS: Mapping[tuple[Kind, Action], Callable[[Change, VaultContext], str]] = MappingProxyType({
+    (Kind.POLICY, Action.CREATE): apply_policy,
+    (Kind.POLICY, Action.UPDATE): apply_policy,
+    (Kind.POLICY, Action.DELETE): apply_policy,
+    (Kind.TOKEN, Action.CREATE): apply_token,
+    (Kind.TOKEN, Action.UPDATE): apply_token,
+    (Kind.TOKEN, Action.DELETE): apply_token,
+    (Kind.TOKEN_RENEWAL, Action.UPDATE): apply_renewal,
+})
+
+
+# --- bookkeeping (pure) ---------------------------------------------------------------------
+
+
+def next_records(records: Mapping[str, str], desired: DesiredVault, observed: ObservedVault,
+                 outcomes: TokenOutcomes) -> dict[str, str]:
+    """The token accessors the state file should hold after this run.
+
+    A user's record is the accessor of the token now in their file when this
+    tool minted it for them (this run or before); records of tokens revoked
+    this run, gone, or not ours are dropped; any other record is kept, so an
+    offboarded user's token can still be found by `apply --prune`.
+    """
+    result = dict(records)
+    for user, want in desired.tokens.items():
+        current = observed.tokens.get(user)
+        if user in outcomes.minted:
+            result[user] = outcomes.minted[user]
+        elif (current is not None and current.state is TokenState.VALID and current.info is not None
+              and is_minted_for(current.info, user) and not token_drift(want, current.info)):
+            result[user] = current.info.accessor
+    for user, accessor in list(result.items()):
+        record = observed.recorded.get(user)
+        if accessor in outcomes.revoked:
+            del result[user]
+        elif (record is not None and record.accessor == accessor and record.checked
+              and (record.info is None or not is_minted_for(record.info, user))):
+            del result[user]
+    return dict(sorted(result.items()))

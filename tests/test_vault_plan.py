@@ -1,0 +1,355 @@
+"""Table-driven tests of the pure Vault planner: (roster, observed) -> changes.
+
+Each scenario is literal values only: no Vault, no disk. No-op scenarios are
+included: a converged world plans nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Callable
+
+import pytest
+
+from reconcile import render
+from reconcile.commands.reconcile_cmd import admin_probe_paths, is_admin
+from reconcile.executor import Result
+from reconcile.model import Action, Change, Kind, is_pending
+from reconcile.planner import Desired, Observed, make_plan
+from reconcile.roster import Roster, User, VaultSettings
+from reconcile.vault import Secret, TokenInfo
+from reconcile.vault_state import (MintOrder, ObservedToken, ObservedVault, RecordedToken, RevokeOrder,
+                                   TokenOutcomes, TokenState, desired_vault, is_managed_policy,
+                                   next_records, parse_token_file, plan_vault, vault_display_name)
+
+HOST = "ws1"
+PERIOD = 768 * 3600
+ROSTER = Roster(
+    users={"alice": User("alice"), "bob": User("bob", parked=True), "carol": User("carol", claude_auth=False)},
+    vault=VaultSettings(policy_prefix="workstation-claude-"),
+)
+DESIRED = desired_vault(ROSTER, HOST)
+POLICY_TEXT = {name: policy.text for name, policy in DESIRED.policies.items()}
+
+
+def info(user: str, *, accessor: str | None = None, ttl: int = PERIOD, **overrides: object) -> TokenInfo:
+    """A lookup of the token this tool mints for `user`, with `overrides` applied."""
+    base = TokenInfo(
+        accessor=accessor or f"acc-{user}", display_name=f"token-devvm-claude-auth-{user}",
+        policies=(f"workstation-claude-{user}",), orphan=True, period_seconds=PERIOD, ttl_seconds=ttl,
+        meta=MappingProxyType({"managed_by": "claude-auth", "user": user, "host": HOST}),
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def valid(user: str, **kw: Any) -> ObservedToken:
+    return ObservedToken(user, TokenState.VALID, info=info(user, **kw), token=Secret(f"s.{user}"))
+
+
+def converged(**changes: object) -> ObservedVault:
+    """The world after a successful apply, with some fields replaced."""
+    world = dict(
+        admin=True,
+        policies=dict(POLICY_TEXT),
+        tokens={"alice": valid("alice"), "bob": valid("bob")},
+        recorded={"alice": RecordedToken("alice", "acc-alice"), "bob": RecordedToken("bob", "acc-bob")},
+    )
+    world.update(changes)
+    return ObservedVault(**world)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Expect:
+    action: Action
+    kind: Kind
+    name: str
+    reason_has: str = ""
+    needs_admin: bool = True
+    check: Callable[[Change], bool] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    observed: ObservedVault
+    expected: tuple[Expect, ...]
+    prune: bool = False
+
+
+def _policies(**replace_text: str | None) -> dict[str, str]:
+    out = dict(POLICY_TEXT)
+    for user, text in replace_text.items():
+        name = f"workstation-claude-{user}"
+        if text is None:
+            out.pop(name)
+        else:
+            out[name] = text
+    return out
+
+
+def _revokes(*accessors: str) -> Callable[[Change], bool]:
+    def check(change: Change) -> bool:
+        return isinstance(change.desired, MintOrder) and change.desired.revoke == accessors
+    return check
+
+
+ALICE_TOKEN = "devvm-claude-auth-alice"
+SCENARIOS = [
+    Scenario("no-op: converged world plans nothing", converged(), ()),
+    Scenario("no-op: TTL exactly half the period is not renewed",
+             converged(tokens={"alice": valid("alice", ttl=PERIOD // 2), "bob": valid("bob")}), ()),
+    Scenario("no-op: policies outside the prefix and root/default are ignored",
+             converged(policies={**POLICY_TEXT, "default": "x", "root": "", "other-team-alice": "x"}), ()),
+    Scenario("no-op (hourly): policies unreadable are not planned, tokens checked by lookup-self",
+             converged(admin=False, policies=None), ()),
+    Scenario(
+        "fresh Vault: every policy and token (parked too, claude_auth false gets a policy only)",
+        ObservedVault(admin=True, policies={}, recorded={},
+                      tokens={"alice": ObservedToken("alice", TokenState.NO_FILE),
+                              "bob": ObservedToken("bob", TokenState.NO_FILE)}),
+        (Expect(Action.CREATE, Kind.POLICY, "workstation-claude-alice"),
+         Expect(Action.CREATE, Kind.POLICY, "workstation-claude-bob"),
+         Expect(Action.CREATE, Kind.POLICY, "workstation-claude-carol"),
+         Expect(Action.CREATE, Kind.TOKEN, ALICE_TOKEN, "no token yet", check=_revokes()),
+         Expect(Action.CREATE, Kind.TOKEN, "devvm-claude-auth-bob", "no token yet")),
+    ),
+    Scenario("policy text edited by hand", converged(policies=_policies(alice="path \"*\" {}\n")),
+             (Expect(Action.UPDATE, Kind.POLICY, "workstation-claude-alice", "differs",
+                     check=lambda c: c.before_text == 'path "*" {}\n' and c.after_text == POLICY_TEXT[c.name]),)),
+    Scenario("policy deleted", converged(policies=_policies(bob=None)),
+             (Expect(Action.CREATE, Kind.POLICY, "workstation-claude-bob"),)),
+    Scenario("token file deleted: re-mint, revoke the recorded token (it is ours)",
+             converged(tokens={"alice": ObservedToken("alice", TokenState.NO_FILE), "bob": valid("bob")},
+                       recorded={"alice": RecordedToken("alice", "acc-old", True, info("alice", accessor="acc-old")),
+                                 "bob": RecordedToken("bob", "acc-bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "token file is missing", check=_revokes("acc-old")),)),
+    Scenario("token file deleted, recorded token gone too: a plain create",
+             converged(tokens={"alice": ObservedToken("alice", TokenState.NO_FILE), "bob": valid("bob")},
+                       recorded={"alice": RecordedToken("alice", "acc-old", True, None),
+                                 "bob": RecordedToken("bob", "acc-bob")}),
+             (Expect(Action.CREATE, Kind.TOKEN, ALICE_TOKEN, "no token yet", check=_revokes()),)),
+    Scenario("token revoked or expired (admin lookup: bad token)",
+             converged(tokens={"alice": ObservedToken("alice", TokenState.DEAD, token=Secret("s.x")),
+                               "bob": valid("bob")},
+                       recorded={"alice": RecordedToken("alice", "acc-alice", True, None),
+                                 "bob": RecordedToken("bob", "acc-bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "expired, revoked", check=_revokes()),)),
+    Scenario("token file unreadable (planted link)",
+             converged(tokens={"alice": ObservedToken("alice", TokenState.UNREADABLE, detail="a symbolic link"),
+                               "bob": valid("bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "unreadable (a symbolic link)"),)),
+    Scenario("file holds bob's token: re-mint alice, never revoke bob's, revoke alice's recorded one",
+             converged(tokens={"alice": valid("bob"), "bob": valid("bob")},
+                       recorded={"alice": RecordedToken("alice", "acc-alice", True, info("alice")),
+                                 "bob": RecordedToken("bob", "acc-bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "policies are [workstation-claude-bob]",
+                     check=_revokes("acc-alice")),)),
+    Scenario("token with an extra policy (ours by metadata: revoked after re-mint)",
+             converged(tokens={"alice": valid("alice", accessor="acc-x",
+                                              policies=("root-ish", "workstation-claude-alice")),
+                               "bob": valid("bob")},
+                       recorded={"alice": RecordedToken("alice", "acc-x"), "bob": RecordedToken("bob", "acc-bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "policies are [root-ish, workstation-claude-alice]",
+                     check=_revokes("acc-x")),)),
+    Scenario("token not an orphan",
+             converged(tokens={"alice": valid("alice", orphan=False), "bob": valid("bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "not an orphan"),)),
+    Scenario("token period differs",
+             converged(tokens={"alice": valid("alice", period_seconds=3600), "bob": valid("bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "period is 1h, want 32d"),)),
+    Scenario("token display name differs",
+             converged(tokens={"alice": valid("alice", display_name="token-someone"), "bob": valid("bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "display name is token-someone"),)),
+    Scenario("low TTL: renewal, no admin needed",
+             converged(tokens={"alice": valid("alice", ttl=PERIOD // 2 - 1), "bob": valid("bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN_RENEWAL, ALICE_TOKEN, "below half the period", needs_admin=False,
+                     check=lambda c: isinstance(c.observed, ObservedToken) and c.observed.token == Secret("s.alice")),)),
+    Scenario("hourly: token refused its lookup-self needs an admin re-mint",
+             converged(admin=False, policies=None,
+                       tokens={"alice": ObservedToken("alice", TokenState.REFUSED), "bob": valid("bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "lookup-self"),)),
+    Scenario("hourly: missing file with an unchecked record is a re-mint, not a create",
+             converged(admin=False, policies=None,
+                       tokens={"alice": ObservedToken("alice", TokenState.NO_FILE), "bob": valid("bob")}),
+             (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "missing", check=_revokes()),)),
+    Scenario("offboarded user without --prune: orphaned policy and token",
+             converged(policies={**POLICY_TEXT, "workstation-claude-dave": "x"},
+                       recorded={"alice": RecordedToken("alice", "acc-alice"), "bob": RecordedToken("bob", "acc-bob"),
+                                 "dave": RecordedToken("dave", "acc-dave", True, info("dave"))}),
+             (Expect(Action.ORPHANED, Kind.POLICY, "workstation-claude-dave", "user dave is not in the roster"),
+              Expect(Action.ORPHANED, Kind.TOKEN, "devvm-claude-auth-dave", "apply --prune"))),
+    Scenario("offboarded user with --prune: delete policy, revoke token",
+             converged(policies={**POLICY_TEXT, "workstation-claude-dave": "x"},
+                       recorded={"alice": RecordedToken("alice", "acc-alice"), "bob": RecordedToken("bob", "acc-bob"),
+                                 "dave": RecordedToken("dave", "acc-dave", True, info("dave"))}),
+             (Expect(Action.DELETE, Kind.POLICY, "workstation-claude-dave", "not in the roster; delete"),
+              Expect(Action.DELETE, Kind.TOKEN, "devvm-claude-auth-dave", "revoke",
+                     check=lambda c: c.desired == RevokeOrder("dave", "acc-dave"))),
+             prune=True),
+    Scenario("offboarded user, hourly (record unchecked): still listed as orphaned",
+             converged(admin=False, policies=None,
+                       recorded={"alice": RecordedToken("alice", "acc-alice"), "bob": RecordedToken("bob", "acc-bob"),
+                                 "dave": RecordedToken("dave", "acc-dave")}),
+             (Expect(Action.ORPHANED, Kind.TOKEN, "devvm-claude-auth-dave"),)),
+    Scenario("offboarded user whose token is gone, or not ours: nothing to revoke",
+             converged(recorded={"alice": RecordedToken("alice", "acc-alice"), "bob": RecordedToken("bob", "acc-bob"),
+                                 "dave": RecordedToken("dave", "acc-dave", True, None),
+                                 "erin": RecordedToken("erin", "acc-erin", True, info("someone"))}),
+             (), prune=True),
+    Scenario("claude_auth false with a live recorded token: revoked without --prune",
+             converged(recorded={"alice": RecordedToken("alice", "acc-alice"), "bob": RecordedToken("bob", "acc-bob"),
+                                 "carol": RecordedToken("carol", "acc-carol", True, info("carol"))}),
+             (Expect(Action.DELETE, Kind.TOKEN, "devvm-claude-auth-carol", "claude_auth is false"),)),
+    Scenario("a user without an observed token (no account) is skipped",
+             converged(tokens={"bob": valid("bob")}), ()),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
+def test_plan_vault(scenario: Scenario) -> None:
+    changes = plan_vault(DESIRED, scenario.observed, prune=scenario.prune)
+    got = sorted(changes, key=lambda c: (c.kind.value, c.name))
+    want = sorted(scenario.expected, key=lambda e: (e.kind.value, e.name))
+    assert [(c.action, c.kind, c.name) for c in got] == [(e.action, e.kind, e.name) for e in want]
+    for change, expect in zip(got, want):
+        assert expect.reason_has in change.reason
+        assert change.needs_admin is expect.needs_admin
+        if expect.check is not None:
+            assert expect.check(change), change
+        assert "s.alice" not in change.reason and "s.bob" not in change.reason
+
+
+def test_plan_is_pure_and_repeatable() -> None:
+    observed = converged(policies=_policies(alice="x"))
+    first = make_plan(Desired(DESIRED), Observed(observed), prune=False)
+    second = make_plan(Desired(DESIRED), Observed(observed), prune=False)
+    assert first == second and isinstance(first, tuple)
+
+
+def test_desired_state() -> None:
+    assert set(DESIRED.policies) == {"workstation-claude-alice", "workstation-claude-bob", "workstation-claude-carol"}
+    assert set(DESIRED.tokens) == {"alice", "bob"}  # parked bob keeps his token; carol has none
+    alice = DESIRED.tokens["alice"]
+    assert alice.policy == "workstation-claude-alice"
+    assert alice.display_name == "devvm-claude-auth-alice"
+    assert alice.vault_display_name == "token-devvm-claude-auth-alice"
+    assert (alice.period, alice.period_seconds) == ("768h", PERIOD)
+    assert dict(alice.meta) == {"managed_by": "claude-auth", "user": "alice", "host": HOST}
+    text = DESIRED.policies["workstation-claude-alice"].text
+    assert 'path "secret/data/workstation/claude-users/alice"' in text
+    assert '["create", "read", "update"]' in text
+    assert 'path "secret/metadata/workstation/claude-users/alice"' in text
+
+
+def test_policy_prefix_is_lower_cased_like_vault() -> None:
+    roster = Roster(users={"alice": User("alice")}, vault=VaultSettings(policy_prefix="WS-"))
+    assert set(desired_vault(roster, HOST).policies) == {"ws-alice"}
+
+
+@pytest.mark.parametrize("name,prefix,managed", [
+    ("workstation-claude-alice", "workstation-claude-", True),
+    ("workstation-claude-", "workstation-claude-", False),
+    ("other-workstation-claude-alice", "workstation-claude-", False),
+    ("default", "", False), ("root", "r", False), ("anything", "", False),
+])
+def test_is_managed_policy(name: str, prefix: str, managed: bool) -> None:
+    assert is_managed_policy(name, prefix) is managed
+
+
+@pytest.mark.parametrize("requested,shown", [
+    ("devvm-claude-auth-alice", "token-devvm-claude-auth-alice"),
+    ("devvm-claude-auth-a_b", "token-devvm-claude-auth-a-b"),
+    ("devvm-claude-auth-bob_", "token-devvm-claude-auth-bob"),
+])
+def test_vault_display_name(requested: str, shown: str) -> None:
+    assert vault_display_name(requested) == shown
+
+
+@pytest.mark.parametrize("raw,ok", [(b"s.abc\n", True), (b"  hvs.xyz  ", True), (b"", False), (b"\n", False),
+                                    (b"two words", False), (b"\xff\xfe", False)])
+def test_parse_token_file(raw: bytes, ok: bool) -> None:
+    assert (parse_token_file(raw) is not None) is ok
+
+
+def test_next_records() -> None:
+    observed = converged(
+        tokens={"alice": ObservedToken("alice", TokenState.NO_FILE), "bob": valid("bob", accessor="acc-bob2")},
+        recorded={"alice": RecordedToken("alice", "acc-a-old", True, info("alice")),
+                  "bob": RecordedToken("bob", "acc-bob", True, None),
+                  "carol": RecordedToken("carol", "acc-carol", True, None),
+                  "dave": RecordedToken("dave", "acc-dave"),
+                  "erin": RecordedToken("erin", "acc-erin", True, info("erin"))})
+    records = {"alice": "acc-a-old", "bob": "acc-bob", "carol": "acc-carol", "dave": "acc-dave", "erin": "acc-erin"}
+    outcomes = TokenOutcomes(minted={"alice": "acc-a-new"}, revoked={"acc-a-old", "acc-erin"})
+    assert next_records(records, DESIRED, observed, outcomes) == {
+        "alice": "acc-a-new",  # minted this run
+        "bob": "acc-bob2",  # the valid token of ours in the file
+        "dave": "acc-dave",  # unchecked: kept for apply --prune
+    }
+
+
+def test_next_records_no_op_is_unchanged() -> None:
+    records = {"alice": "acc-alice", "bob": "acc-bob"}
+    assert next_records(records, DESIRED, converged(), TokenOutcomes()) == records
+
+
+@pytest.mark.parametrize("caps,admin", [
+    ({"p": ("root",), "m": ("root",)}, True),
+    ({"p": ("create", "update"), "m": ("update", "sudo")}, True),
+    ({"p": ("create", "update"), "m": ("update",)}, False),  # cannot mint tokens with other policies
+    ({"p": ("read",), "m": ("update", "sudo")}, False),
+    ({"p": ("deny",), "m": ("deny",)}, False),
+])
+def test_is_admin(caps: dict[str, tuple[str, ...]], admin: bool) -> None:
+    policy_path, mint_path = admin_probe_paths("ws-")
+    assert is_admin({policy_path: caps["p"], mint_path: caps["m"]}, "ws-") is admin
+
+
+# --- views --------------------------------------------------------------------------------------
+
+
+def _plan(observed: ObservedVault, prune: bool = False) -> tuple[Change, ...]:
+    return make_plan(Desired(DESIRED), Observed(observed), prune=prune)
+
+
+def test_human_plan_view() -> None:
+    plan = _plan(converged(policies=_policies(alice="old\n", bob=None),
+                           tokens={"alice": valid("alice", ttl=10), "bob": ObservedToken("bob", TokenState.DEAD)}))
+    assert render.plan_text(plan).splitlines() == [
+        "~ token-renewal devvm-claude-auth-alice: TTL 10s is below half the period (32d); renew",
+        "~ token devvm-claude-auth-bob: token is expired, revoked or unknown; re-mint",
+        "~ policy workstation-claude-alice: text differs from the template",
+        "+ policy workstation-claude-bob: no policy yet for user bob",
+        "Plan: 1 to add, 3 to change, 0 to remove.",
+    ]
+
+
+def test_human_plan_diff_shows_policy_text() -> None:
+    plan = _plan(converged(policies=_policies(alice="old line\n")))
+    lines = render.plan_text(plan, diff=True).splitlines()
+    assert "    -old line" in lines
+    assert any(line.startswith("    +path \"secret/data/workstation/claude-users/alice\"") for line in lines)
+
+
+def test_no_changes_view_and_orphans_are_not_pending() -> None:
+    assert render.plan_text(_plan(converged())) == "No changes."
+    orphaned = _plan(converged(policies={**POLICY_TEXT, "workstation-claude-dave": "x"}))
+    assert not any(is_pending(c) for c in orphaned)
+    assert render.plan_text(orphaned).splitlines() == [
+        "! policy workstation-claude-dave: user dave is not in the roster (apply --prune removes the policy)",
+        "No changes.",
+    ]
+
+
+def test_json_views_have_exact_keys() -> None:
+    plan = _plan(converged(policies=_policies(bob=None)))
+    assert json.loads(render.plan_json(plan)) == [
+        {"action": "create", "kind": "policy", "name": "workstation-claude-bob",
+         "reason": "no policy yet for user bob"}]
+    result = Result(plan[0], ok=False, message="needs an admin run", blocked=True)
+    document = json.loads(render.apply_json(plan, [result], warnings=["bob: x"], errors=[]))
+    assert set(document) == {"changes", "results", "warnings", "errors"}
+    assert document["results"] == [{"name": "workstation-claude-bob", "kind": "policy", "action": "create",
+                                    "ok": False, "error": "needs an admin run"}]

@@ -1,0 +1,591 @@
+"""plan / apply against a real OpenBao dev server, through `main(argv)` in-process.
+
+Each test gets its own --root (etc/passwd with users at uid 5001.., homes
+under it) and its own policy and KV prefixes, so the session-wide server is
+shared safely. Every request the tool sends is logged at the HTTP layer
+(independently of reconcile.vault's own count) to count writes. At the end of
+each test, every token minted during it is searched for in every stdout,
+stderr, JSON document, log record and the state file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import hvac
+import hvac.exceptions
+import pytest
+import requests.adapters
+import yaml
+
+from reconcile.cli import main
+from reconcile.commands import reconcile_cmd
+from reconcile.exitcodes import Exit
+from reconcile.roster_loader import load_roster
+from tests.conftest import assert_no_secrets
+from tests.support.openbao import OpenBaoServer, free_port
+
+TOKEN_REL = ".config/claude-auth-sync/vault-token"
+READ_ONLY_POSTS = ("/v1/auth/token/lookup", "/v1/auth/token/lookup-accessor", "/v1/sys/capabilities-self")
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.splitlines()
+
+
+@dataclass
+class World:
+    server: OpenBaoServer
+    root: Path
+    roster_path: Path
+    capsys: Any
+    caplog: Any
+    prefix: str = field(default_factory=lambda: f"t{secrets.token_hex(4)}-")
+    uids: dict[str, int] = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)
+    secrets_seen: set[str] = field(default_factory=set)
+    http: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def path_prefix(self) -> str:
+        return f"{self.prefix.rstrip('-')}/claude-users"
+
+    @property
+    def client(self) -> hvac.Client:
+        return hvac.Client(url=self.server.address, token=self.server.root_token)
+
+    def policy_name(self, user: str) -> str:
+        return f"{self.prefix}{user}"
+
+    def add_users(self, *names: str) -> None:
+        for name in names:
+            if name in self.uids:
+                continue
+            uid = 5001 + len(self.uids)
+            self.uids[name] = uid
+            home = self.root / "home" / name
+            home.mkdir(parents=True)
+            os.chown(home, uid, uid)
+        passwd = self.root / "etc" / "passwd"
+        passwd.write_text("root:x:0:0:root:/root:/bin/bash\n" + "".join(
+            f"{n}:x:{u}:{u}::/home/{n}:/bin/bash\n" for n, u in self.uids.items()))
+
+    def write_roster(self, users: dict[str, dict[str, object]], **vault: object) -> None:
+        self.add_users(*users)
+        document = {"vault": {"policy_prefix": self.prefix, "path_prefix": self.path_prefix, **vault},
+                    "users": users}
+        self.roster_path.write_text(yaml.safe_dump(document))
+
+    def run(self, *argv: str) -> Run:
+        self.http.clear()
+        code = main([*argv, "--roster", str(self.roster_path), "--root", str(self.root)])
+        captured = self.capsys.readouterr()
+        self.texts += [captured.out, captured.err]
+        for user in self.uids:
+            self.token(user)  # remember whatever token is in the files now
+        return Run(int(code), captured.out, captured.err)
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [(m, p) for m, p in self.http if m not in ("GET", "LIST", "HEAD") and not p.endswith(READ_ONLY_POSTS)]
+
+    def token_path(self, user: str) -> Path:
+        return self.root / "home" / user / TOKEN_REL
+
+    def token(self, user: str) -> str | None:
+        try:
+            value = self.token_path(user).read_text().strip()
+        except OSError:
+            return None
+        if value:
+            self.secrets_seen.add(value)
+        return value
+
+    def put_token(self, user: str, value: str) -> None:
+        self.secrets_seen.add(value)
+        path = self.token_path(user)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value)
+        os.chown(path, self.uids[user], self.uids[user])
+        path.chmod(0o600)
+
+    def lookup(self, token: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.client.auth.token.lookup(token)["data"])
+        except hvac.exceptions.Forbidden:
+            return None
+
+    def mint_like_tool(self, user: str, *, period: str = "768h", policies: list[str] | None = None,
+                       owner: str | None = None) -> str:
+        """A token shaped as the tool mints it (metadata included), made directly with root."""
+        data = self.client.auth.token.create_orphan(
+            policies=policies or [self.policy_name(owner or user)], period=period, no_default_policy=True,
+            display_name=f"devvm-claude-auth-{owner or user}",
+            meta={"managed_by": "claude-auth", "user": owner or user, "host": socket.gethostname()})
+        value = str(data["auth"]["client_token"])
+        self.secrets_seen.add(value)
+        return value
+
+    def policy_text(self, user: str) -> str | None:
+        try:
+            return str(self.client.sys.read_acl_policy(self.policy_name(user))["data"]["policy"])
+        except hvac.exceptions.InvalidPath:
+            return None
+
+    def state(self) -> dict[str, str]:
+        path = self.root / "var/lib/claude-auth/state.json"
+        text = path.read_text()
+        self.texts.append(text)
+        return {u: e["accessor"] for u, e in json.loads(text)["tokens"].items()}
+
+    def assert_converged(self) -> None:
+        again = self.run("plan")
+        assert again.code == Exit.OK, again.out + again.err
+        assert again.lines[-1] == "No changes."
+
+
+@pytest.fixture
+def world(tmp_path: Path, openbao: OpenBaoServer, capsys: Any, caplog: Any,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    w = World(server=openbao, root=root, roster_path=tmp_path / "roster.yaml", capsys=capsys, caplog=caplog)
+    monkeypatch.setenv("VAULT_ADDR", openbao.address)
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.vault-token of the real user
+    monkeypatch.delenv("CLAUDE_AUTH_NO_ADMIN", raising=False)
+    monkeypatch.delenv("VAULT_CACERT", raising=False)
+
+    original_send = requests.adapters.HTTPAdapter.send
+
+    def send(adapter: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        w.http.append((request.method.upper(), request.path_url.split("?")[0]))
+        return original_send(adapter, request, *args, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    yield w
+    texts = w.texts + [record.getMessage() for record in caplog.records]
+    state = root / "var/lib/claude-auth/state.json"
+    if state.exists():
+        texts.append(state.read_text())
+    assert_no_secrets(texts, w.secrets_seen | {openbao.root_token})
+
+
+def short_period(monkeypatch: pytest.MonkeyPatch, period: str, seconds: int) -> None:
+    """The roster refuses periods under 1h; tests of expiry and renewal need seconds."""
+    def load(path: str) -> Any:
+        roster = load_roster(path)
+        return dataclasses.replace(roster, vault=dataclasses.replace(
+            roster.vault, token_period=period, token_period_seconds=seconds))
+    monkeypatch.setattr(reconcile_cmd, "load_roster", load)
+
+
+# --- the whole cycle ------------------------------------------------------------------------------
+
+
+def test_fresh_plan_apply_then_nothing(world: World) -> None:
+    world.write_roster({"alice": {}, "bob": {"parked": True}, "carol": {"claude_auth": False}, "erin_b": {}})
+    plan = world.run("plan")
+    assert plan.code == Exit.CHANGES_PENDING, plan.err
+    for user in ("alice", "bob", "carol", "erin_b"):
+        assert f"+ policy {world.prefix}{user}: no policy yet for user {user}" in plan.lines
+    for user in ("alice", "bob", "erin_b"):  # parked bob too; carol has claude_auth false
+        assert f"+ token devvm-claude-auth-{user}: no token yet; mint" in plan.lines
+    assert not any("devvm-claude-auth-carol" in line for line in plan.lines)
+    assert plan.lines[-1].startswith("Plan: ") and plan.lines[-1].endswith("to remove.")
+    assert world.writes() == []  # plan changes nothing
+
+    as_json = world.run("plan", "--json")
+    assert as_json.code == Exit.CHANGES_PENDING
+    document = json.loads(as_json.out)
+    assert all(set(item) == {"action", "kind", "name", "reason"} for item in document)
+    assert {"action": "create", "kind": "token", "name": "devvm-claude-auth-alice",
+            "reason": "no token yet; mint"} in document
+
+    applied = world.run("apply")
+    assert applied.code == Exit.OK, applied.err
+    assert f"+ policy {world.prefix}alice: created" in applied.lines
+    assert "+ token devvm-claude-auth-alice: minted and written" in applied.lines
+
+    for user in ("alice", "bob", "erin_b"):
+        path = world.token_path(user)
+        assert (path.stat().st_mode & 0o777, path.stat().st_uid) == (0o600, world.uids[user])
+        assert (path.parent.stat().st_mode & 0o777, path.parent.stat().st_uid) == (0o700, world.uids[user])
+        info = world.lookup(world.token(user) or "")
+        assert info is not None
+        assert info["policies"] == [world.policy_name(user)]
+        assert info["orphan"] is True and info["period"] == 768 * 3600
+        assert info["display_name"] == f"token-devvm-claude-auth-{user.replace('_', '-')}"
+        assert info["meta"] == {"managed_by": "claude-auth", "user": user, "host": socket.gethostname()}
+    assert world.token("carol") is None
+    state_file = world.root / "var/lib/claude-auth/state.json"
+    assert state_file.stat().st_mode & 0o777 == 0o600 and state_file.parent.stat().st_mode & 0o777 == 0o700
+    assert set(world.state()) == {"alice", "bob", "erin_b"}
+
+    world.assert_converged()
+    assert world.run("plan", "--json").out.strip() == "[]"
+
+    second = world.run("apply")
+    assert second.code == Exit.OK
+    assert second.lines == ["No changes."]
+    assert world.writes() == []  # zero Vault writes, counted on the wire
+    assert len(world.http) == 2 + 3  # capabilities-self + one policy LIST + one lookup per token
+
+    second_json = world.run("apply", "--json")
+    assert json.loads(second_json.out) == {"changes": [], "results": [], "warnings": [], "errors": []}
+
+
+def test_apply_json_reports_results(world: World) -> None:
+    world.write_roster({"alice": {}})
+    run = world.run("apply", "--json")
+    assert run.code == Exit.OK
+    document = json.loads(run.out)
+    assert set(document) == {"changes", "results", "warnings", "errors"}
+    assert {"name": "devvm-claude-auth-alice", "kind": "token", "action": "create", "ok": True,
+            "error": None} in document["results"]
+    assert all(set(r) == {"name", "kind", "action", "ok", "error"} for r in document["results"])
+
+
+def test_diff_shows_policy_text_never_a_token(world: World) -> None:
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    world.client.sys.create_or_update_acl_policy(world.policy_name("alice"), 'path "secret/*" {\n  capabilities = ["read"]\n}\n')
+    run = world.run("plan", "--diff")
+    assert run.code == Exit.CHANGES_PENDING
+    assert f"~ policy {world.prefix}alice: text differs from the template" in run.lines
+    assert '    -path "secret/*" {' in run.lines
+    assert any(line.startswith("    +path \"secret/data/") for line in run.lines)
+
+
+# --- drift, detected and repaired by the next admin apply -----------------------------------------
+
+
+def _edit_policy(w: World) -> str:
+    w.client.sys.create_or_update_acl_policy(w.policy_name("alice"), 'path "secret/*" {\n  capabilities = ["read", "list"]\n}\n')
+    return f"~ policy {w.prefix}alice: text differs from the template"
+
+
+def _delete_policy(w: World) -> str:
+    w.client.sys.delete_acl_policy(w.policy_name("alice"))
+    return f"+ policy {w.prefix}alice: no policy yet for user alice"
+
+
+def _revoke_token(w: World) -> str:
+    w.client.auth.token.revoke_accessor(w.state()["alice"])
+    return "~ token devvm-claude-auth-alice: token is expired, revoked or unknown; re-mint"
+
+
+def _expire_token(w: World) -> str:
+    w.put_token("alice", w.mint_like_tool("alice", period="2s"))
+    time.sleep(3.5)
+    return "~ token devvm-claude-auth-alice: token is expired, revoked or unknown; re-mint"
+
+
+def _delete_token_file(w: World) -> str:
+    w.token_path("alice").unlink()
+    return "~ token devvm-claude-auth-alice: token file is missing; re-mint"
+
+
+def _bobs_token_in_alices_file(w: World) -> str:
+    w.put_token("alice", w.token("bob") or "")
+    return f"~ token devvm-claude-auth-alice: policies are [{w.prefix}bob], want [{w.prefix}alice]"
+
+
+def _extra_policy(w: World) -> str:
+    w.put_token("alice", w.mint_like_tool("alice", policies=[w.policy_name("alice"), w.policy_name("bob")]))
+    return f"~ token devvm-claude-auth-alice: policies are [{w.prefix}alice, {w.prefix}bob], want [{w.prefix}alice]"
+
+
+DRIFTS = {
+    "policy-edited": _edit_policy,
+    "policy-deleted": _delete_policy,
+    "token-revoked": _revoke_token,
+    "token-expired": _expire_token,
+    "token-file-deleted": _delete_token_file,
+    "token-of-another-user": _bobs_token_in_alices_file,
+    "token-extra-policy": _extra_policy,
+}
+
+
+@pytest.mark.parametrize("drift", list(DRIFTS))
+def test_drift_is_detected_and_repaired(world: World, drift: str) -> None:
+    world.write_roster({"alice": {}, "bob": {}})
+    assert world.run("apply").code == Exit.OK
+    first_alice = world.token("alice") or ""
+    bob_token = world.token("bob") or ""
+    file_token_before = None
+
+    expected_line = DRIFTS[drift](world)
+    if world.token_path("alice").exists():
+        file_token_before = world.token("alice")
+    plan = world.run("plan")
+    assert plan.code == Exit.CHANGES_PENDING, plan.out + plan.err
+    assert any(line.startswith(expected_line) for line in plan.lines), plan.out
+
+    applied = world.run("apply")
+    assert applied.code == Exit.OK, applied.out + applied.err
+    world.assert_converged()
+
+    alice = world.token("alice") or ""
+    info = world.lookup(alice)
+    assert info is not None and info["policies"] == [world.policy_name("alice")]
+    assert world.state()["alice"] == info["accessor"]
+    if drift.startswith("token"):
+        assert alice not in (first_alice, file_token_before)
+        assert world.lookup(first_alice) is None  # the replaced token of alice's is revoked
+        if file_token_before and file_token_before != bob_token:
+            assert world.lookup(file_token_before) is None
+    else:
+        assert alice == first_alice  # a policy repair does not touch the token
+    # bob is never touched, even when his token sat in alice's file
+    assert world.token("bob") == bob_token and world.lookup(bob_token) is not None
+
+
+def test_unsafe_token_file_is_a_user_problem_others_proceed(world: World) -> None:
+    world.write_roster({"alice": {}, "bob": {}})
+    config = world.root / "home/alice/.config"
+    config.mkdir(parents=True)
+    target = world.root / "elsewhere"
+    target.mkdir()
+    (config / "claude-auth-sync").symlink_to(target)
+    run = world.run("apply")
+    assert run.code == Exit.ERROR
+    assert any(line.startswith("ERROR alice: ") and "symbolic link" in line for line in run.err.splitlines())
+    assert "+ token devvm-claude-auth-bob: minted and written" in run.lines
+    assert not any("devvm-claude-auth-alice" in line for line in run.lines)
+    assert list(target.iterdir()) == []
+
+
+# --- the minted tokens keep users apart -------------------------------------------------------------
+
+
+def test_cross_user_isolation(world: World) -> None:
+    world.write_roster({"alice": {}, "bob": {}})
+    assert world.run("apply").code == Exit.OK
+    alice = hvac.Client(url=world.server.address, token=world.token("alice"))
+    mine, bobs = f"{world.path_prefix}/alice", f"{world.path_prefix}/bob"
+    kv = alice.secrets.kv.v2
+
+    kv.create_or_update_secret(path=mine, secret={"k": "1"}, cas=0, mount_point="secret")
+    read = kv.read_secret_version(path=mine, mount_point="secret", raise_on_deleted_version=True)
+    assert read["data"]["data"] == {"k": "1"}
+    kv.create_or_update_secret(path=mine, secret={"k": "2"}, cas=1, mount_point="secret")
+    assert kv.read_secret_metadata(path=mine, mount_point="secret")["data"]["current_version"] == 2
+    alice.auth.token.lookup_self()
+    alice.auth.token.renew_self()
+
+    world.client.secrets.kv.v2.create_or_update_secret(path=bobs, secret={"b": "1"}, mount_point="secret")
+    denied: list[Callable[[], object]] = [
+        lambda: kv.read_secret_version(path=bobs, mount_point="secret", raise_on_deleted_version=True),
+        lambda: kv.create_or_update_secret(path=bobs, secret={"x": "1"}, mount_point="secret"),
+        lambda: kv.read_secret_metadata(path=bobs, mount_point="secret"),
+        lambda: kv.list_secrets(path=world.path_prefix, mount_point="secret"),
+        lambda: alice.sys.read_acl_policy(world.policy_name("bob")),
+        lambda: alice.sys.list_acl_policies(),
+        lambda: alice.sys.create_or_update_acl_policy("evil", 'path "*" {\n  capabilities = ["sudo"]\n}\n'),
+        lambda: alice.auth.token.create(policies=[world.policy_name("alice")]),
+        lambda: alice.auth.token.create_orphan(policies=[world.policy_name("alice")]),
+        lambda: alice.auth.token.lookup(world.token("bob")),
+    ]
+    for attempt in denied:
+        with pytest.raises(hvac.exceptions.Forbidden):
+            attempt()
+
+
+# --- without an admin token (the hourly run) -------------------------------------------------------
+
+
+def test_hourly_renews_warns_and_changes_nothing_else(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    short_period(monkeypatch, "8s", 8)
+    world.write_roster({"alice": {}, "bob": {}})
+    assert world.run("apply").code == Exit.OK
+    world.assert_converged()
+    alice, bob = world.token("alice") or "", world.token("bob") or ""
+    world.client.auth.token.revoke_accessor(world.state()["bob"])  # needs an admin to re-mint
+    edited = 'path "secret/*" {\n  capabilities = ["read"]\n}\n'
+    world.client.sys.create_or_update_acl_policy(world.policy_name("bob"), edited)  # unseen without an admin
+    accessors_before = set(world.client.auth.token.list_accessors()["data"]["keys"])
+    state_before = world.state()
+    time.sleep(5)  # alice's TTL falls below half of the 8s period
+
+    monkeypatch.setenv("CLAUDE_AUTH_NO_ADMIN", "1")  # the hourly service; VAULT_TOKEN stays set and unused
+    run = world.run("apply")
+    assert run.code == Exit.OK, run.out + run.err
+    assert any(line.startswith("~ token-renewal devvm-claude-auth-alice: renewed") for line in run.lines), run.out
+    warns = [line for line in run.err.splitlines() if line.startswith("WARN ")]
+    assert warns == ["WARN bob: needs an admin run: token devvm-claude-auth-bob: "
+                     "token refused its own lookup-self (expired, revoked, or its policy changed); re-mint"]
+    assert world.writes() == [("POST", "/v1/auth/token/renew-self")]  # the only write: with alice's own token
+    assert world.lookup(alice)["ttl"] > 5  # type: ignore[index]
+    # nothing else changed: no token minted or revoked, files and state untouched
+    assert set(world.client.auth.token.list_accessors()["data"]["keys"]) == accessors_before
+    assert (world.token("alice"), world.token("bob")) == (alice, bob)
+    assert world.state() == state_before
+    assert world.policy_text("bob") == edited
+
+    plan = world.run("plan")  # still lists what needs the admin, exit 2
+    assert plan.code == Exit.CHANGES_PENDING
+    assert plan.lines == ["~ token devvm-claude-auth-bob: token refused its own lookup-self "
+                          "(expired, revoked, or its policy changed); re-mint", "Plan: 0 to add, 1 to change, 0 to remove."]
+
+    monkeypatch.delenv("CLAUDE_AUTH_NO_ADMIN")
+    assert world.run("apply").code == Exit.OK
+    assert world.lookup(world.token("bob") or "") is not None
+
+
+def test_a_non_admin_token_means_hourly_mode(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    monkeypatch.setenv("VAULT_TOKEN", world.token("alice") or "")
+    run = world.run("plan")
+    assert run.code == Exit.OK
+    assert "not an admin token" in run.err and run.lines == ["No changes."]
+
+
+# --- Vault errors: one line naming VAULT_ADDR, exit 1, nothing changed -----------------------------
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_rejected_admin_token(world: World, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    world.write_roster({"alice": {}})
+    before = _tree(world.root)
+    monkeypatch.setenv("VAULT_TOKEN", "s.not-a-real-token")
+    world.secrets_seen.add("s.not-a-real-token")
+    run = world.run(command)
+    assert run.code == Exit.ERROR and run.out == ""
+    lines = run.err.splitlines()
+    assert len(lines) == 1 and "rejected" in lines[0] and f"VAULT_ADDR={world.server.address}" in lines[0]
+    assert _tree(world.root) == before
+
+
+@pytest.mark.parametrize("admin", [True, False])
+def test_unreachable_vault(world: World, monkeypatch: pytest.MonkeyPatch, admin: bool) -> None:
+    world.write_roster({"alice": {}})
+    before = _tree(world.root)
+    address = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("VAULT_ADDR", address)
+    if not admin:
+        monkeypatch.setenv("CLAUDE_AUTH_NO_ADMIN", "1")
+    run = world.run("apply")
+    assert run.code == Exit.ERROR and run.out == ""
+    lines = run.err.splitlines()
+    assert len(lines) == 1 and f"VAULT_ADDR={address}" in lines[0] and "unreachable" in lines[0]
+    assert _tree(world.root) == before
+
+
+def test_missing_vault_address(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.write_roster({"alice": {}})
+    monkeypatch.delenv("VAULT_ADDR")
+    run = world.run("plan")
+    assert run.code == Exit.ERROR
+    assert "VAULT_ADDR" in run.err
+
+
+# --- offboarding --------------------------------------------------------------------------------------
+
+
+def test_prune_removes_offboarded_user_keeps_kv(world: World) -> None:
+    world.write_roster({"alice": {}, "dave": {}})
+    assert world.run("apply").code == Exit.OK
+    dave_token = world.token("dave") or ""
+    kv_path = f"{world.path_prefix}/dave"
+    world.client.secrets.kv.v2.create_or_update_secret(path=kv_path, secret={"keep": "me"}, mount_point="secret")
+    world.write_roster({"alice": {}})
+
+    plan = world.run("plan")
+    assert plan.code == Exit.OK, plan.out  # orphans are not pending
+    assert (f"! policy {world.prefix}dave: user dave is not in the roster (apply --prune removes the policy)"
+            in plan.lines)
+    assert ("! token devvm-claude-auth-dave: user dave is not in the roster (apply --prune removes the token)"
+            in plan.lines)
+    assert plan.lines[-1] == "No changes."
+    orphaned = [item for item in json.loads(world.run("plan", "--json").out) if item["action"] == "orphaned"]
+    assert {(item["kind"], item["name"]) for item in orphaned} >= {
+        ("policy", f"{world.prefix}dave"), ("token", "devvm-claude-auth-dave")}
+
+    assert world.run("apply").code == Exit.OK  # without --prune: nothing is touched
+    assert world.policy_text("dave") is not None and world.lookup(dave_token) is not None
+    assert "dave" in world.state()
+
+    pruned = world.run("apply", "--prune")
+    assert pruned.code == Exit.OK, pruned.err
+    assert f"- policy {world.prefix}dave: deleted" in pruned.lines
+    assert "- token devvm-claude-auth-dave: revoked" in pruned.lines
+    assert world.policy_text("dave") is None
+    assert world.lookup(dave_token) is None
+    assert "dave" not in world.state()
+    kept = world.client.secrets.kv.v2.read_secret_version(path=kv_path, mount_point="secret",
+                                                          raise_on_deleted_version=True)
+    assert kept["data"]["data"] == {"keep": "me"}
+    assert world.policy_text("alice") is not None and world.lookup(world.token("alice") or "") is not None
+    world.assert_converged()
+
+
+def test_claude_auth_false_revokes_the_token_keeps_the_policy(world: World) -> None:
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    token = world.token("alice") or ""
+    world.write_roster({"alice": {"claude_auth": False}})
+    plan = world.run("plan")
+    assert plan.code == Exit.CHANGES_PENDING
+    assert "- token devvm-claude-auth-alice: claude_auth is false for user alice; revoke" in plan.lines
+    assert world.run("apply").code == Exit.OK
+    assert world.lookup(token) is None and world.policy_text("alice") is not None
+    world.assert_converged()
+
+
+def test_write_failure_revokes_the_new_token(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.write_roster({"alice": {}})
+    minted: list[str] = []
+    from reconcile import vault as vault_module
+    original = vault_module.Vault.create_orphan_token
+
+    def spy(self: Any, **kwargs: Any) -> Any:
+        result = original(self, **kwargs)
+        minted.append(result.token.reveal())
+        world.secrets_seen.add(result.token.reveal())
+        return result
+
+    def fail(account: Any, rel: str, data: bytes, mode: int = 0o600) -> None:
+        from reconcile.homefs import UnsafePath
+        raise UnsafePath("~/.config/claude-auth-sync is a symbolic link; refusing to follow it")
+
+    monkeypatch.setattr(vault_module.Vault, "create_orphan_token", spy)
+    monkeypatch.setattr(reconcile_cmd, "write_private_file", fail)
+    run = world.run("apply")
+    assert run.code == Exit.ERROR
+    assert ("ERROR devvm-claude-auth-alice: writing the token file failed (~/.config/claude-auth-sync is a "
+            "symbolic link; refusing to follow it); the new token was revoked") in run.err.splitlines()
+    assert len(minted) == 1 and world.lookup(minted[0]) is None
+    assert not (world.root / "var/lib/claude-auth/state.json").exists()
+
+
+def test_fresh_server_of_its_own(fresh_openbao: OpenBaoServer, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same cycle on an empty server: only this tool's policies exist afterwards."""
+    world.server = fresh_openbao
+    monkeypatch.setenv("VAULT_ADDR", fresh_openbao.address)
+    monkeypatch.setenv("VAULT_TOKEN", fresh_openbao.root_token)
+    world.secrets_seen.add(fresh_openbao.root_token)
+    world.write_roster({"alice": {}, "bob": {}})
+    assert world.run("apply").code == Exit.OK
+    names = set(world.client.sys.list_acl_policies()["data"]["keys"])
+    assert names == {"default", "root", world.policy_name("alice"), world.policy_name("bob")}
+    world.assert_converged()
