@@ -84,27 +84,46 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _run_one(change: Change, ctx: ExecContext) -> Result:
+    handler = handler_for(change)
+    if handler is None:
+        return Result(change, ok=False, message=f"no handler for {change.action.value} {change.kind.value}")
+    try:
+        outcome = handler(change, ctx)
+    except Exception as exc:  # recorded; the other changes still run
+        return Result(change, ok=False, message=error_text(exc))
+    message = outcome if isinstance(outcome, str) and outcome else _DONE[change.action]
+    return Result(change, ok=True, message=message)
+
+
+def _run_timers(changes: list[Change], ctx: ExecContext) -> list[Result]:
+    """Timers go to systemctl in one call per verb, not one process per user."""
+    outcomes = local_state.apply_timer_changes(changes, ctx.local)
+    return [Result(change, ok=False, message=error_text(outcome)) if isinstance(outcome, Exception)
+            else Result(change, ok=True, message=outcome or _DONE[change.action])
+            for change, outcome in zip(changes, outcomes)]
+
+
 def execute(plan: Plan, ctx: ExecContext, *, report: Reporter) -> tuple[Result, ...]:
     """Carry out every pending change; `report` sees each result as it happens."""
     results: list[Result] = []
-    changed_kinds: set[Kind] = set()
+    runnable: list[Change] = []
     for change in sort_for_apply([c for c in plan if is_pending(c)]):
         if change.needs_admin and not ctx.admin:
             result = Result(change, ok=False, message="needs an admin run", blocked=True)
+            results.append(result)
+            report(result)
         else:
-            handler = handler_for(change)
-            if handler is None:
-                result = Result(change, ok=False,
-                                message=f"no handler for {change.action.value} {change.kind.value}")
-            else:
-                try:
-                    outcome = handler(change, ctx)
-                except Exception as exc:  # recorded; the other changes still run
-                    result = Result(change, ok=False, message=error_text(exc))
-                else:
-                    message = outcome if isinstance(outcome, str) and outcome else _DONE[change.action]
-                    result = Result(change, ok=True, message=message)
-                    changed_kinds.add(change.kind)
+            runnable.append(change)
+    timers = [c for c in runnable if c.kind is Kind.TIMER]
+    for change in runnable:
+        if change.kind is Kind.TIMER:
+            if change is timers[0]:  # timers sort last: every other change has run by now
+                for result in _run_timers(timers, ctx):
+                    results.append(result)
+                    report(result)
+            continue
+        result = _run_one(change, ctx)
         results.append(result)
         report(result)
     return tuple(results)
@@ -112,12 +131,9 @@ def execute(plan: Plan, ctx: ExecContext, *, report: Reporter) -> tuple[Result, 
 
 def finish(changed: tuple[Result, ...], ctx: ExecContext) -> str | None:
     """Run the local domain's one finishing step (daemon-reload), if it has one; an error text or None."""
-    finish_local = getattr(local_state, "finish_local", None)
-    if finish_local is None:
-        return None
     kinds = {r.change.kind for r in changed if r.ok}
     try:
-        finish_local(kinds, ctx.local)
+        local_state.finish_local(kinds, ctx.local)
     except Exception as exc:
         return error_text(exc)
     return None

@@ -231,12 +231,14 @@ def ensure_directory(account: Account, rel_path: str, mode: int = 0o700) -> None
         os.close(fd)
 
 
-def write_private_file(account: Account, rel_path: str, data: bytes, mode: int = 0o600) -> None:
+def write_private_file(account: Account, rel_path: str, data: bytes, mode: int = 0o600, *,
+                       durable: bool = True) -> None:
     """Atomically make ~/rel_path a fresh regular file holding `data`, owned by the user.
 
     A new temporary file in the same folder (O_CREAT|O_EXCL|O_NOFOLLOW) gets
     owner, mode and data, is fsynced, and is renamed over the old entry via
-    folder descriptors. An existing symbolic or hard link at rel_path is
+    folder descriptors. With `durable=False` both fsyncs are left to the
+    caller, who must flush later (one os.sync() for a whole batch of files). An existing symbolic or hard link at rel_path is
     replaced, never written through: whatever it points to stays untouched.
     Missing parent folders are created as in ensure_directory's intermediates.
     """
@@ -266,7 +268,8 @@ def write_private_file(account: Account, rel_path: str, data: bytes, mode: int =
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(temp, leaf, src_dir_fd=parent, dst_dir_fd=parent)
@@ -278,7 +281,8 @@ def write_private_file(account: Account, rel_path: str, data: bytes, mode: int =
             if isinstance(exc, OSError):
                 raise HomeFsError(f"cannot write {display}: {exc.strerror}") from None
             raise
-        os.fsync(parent)
+        if durable:
+            os.fsync(parent)
     finally:
         os.close(parent)
 
@@ -297,12 +301,11 @@ def _open_leaf(parent: int, leaf: str, display: str) -> int | None:
         raise HomeFsError(f"cannot open {display}: {exc.strerror}") from None
 
 
-def read_private_file(account: Account, rel_path: str, max_bytes: int = 65536) -> bytes | None:
-    """The bytes of ~/rel_path, or None when it (or a parent) is missing.
+def _open_regular(account: Account, rel_path: str, verb: str) -> int | None:
+    """An fd of ~/rel_path opened without following links, or None when it (or a parent) is missing.
 
-    Raises UnsafePath when it is a symbolic link, not a regular file, has
-    more than one hard link (possibly a link to someone else's file), or
-    holds more than `max_bytes`.
+    Raises UnsafePath when it is a symbolic link, not a regular file, or has
+    more than one hard link (possibly a link to someone else's file).
     """
     parts = _split(rel_path)
     display = shown(rel_path)
@@ -318,20 +321,59 @@ def read_private_file(account: Account, rel_path: str, max_bytes: int = 65536) -
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UnsafePath(f"{display} is {_describe_kind(_state(st).kind)}, not a regular file; refusing to read it")
+            raise UnsafePath(f"{display} is {_describe_kind(_state(st).kind)}, not a regular file; refusing to {verb} it")
         if st.st_nlink > 1:
-            raise UnsafePath(f"{display} has {st.st_nlink} hard links (one may be planted); refusing to read it")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= max_bytes:
-            chunk = os.read(fd, max_bytes + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > max_bytes:
+            raise UnsafePath(f"{display} has {st.st_nlink} hard links (one may be planted); refusing to {verb} it")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_to_end(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def read_private_file(account: Account, rel_path: str, max_bytes: int = 65536) -> bytes | None:
+    """The bytes of ~/rel_path, or None when it (or a parent) is missing.
+
+    Raises UnsafePath when it is a symbolic link, not a regular file, has
+    more than one hard link (possibly a link to someone else's file), or
+    holds more than `max_bytes`.
+    """
+    display = shown(rel_path)
+    fd = _open_regular(account, rel_path, "read")
+    if fd is None:
+        return None
+    try:
+        data = _read_to_end(fd, max_bytes + 1)
+        if len(data) > max_bytes:
             raise UnsafePath(f"{display} is larger than {max_bytes} bytes; refusing to read it")
-        return b"".join(chunks)
+        return data
+    except OSError as exc:
+        raise HomeFsError(f"cannot read {display}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def read_private_tail(account: Account, rel_path: str, max_bytes: int = 65536) -> bytes | None:
+    """The last `max_bytes` of ~/rel_path (a log), read like read_private_file; None when missing."""
+    display = shown(rel_path)
+    fd = _open_regular(account, rel_path, "read")
+    if fd is None:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        os.lseek(fd, max(0, size - max_bytes), os.SEEK_SET)
+        return _read_to_end(fd, max_bytes)
     except OSError as exc:
         raise HomeFsError(f"cannot read {display}: {exc.strerror}") from None
     finally:

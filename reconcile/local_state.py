@@ -50,7 +50,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from functools import partial
+from typing import Callable, Iterable, Mapping, Sequence, cast
 
 from reconcile import homefs, systemd
 from reconcile.accounts import Account, lookup_accounts, names_by_uid
@@ -541,18 +542,63 @@ def apply_local_change(change: Change, ctx: LocalContext) -> str:
         ctx.units_written += 1
         return "written"
     if change.kind is Kind.TIMER and isinstance(desired, DesiredTimer):
-        live = ctx.is_live
-        _reload_if_pending(ctx)
-        if desired.enabled and change.action is not Action.ORPHANED:
-            systemd.enable(ctx.root, [desired.unit])
-            if live:
-                systemd.start([desired.unit])
-            return "enabled and started" if live else "enabled"
-        systemd.disable(ctx.root, [desired.unit])
-        if live:
-            systemd.stop([desired.unit])
-        return "disabled and stopped" if live else "disabled"
+        (outcome,) = apply_timer_changes([change], ctx)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
     raise LocalChangeError(f"{change.name}: not a local change ({change.kind.value}, {change.action.value})")
+
+
+def _timer_verbs(root: Path, enabled: bool, live: bool) -> tuple[list[Callable[[list[str]], None]], str]:
+    """The systemctl calls that bring timers to the wanted state, and what to tell people."""
+    if enabled:
+        return ([partial(systemd.enable, root), *([systemd.start] if live else [])],
+                "enabled and started" if live else "enabled")
+    return ([partial(systemd.disable, root), *([systemd.stop] if live else [])],
+            "disabled and stopped" if live else "disabled")
+
+
+def apply_timer_changes(changes: Sequence[Change], ctx: LocalContext) -> list[str | Exception]:
+    """Every timer change with one systemctl call per verb, in the order given.
+
+    A thousand users means one `systemctl enable` with a thousand names, not a
+    thousand processes. When a batched call fails, its timers are retried one
+    by one so each failure names its own timer. A timer whose desired state is
+    disabled (parked, not in the roster) is disabled and stopped, whatever the
+    action. Returns, per change, what was done or the exception it raised.
+    """
+    live = ctx.is_live
+    _reload_if_pending(ctx)
+    outcomes: list[str | Exception] = []
+    groups: dict[bool, list[int]] = {True: [], False: []}
+    for index, change in enumerate(changes):
+        desired = change.desired
+        if change.kind is not Kind.TIMER or not isinstance(desired, DesiredTimer):
+            outcomes.append(LocalChangeError(f"{change.name}: not a timer change"))
+            continue
+        outcomes.append("")
+        groups[desired.enabled and change.action is not Action.ORPHANED].append(index)
+    for enabled, indexes in groups.items():
+        if not indexes:
+            continue
+        verbs, done = _timer_verbs(ctx.root, enabled, live)
+        units = [cast(DesiredTimer, changes[i].desired).unit for i in indexes]
+        try:
+            for verb in verbs:
+                verb(units)
+        except systemd.SystemdError:
+            for i, unit in zip(indexes, units):
+                try:
+                    for verb in verbs:
+                        verb([unit])
+                except systemd.SystemdError as exc:
+                    outcomes[i] = exc
+                else:
+                    outcomes[i] = done
+        else:
+            for i in indexes:
+                outcomes[i] = done
+    return outcomes
 
 
 def finish_local(changed_kinds: set[Kind], ctx: LocalContext) -> None:

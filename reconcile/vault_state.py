@@ -391,7 +391,7 @@ def _orphan(kind: Kind, name: str, user: str, prune: bool, roster_users: frozens
 # --- apply: handlers the executor calls ------------------------------------------------------
 
 
-TokenWriter = Callable[[str, bytes], None]
+TokenWriter = Callable[[str, bytes, bool], None]
 """Writes a user's token file (0600, owner the user, no link followed); raises on failure."""
 
 
@@ -440,7 +440,9 @@ def apply_token(change: Change, ctx: VaultContext) -> str:
     want = mint.token
     minted = ctx.vault.create_orphan_token(policies=[want.policy], period=want.period,
                                            display_name=want.display_name, meta=want.meta)
-    _write_or_revoke(ctx, want.user, minted)
+    # Only a file that replaces a token about to be revoked must be on disk before
+    # the revocation; first mints are flushed together at the end of the run.
+    _write_or_revoke(ctx, want.user, minted, durable=bool(mint.revoke))
     ctx.outcomes.minted[want.user] = minted.accessor
     for accessor in mint.revoke:
         try:
@@ -453,9 +455,9 @@ def apply_token(change: Change, ctx: VaultContext) -> str:
     return "minted and written"
 
 
-def _write_or_revoke(ctx: VaultContext, user: str, minted: MintedToken) -> None:
+def _write_or_revoke(ctx: VaultContext, user: str, minted: MintedToken, *, durable: bool) -> None:
     try:
-        ctx.write_token(user, minted.token.reveal().encode("ascii"))
+        ctx.write_token(user, minted.token.reveal().encode("ascii"), durable)
     except Exception as exc:  # the file write failed: the new token must not outlive it
         detail = str(exc) or type(exc).__name__
         try:

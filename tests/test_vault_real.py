@@ -564,7 +564,7 @@ def test_write_failure_revokes_the_new_token(world: World, monkeypatch: pytest.M
         world.secrets_seen.add(result.token.reveal())
         return result
 
-    def fail(account: Any, rel: str, data: bytes, mode: int = 0o600) -> None:
+    def fail(account: Any, rel: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
         from reconcile.homefs import UnsafePath
         raise UnsafePath("~/.config/claude-auth-sync is a symbolic link; refusing to follow it")
 

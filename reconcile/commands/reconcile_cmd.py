@@ -27,7 +27,9 @@ import argparse
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +88,7 @@ def is_admin(capabilities: dict[str, tuple[str, ...]], policy_prefix: str) -> bo
     return may_write_policies and may_mint
 
 
-def _connect(roster: Roster) -> tuple[Vault, str | None]:
+def connect_vault(roster: Roster) -> tuple[Vault, str | None]:
     """The client to observe and change Vault with, and why it holds no admin token (None: it does)."""
     address = resolve_address(roster.vault.address)
     if not address:
@@ -144,8 +146,8 @@ def _token_reader(accounts: dict[str, Account]) -> Any:
 
 
 def _token_writer(accounts: dict[str, Account]) -> Any:
-    def write_token(user: str, data: bytes) -> None:
-        write_private_file(accounts[user], TOKEN_FILE, data, mode=0o600)
+    def write_token(user: str, data: bytes, durable: bool) -> None:
+        write_private_file(accounts[user], TOKEN_FILE, data, mode=0o600, durable=durable)
     return write_token
 
 
@@ -159,7 +161,7 @@ def _dedupe(problems: list[UserProblem]) -> list[UserProblem]:
 def build_session(args: argparse.Namespace, roster_path: str) -> Session:
     roster = load_roster(roster_path)
     root = Path(args.root)
-    vault, no_admin_reason = _connect(roster)
+    vault, no_admin_reason = connect_vault(roster)
     admin = no_admin_reason is None
     if no_admin_reason is not None:
         print(f"NOTE: running without an admin token ({no_admin_reason}): policies are not checked; "
@@ -172,23 +174,29 @@ def build_session(args: argparse.Namespace, roster_path: str) -> Session:
     home_users = [name for name, user in roster.users.items() if user.claude_auth]
     found = lookup_accounts(root, home_users)
     d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path)
-    try:
-        o_local = local_state.observe_local(root, d_local, found)
-    except SystemdError as exc:
-        raise CommandFailed(f"systemd: {exc}") from None
+    d_vault = desired_vault(roster, socket.gethostname())
+    # The local read waits mostly on one systemctl process and the Vault read on
+    # the network: overlap them. Token files are read without following links
+    # whatever the local verdict; a user with a local problem gets no token work.
+    found_accounts = {name: value for name, value in found.items() if isinstance(value, Account)}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        local_future = pool.submit(local_state.observe_local, root, d_local, found)
+        try:
+            o_vault = observe_vault(vault, d_vault, admin=admin, records=records,
+                                    read_token=_token_reader(found_accounts),
+                                    token_users=[user for user in d_vault.tokens if user in found_accounts])
+        except VaultError as exc:
+            raise CommandFailed(_vault_failure(exc, vault.address)) from None
+        finally:
+            try:
+                o_local = local_future.result()
+            except SystemdError as exc:
+                raise CommandFailed(f"systemd: {exc}") from None
     problems: list[UserProblem] = [v for v in found.values() if isinstance(v, UserProblem)]
     problems.extend(o_local.problems)
-    # A user with a problem (no account, a planted link...) gets no token work either.
-    accounts = {name: value for name, value in found.items()
-                if isinstance(value, Account) and name in o_local.accounts}
-
-    d_vault = desired_vault(roster, socket.gethostname())
-    token_users = [user for user in d_vault.tokens if user in accounts]
-    try:
-        o_vault = observe_vault(vault, d_vault, admin=admin, records=records,
-                                read_token=_token_reader(accounts), token_users=token_users)
-    except VaultError as exc:
-        raise CommandFailed(_vault_failure(exc, vault.address)) from None
+    accounts = {name: value for name, value in found_accounts.items() if name in o_local.accounts}
+    o_vault = replace(o_vault, tokens=MappingProxyType(
+        {user: token for user, token in o_vault.tokens.items() if user in accounts}))
 
     desired = Desired(vault=d_vault, local=d_local)
     observed = Observed(vault=o_vault, local=o_local)
@@ -265,6 +273,8 @@ def run_apply(args: argparse.Namespace, roster_path: str) -> int:
             errors.append(f"systemd: {finish_error}")
             print(render.error_line("systemd", finish_error), file=sys.stderr)
     finally:
+        if vault_ctx.outcomes.minted:
+            os.sync()  # token files written without their own fsync (first mints) reach the disk
         # Even after an unexpected error: remember every token minted so far.
         records = next_records(session.records, session.desired.vault, session.observed.vault,
                                vault_ctx.outcomes)
