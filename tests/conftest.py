@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import hvac
 import pytest
 
+from tests.support.leaks import assert_no_secrets  # noqa: F401  (re-exported for tests)
 from tests.support.messages_api import MessagesApiStandIn
 from tests.support.openbao import OpenBaoServer
+from tests.support.world import world  # noqa: F401  (a fixture: a sandbox --root on the shared OpenBao)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,14 +53,3 @@ def claude_bin() -> Path:
 def messages_api() -> Iterator[MessagesApiStandIn]:
     with MessagesApiStandIn() as api:
         yield api
-
-
-def assert_no_secrets(texts: Iterable[str | bytes], secrets: Iterable[str]) -> None:
-    """Fail if any secret value appears in any of the texts (outputs, logs, files)."""
-    secrets = [s for s in secrets if s]
-    assert secrets, "a leak check needs at least one secret to look for"
-    for index, text in enumerate(texts):
-        blob = text.decode(errors="replace") if isinstance(text, bytes) else text
-        for secret in secrets:
-            # Report only the position, never the value itself.
-            assert secret not in blob, f"a secret leaked into output #{index} (secret of length {len(secret)})"

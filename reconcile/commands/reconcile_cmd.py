@@ -285,6 +285,17 @@ def run_apply(args: argparse.Namespace, roster_path: str) -> int:
                 errors.append(f"state: {exc}")
                 print(render.error_line("state", str(exc)), file=sys.stderr)
 
+    textfile = session.roster.status.prometheus_textfile
+    if textfile:
+        # The hourly run keeps the node_exporter metrics fresh (roster: status.prometheus_textfile).
+        from reconcile.commands.status_cmd import write_prometheus
+        from reconcile.status import gather
+        try:
+            write_prometheus(textfile, gather(session.roster, roster_path, session.root, session.vault,
+                                              admin=session.admin))
+        except OSError as exc:
+            errors.append(f"metrics: cannot write {textfile}: {exc.strerror}")
+            print(render.error_line("metrics", f"cannot write {textfile}: {exc.strerror}"), file=sys.stderr)
     if as_json:
         print(render.apply_json(session.plan, results, warnings=warnings, errors=errors))
     else:

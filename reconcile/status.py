@@ -1,0 +1,269 @@
+"""What `claude-auth status` knows about each roster user, gathered read-only.
+
+Reads the same world `plan` reads (Vault through the observe functions of
+vault_state, the homes through homefs, timers through local_state), plus each
+user's sync.log (its tail, never following a link) and the latest backup's
+version and `backed_up_at` (with the admin token, else with the user's own
+token, whose policy may read its own path). Nothing is ever written. Where a
+value cannot be known the row says so and why, instead of guessing.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Mapping
+
+from reconcile import homefs, local_state, statefile
+from reconcile.accounts import Account, lookup_accounts
+from reconcile.homefs import STATE_DIR, HomeFsError, read_private_file, read_private_tail
+from reconcile.metrics import UserMetrics
+from reconcile.model import UserProblem
+from reconcile.roster import Roster
+from reconcile.systemd import SystemdError
+from reconcile.vault import Vault, VaultError
+from reconcile.vault_state import (ObservedToken, ObservedVault, TokenFileUnreadable, TokenState,
+                                   desired_vault, observe_vault, render_policy, token_display_name,
+                                   vault_display_name)
+
+SYNC_LOG = f"{STATE_DIR}/sync.log"
+LOG_TAIL_BYTES = 256 * 1024
+_RESULTS = ("OK", "RECOVERED", "SKIP", "FAIL")
+UNKNOWN = "—"
+
+
+@dataclass(frozen=True)
+class SyncRecord:
+    result: str
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class UserStatus:
+    user: str
+    state: str
+    """enabled | parked | claude_auth off"""
+    policy: str
+    """current | differs | missing | — (unknown)"""
+    token: str
+    """alive | drifted | dead | no file | unreadable | not wanted | —"""
+    token_ttl_seconds: int | None = None
+    token_minted_at: float | None = None
+    timer: str = UNKNOWN
+    """enabled | disabled | —"""
+    last_run: SyncRecord | None = None
+    last_success_at: float | None = None
+    backup_version: int | None = None
+    backup_at: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    """Why a value shows —, for people."""
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "user": self.user, "state": self.state, "policy": self.policy, "token": self.token,
+            "token_ttl_seconds": self.token_ttl_seconds, "token_minted_at": _iso(self.token_minted_at),
+            "timer": self.timer,
+            "last_sync_result": self.last_run.result if self.last_run else None,
+            "last_sync_at": _iso(self.last_run.at) if self.last_run else None,
+            "last_sync_reason": self.last_run.reason if self.last_run else None,
+            "last_success_at": _iso(self.last_success_at),
+            "backup_version": self.backup_version, "backup_at": _iso(self.backup_at),
+            "notes": list(self.notes),
+        }
+
+    def metrics(self) -> UserMetrics:
+        return UserMetrics(user=self.user, last_success=self.last_success_at,
+                           last_run=self.last_run.at if self.last_run else None,
+                           last_result=self.last_run.result if self.last_run else None,
+                           token_ttl=self.token_ttl_seconds, backup_time=self.backup_at)
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
+
+
+def parse_time(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_sync_log(text: str) -> tuple[SyncRecord | None, float | None]:
+    """(the last run, the time of the last OK or RECOVERED) from sync.log lines
+    `<ISO time> <RESULT> <user>: <reason>`; WARN and unreadable lines are skipped."""
+    last: SyncRecord | None = None
+    last_success: float | None = None
+    for line in text.splitlines():
+        stamp, _, rest = line.partition(" ")
+        result, _, reason = rest.partition(" ")
+        at = parse_time(stamp)
+        if at is None or result not in _RESULTS:
+            continue
+        last = SyncRecord(result, at, reason.partition(": ")[2] or reason)
+        if result in ("OK", "RECOVERED"):
+            last_success = at
+    return last, last_success
+
+
+def _state_of(roster: Roster, user: str) -> str:
+    spec = roster.users[user]
+    if not spec.claude_auth:
+        return "claude_auth off"
+    return "parked" if spec.parked else "enabled"
+
+
+def _token_cell(observed: ObservedToken, want_policy: str, want_display: str) -> str:
+    if observed.state is TokenState.VALID and observed.info is not None:
+        info = observed.info
+        same = info.policies == (want_policy,) and info.display_name == want_display and info.orphan
+        return "alive" if same else "drifted"
+    return {TokenState.NO_FILE: "no file", TokenState.UNREADABLE: "unreadable",
+            TokenState.DEAD: "dead", TokenState.REFUSED: "dead"}.get(observed.state, UNKNOWN)
+
+
+@dataclass
+class _World:
+    """Everything read once for all users, with why a part could not be read."""
+
+    accounts: dict[str, Account | UserProblem]
+    vault: Vault | None = None
+    admin: bool = False
+    observed_vault: ObservedVault | None = None
+    observed_local: local_state.ObservedLocal | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+    """Part (vault, systemd, state) -> why it is unknown."""
+
+
+def _read_world(roster: Roster, roster_path: str, root: Path, vault: Vault | None, admin: bool,
+                vault_note: str | None) -> _World:
+    users = list(roster.users)
+    world = _World(accounts=dict(lookup_accounts(root, users)), vault=vault, admin=admin)
+    if vault_note:
+        world.notes["vault"] = vault_note
+    accounts = {name: a for name, a in world.accounts.items() if isinstance(a, Account)}
+    if vault is not None:
+        try:
+            records = statefile.read_records(root)
+        except statefile.StateFileError as exc:
+            records = {}
+            world.notes["state"] = str(exc)
+        desired = desired_vault(roster, socket.gethostname())
+
+        def read_token(user: str) -> bytes | None:
+            try:
+                return read_private_file(accounts[user], homefs.TOKEN_FILE)
+            except HomeFsError as exc:
+                raise TokenFileUnreadable(str(exc)) from None
+
+        try:
+            world.observed_vault = observe_vault(vault, desired, admin=admin, records=records,
+                                                 read_token=read_token,
+                                                 token_users=[u for u in desired.tokens if u in accounts])
+        except VaultError as exc:
+            world.notes["vault"] = str(exc)
+            world.vault = None
+    try:
+        d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path)
+        world.observed_local = local_state.observe_local(root, d_local, world.accounts)
+    except SystemdError as exc:
+        world.notes["systemd"] = str(exc)
+    return world
+
+
+def _backup(world: _World, roster: Roster, user: str,
+            token: ObservedToken | None) -> tuple[int | None, float | None, str | None]:
+    """(version, backed_up_at, why unknown) of the latest backup at the user's path."""
+    if world.vault is None:
+        return None, None, "Vault not reachable"
+    client = world.vault
+    if not world.admin:
+        if token is None or token.token is None or token.state is not TokenState.VALID:
+            return None, None, "no admin token and no live user token to read it with"
+        client = world.vault.with_token(token.token)
+    try:
+        secret = client.kv_read(roster.vault.kv_mount, roster.kv_path(user))
+    except VaultError as exc:
+        return None, None, str(exc)
+    if secret is None:
+        return None, None, "no backup yet"
+    backed_up = secret.data.get("backed_up_at")
+    return secret.version, parse_time(backed_up) if isinstance(backed_up, str) else None, None
+
+
+def _last_sync(account: Account | UserProblem | None) -> tuple[SyncRecord | None, float | None, str | None]:
+    if not isinstance(account, Account):
+        return None, None, account.message if isinstance(account, UserProblem) else "no account"
+    try:
+        raw = read_private_tail(account, SYNC_LOG, LOG_TAIL_BYTES)
+    except HomeFsError as exc:
+        return None, None, str(exc)
+    if raw is None:
+        return None, None, "never synced (no sync.log)"
+    last, success = parse_sync_log(raw.decode(errors="replace"))
+    return last, success, None if last else "sync.log holds no result yet"
+
+
+def user_status(world: _World, roster: Roster, user: str) -> UserStatus:
+    notes: list[str] = []
+    policy_name = f"{roster.vault.policy_prefix.lower()}{user}"
+    desired_text = None
+    observed = world.observed_vault
+    # Policy
+    if observed is None or observed.policies is None:
+        policy = UNKNOWN
+        notes.append("policy: " + (world.notes.get("vault") or "needs an admin token to read"))
+    else:
+        desired_text = render_policy(roster, user)
+        current = observed.policies.get(policy_name)
+        policy = "missing" if current is None else ("current" if current == desired_text else "differs")
+    # Token
+    token_obs = observed.tokens.get(user) if observed is not None else None
+    ttl = minted = None
+    if not roster.users[user].claude_auth:
+        token = "not wanted"
+    elif token_obs is None:
+        token = UNKNOWN
+        account = world.accounts.get(user)
+        why = account.message if isinstance(account, UserProblem) else world.notes.get("vault", "not observed")
+        notes.append(f"token: {why}")
+    else:
+        token = _token_cell(token_obs, policy_name, vault_display_name(token_display_name(user)))
+        if token_obs.info is not None:
+            ttl = token_obs.info.ttl_seconds
+            minted = float(token_obs.info.creation_time) or None
+        if token_obs.detail:
+            notes.append(f"token: {token_obs.detail}")
+    # Timer
+    timer = UNKNOWN
+    if world.observed_local is not None:
+        seen = world.observed_local.timers.get(local_state.sync_timer(user))
+        timer = UNKNOWN if seen is None else ("enabled" if seen.is_enabled else "disabled")
+    else:
+        notes.append(f"timer: {world.notes.get('systemd', 'not observed')}")
+    # Last sync and backup
+    last_run, last_success, why_no_sync = _last_sync(world.accounts.get(user))
+    if why_no_sync and roster.users[user].claude_auth:
+        notes.append(f"last sync: {why_no_sync}")
+    version = backup_at = None
+    if roster.users[user].claude_auth:
+        version, backup_at, why_no_backup = _backup(world, roster, user, token_obs)
+        if why_no_backup:
+            notes.append(f"backup: {why_no_backup}")
+    return UserStatus(user=user, state=_state_of(roster, user), policy=policy, token=token,
+                      token_ttl_seconds=ttl, token_minted_at=minted, timer=timer, last_run=last_run,
+                      last_success_at=last_success, backup_version=version, backup_at=backup_at,
+                      notes=tuple(notes))
+
+
+def gather(roster: Roster, roster_path: str, root: Path, vault: Vault | None, *, admin: bool,
+           vault_note: str | None = None) -> list[UserStatus]:
+    world = _read_world(roster, roster_path, root, vault, admin, vault_note)
+    return [user_status(world, roster, user) for user in roster.users]
+
+
+def by_user(rows: list[UserStatus]) -> Mapping[str, UserStatus]:
+    return {row.user: row for row in rows}
