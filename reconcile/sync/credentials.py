@@ -1,0 +1,236 @@
+"""The user's `~/.claude/.credentials.json`: read, validate, merge atomically, keep copies.
+
+Claude Code keeps its login there as `{"claudeAiOauth": {...}, "mcpOAuth":
+{...}, ...}`. Sync only ever replaces the `claudeAiOauth` value; every other
+key keeps its value. A file that is not a JSON object, or whose
+`claudeAiOauth` has the wrong shape, is corrupt and is never overwritten.
+The replacement is atomic (temp file in the same folder, 0600, fsync,
+rename) and starts over when the file changed on disk in between. Before a
+replacement, the replaced object is kept in the state folder (0600, the last
+three kept) so a restore can be undone.
+
+Error messages name files and problems, never a value from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+OAUTH_KEY = "claudeAiOauth"
+KEEP_PREFIX = "credentials-backup-"
+KEEP_COUNT = 3
+MERGE_ATTEMPTS = 5
+
+
+class CredentialsError(Exception):
+    """The credentials file cannot be used or written; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class LocalCredentials:
+    """One read of the credentials file."""
+
+    raw: bytes | None
+    """The bytes read; None when the file does not exist."""
+    document: Mapping[str, Any]
+    """The parsed top-level object ({} when the file does not exist)."""
+
+    @property
+    def exists(self) -> bool:
+        return self.raw is not None
+
+    @property
+    def oauth(self) -> Mapping[str, Any] | None:
+        value = self.document.get(OAUTH_KEY)
+        return value if isinstance(value, dict) else None
+
+
+def oauth_problem(obj: object) -> str | None:
+    """Why `obj` is not a usable claudeAiOauth object, or None when it is.
+
+    Usable: a JSON object with non-empty string `accessToken` and
+    `refreshToken`, and a finite number `expiresAt` (ms since the epoch).
+    """
+    if not isinstance(obj, dict):
+        return f"{OAUTH_KEY} is not a JSON object"
+    for key in ("accessToken", "refreshToken"):
+        value = obj.get(key)
+        if not isinstance(value, str) or not value:
+            return f"{OAUTH_KEY}.{key} is missing or not a non-empty string"
+    expires = obj.get("expiresAt")
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not math.isfinite(expires):
+        return f"{OAUTH_KEY}.expiresAt is missing or not a number"
+    return None
+
+
+def parse(raw: bytes, where: str) -> dict[str, Any]:
+    """The top-level object of a credentials file, or CredentialsError (corrupt)."""
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CredentialsError(f"{where} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        # Position only: the message must not quote the file.
+        raise CredentialsError(f"{where} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(document, dict):
+        raise CredentialsError(f"{where} is not a JSON object")
+    if OAUTH_KEY in document:
+        problem = oauth_problem(document[OAUTH_KEY])
+        if problem:
+            raise CredentialsError(f"{where}: {problem}")
+    return document
+
+
+def read(path: Path) -> LocalCredentials:
+    """Read and validate the file; a missing file is an empty document (no login)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return LocalCredentials(raw=None, document={})
+    except OSError as exc:
+        raise CredentialsError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    return LocalCredentials(raw=raw, document=parse(raw, str(path)))
+
+
+def merged(document: Mapping[str, Any], oauth: Mapping[str, Any]) -> dict[str, Any]:
+    """`document` with its claudeAiOauth replaced; every other key (and the key order) kept."""
+    result = dict(document)
+    result[OAUTH_KEY] = dict(oauth)
+    return result
+
+
+def encode(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _read_raw(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """A new file beside `path` (0600) holding `data`, fsynced; the caller renames or removes it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def replace_oauth(path: Path, oauth: Mapping[str, Any],
+                  keep: Callable[[Mapping[str, Any]], None] | None = None,
+                  attempts: int = MERGE_ATTEMPTS) -> LocalCredentials:
+    """Merge `oauth` into the file atomically; returns what was replaced.
+
+    Each attempt reads the file, merges, writes a temp file (0600, fsync) and
+    renames it over the file only if the file still holds the bytes read;
+    otherwise it reads and merges again. `keep` is called with the object
+    about to be replaced (once per distinct object) before the rename. A
+    corrupt file is never overwritten (CredentialsError).
+    """
+    kept: list[Mapping[str, Any]] = []
+    for _ in range(attempts):
+        current = read(path)
+        previous = current.oauth
+        if keep is not None and previous is not None and previous not in kept:
+            keep(previous)
+            kept.append(previous)
+        data = encode(merged(current.document, oauth))
+        if not current.exists:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = _write_temp(path, data)
+        try:
+            if _read_raw(path) != current.raw:
+                _unlink_quietly(tmp)
+                continue  # changed on disk since we read it: read and merge again
+            os.rename(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        _fsync_dir(path.parent)
+        return current
+    raise CredentialsError(f"{path} kept changing while the backup was merged in ({attempts} attempts); left as is")
+
+
+def keep_previous(state_dir: Path, oauth: Mapping[str, Any], stamp: str, count: int = KEEP_COUNT) -> Path:
+    """Save `{"claudeAiOauth": oauth}` as state_dir/credentials-backup-<stamp>.json (0600); keep the last `count`."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = json.dumps({OAUTH_KEY: dict(oauth)}, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
+    for suffix in [""] + [f"-{n}" for n in range(1, 100)]:
+        target = state_dir / f"{KEEP_PREFIX}{stamp}{suffix}.json"
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        break
+    else:
+        raise CredentialsError(f"cannot name a new copy of the replaced login in {state_dir}")
+    prune_kept(state_dir, count)
+    return target
+
+
+def kept_copies(state_dir: Path) -> list[Path]:
+    """The kept copies, oldest first (their names sort by time)."""
+    try:
+        names = [p for p in state_dir.iterdir() if p.name.startswith(KEEP_PREFIX) and p.name.endswith(".json")]
+    except FileNotFoundError:
+        return []
+
+    def age(p: Path) -> tuple[int, str]:
+        try:
+            return (p.stat().st_mtime_ns, p.name)
+        except FileNotFoundError:
+            return (0, p.name)
+
+    return sorted(names, key=age)
+
+
+def prune_kept(state_dir: Path, count: int = KEEP_COUNT) -> None:
+    copies = kept_copies(state_dir)
+    for old in copies[:-count] if count > 0 else copies:
+        try:
+            old.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,285 @@
+"""`claude-auth sync`: one user's check, backup and recovery, step by step.
+
+The steps of SPEC.md "Sync, step by step", in order:
+
+1. take the state folder's lock without waiting (held: SKIP);
+2. drop the credential variables from claude's environment (WARN each);
+3. read and validate `.credentials.json` (corrupt: FAIL, never overwritten);
+4. read the token file; lookup-self; the display name and the policy list
+   must be exactly this user's (else FAIL drift, before any KV access);
+   renew-self;
+5. live check (`claude -p`, with a timeout);
+6. OK: back up (merge + check-and-set; nothing written when unchanged);
+7. AUTH failure only: restore the latest backup (the replaced login is kept
+   in the state folder), live check once more, back up: RECOVERED;
+   an outage, a timeout or unexpected output: FAIL, the file untouched;
+8. exactly one status line on stdout and in the log.
+
+Every failure is one `FAIL <user>: <reason>` line, never a traceback; an
+unforeseen exception shows only its type. Every line passes a redactor that
+knows each secret the run has read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, TextIO
+
+from reconcile.exitcodes import Exit
+from reconcile.sync import backup, credentials, livecheck
+from reconcile.sync import settings as config
+from reconcile.sync.credentials import CredentialsError, LocalCredentials
+from reconcile.sync.livecheck import LiveResult, Verdict
+from reconcile.sync.settings import SettingsError, SyncSettings
+from reconcile.sync.statuslog import Lock, Redactor, Reporter, Status, ensure_private_dir, utc_timestamp
+from reconcile.vault import Secret, Vault, VaultDenied, VaultError, VaultUnreachable
+
+_SECRET_LEAF_LENGTH = 16
+"""String values at least this long inside the credentials are treated as secrets by the redactor."""
+CREDENTIALS_SHOWN = "~/.claude/.credentials.json"
+"""How status lines name the credentials file."""
+LOGIN_HINT = "an interactive SSO login is needed (claude auth login --claudeai --sso)"
+
+
+class Fail(Exception):
+    """Ends the run with FAIL; the message is the reason (safe to show)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    reason: str
+    """Redacted, like the line."""
+    line: str
+    """The status line as printed (redacted)."""
+    vault_requests: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return int(Exit.OK if self.status.is_success else Exit.ERROR)
+
+
+def main(user: str | None = None) -> int:
+    """The `claude-auth sync` command: 0 for OK / RECOVERED / SKIP, 1 for FAIL."""
+    return run(user, os.environ).exit_code
+
+
+def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None) -> Outcome:
+    """One sync run for `user` (default: the current OS user) with `environ` as its environment."""
+    redact = Redactor()
+    reporter = Reporter(user or "?", None, redact, out)
+    lock: Lock | None = None
+    steps: _Steps | None = None
+    try:
+        try:
+            name = config.check_user(user or config.current_user())
+        except SettingsError as exc:
+            return _finish(reporter, Status.FAIL, str(exc), None)
+        except KeyError:
+            return _finish(reporter, Status.FAIL, "the current OS user has no passwd entry; pass --user", None)
+        reporter.user = name
+        home_settings = SyncSettings(user=name, home=config.home_folder(environ), vault_addr="")
+        try:
+            ensure_private_dir(home_settings.state_dir)
+            reporter.log_path = home_settings.log_file
+            lock = Lock(home_settings.lock_file)
+            if not lock.acquire():
+                lock = None
+                return _finish(reporter, Status.SKIP, "another sync run holds the lock", None)
+        except OSError as exc:
+            return _finish(reporter, Status.FAIL,
+                           f"cannot use the state folder {home_settings.state_dir}: "
+                           f"{exc.strerror or type(exc).__name__}", None)
+        try:
+            settings = config.load(name, environ)
+        except SettingsError as exc:
+            return _finish(reporter, Status.FAIL, str(exc), None)
+        steps = _Steps(settings, environ, reporter, redact)
+        try:
+            status, reason = steps.execute()
+        except Fail as exc:
+            status, reason = Status.FAIL, str(exc)
+        return _finish(reporter, status, reason, steps.vault)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns anything into a FAIL line
+        # The type only: an unforeseen message might quote a secret.
+        return _finish(reporter, Status.FAIL, f"internal error: {type(exc).__name__}",
+                       steps.vault if steps else None)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _finish(reporter: Reporter, status: Status, reason: str, vault: Vault | None) -> Outcome:
+    line = reporter.finish(status, reason)
+    requests = sum(vault.requests.values()) if vault is not None else 0
+    return Outcome(status=status, reason=reporter.redact(reason), line=line, vault_requests=requests)
+
+
+def _secret_leaves(value: Any) -> list[str]:
+    """Every long string inside a parsed credentials document (tokens and the like)."""
+    if isinstance(value, str):
+        return [value] if len(value) >= _SECRET_LEAF_LENGTH else []
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _secret_leaves(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in _secret_leaves(item)]
+    return []
+
+
+def _keep_stamp() -> str:
+    now = time.time()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1_000_000):06d}Z"
+
+
+class _Steps:
+    """The steps after the lock; each raises Fail with a reason people can act on."""
+
+    def __init__(self, settings: SyncSettings, environ: Mapping[str, str], reporter: Reporter,
+                 redact: Redactor) -> None:
+        self.settings = settings
+        self.environ = environ
+        self.reporter = reporter
+        self.redact = redact
+        self.vault: Vault | None = None
+        self.kept: str | None = None
+        """The file name of the kept copy of a replaced login, once one is made."""
+
+    # --- the run ---------------------------------------------------------------
+
+    def execute(self) -> tuple[Status, str]:
+        env = self.child_environment()
+        self.read_local("before the check")
+        vault = self.open_vault()
+        self.check_identity(vault)
+        self.renew(vault)
+        first = self.live_check(env)
+        if first.is_ok:
+            return Status.OK, f"login works; {self.back_up(vault)}"
+        if first.verdict is not Verdict.AUTH:
+            raise Fail(f"{first.reason}; {CREDENTIALS_SHOWN} left untouched, no restore")
+        return self.recover(vault, env, first)
+
+    # --- step 2: environment -----------------------------------------------------
+
+    def child_environment(self) -> dict[str, str]:
+        env, removed = livecheck.child_environment(self.environ)
+        for name in removed:
+            self.redact.add(self.environ.get(name, ""))
+            self.reporter.warn(f"{name} is set; not passed to claude (it would override this user's own login)")
+        return env
+
+    # --- step 3: the local file ----------------------------------------------------
+
+    def read_local(self, when: str) -> LocalCredentials:
+        try:
+            local = credentials.read(self.settings.credentials_file)
+        except CredentialsError as exc:
+            raise Fail(f"{exc} ({when}); left untouched, {LOGIN_HINT} or a manual repair") from None
+        self.redact.add(*_secret_leaves(dict(local.document)))
+        return local
+
+    # --- step 4: Vault token ---------------------------------------------------------
+
+    def open_vault(self) -> Vault:
+        path = self.settings.token_file
+        try:
+            info = path.stat()
+            token = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise Fail(f"no Vault token file at {path}; run `claude-auth apply` as root") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Fail(f"cannot read the Vault token file {path}: "
+                       f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+        if not token:
+            raise Fail(f"the Vault token file {path} is empty; run `claude-auth apply` as root")
+        self.redact.add(token)
+        if info.st_mode & 0o077:
+            self.reporter.warn(f"the Vault token file {path} has mode {info.st_mode & 0o777:04o}; expected 0600")
+        self.vault = Vault(self.settings.vault_addr, Secret(token))
+        return self.vault
+
+    def check_identity(self, vault: Vault) -> None:
+        try:
+            info = vault.lookup_self()
+        except VaultDenied:
+            raise Fail(f"drift: Vault refused the token in {self.settings.token_file} (invalid, expired or "
+                       f"revoked); run `claude-auth apply` as root; {CREDENTIALS_SHOWN} left untouched") from None
+        except VaultError as exc:
+            raise Fail(f"{exc}; {CREDENTIALS_SHOWN} left untouched") from None
+        expected_name = self.settings.expected_display_name
+        expected_policies = (self.settings.policy_name,)
+        if info.display_name != expected_name or tuple(info.policies) != expected_policies:
+            raise Fail(f"drift: the Vault token is {info.display_name or '(no name)'} with policies "
+                       f"[{', '.join(info.policies)}], expected {expected_name} with "
+                       f"[{expected_policies[0]}]; nothing read or written; run `claude-auth apply` as root")
+
+    def renew(self, vault: Vault) -> None:
+        try:
+            vault.renew_self()
+        except VaultError as exc:
+            raise Fail(f"{exc}; {CREDENTIALS_SHOWN} left untouched") from None
+
+    # --- step 5: live check ------------------------------------------------------------
+
+    def live_check(self, env: Mapping[str, str]) -> LiveResult:
+        return livecheck.run(self.settings.model, env, self.settings.claude_timeout,
+                             cwd=str(self.settings.state_dir))
+
+    # --- step 6: backup ---------------------------------------------------------------
+
+    def back_up(self, vault: Vault) -> str:
+        """Back the (possibly just refreshed) local login up; a phrase for the status line."""
+        local = self.read_local("after a successful check")
+        oauth = local.oauth
+        if oauth is None:
+            raise Fail(f"the login works but {CREDENTIALS_SHOWN} holds no claudeAiOauth to back up")
+        s = self.settings
+        try:
+            result = backup.back_up(vault, s.kv_mount, s.kv_path, dict(oauth), utc_timestamp())
+        except (VaultError, backup.BackupError) as exc:
+            raise Fail(f"the login works, but the backup to {s.kv_display} failed: {exc}") from None
+        if result.written:
+            return f"backed up to {s.kv_display} (version {result.version})"
+        return f"backup unchanged ({s.kv_display} version {result.version})"
+
+    # --- step 7: recovery ---------------------------------------------------------------
+
+    def recover(self, vault: Vault, env: Mapping[str, str], first: LiveResult) -> tuple[Status, str]:
+        s = self.settings
+        local = self.read_local("before the restore")
+        try:
+            latest = backup.latest_backup(vault, s.kv_mount, s.kv_path)
+        except VaultError as exc:
+            raise Fail(f"{first.reason}; the backup could not be read: {exc}; {CREDENTIALS_SHOWN} "
+                       f"left untouched") from None
+        if latest.oauth is None:
+            raise Fail(f"{first.reason}; no usable backup: {latest.problem}; {LOGIN_HINT}")
+        self.redact.add(*_secret_leaves(dict(latest.oauth)))
+        if latest.oauth == local.oauth:
+            raise Fail(f"{first.reason}; the backup holds this same login; {LOGIN_HINT}")
+        try:
+            credentials.replace_oauth(s.credentials_file, latest.oauth, keep=self.keep)
+        except CredentialsError as exc:
+            raise Fail(f"{first.reason}; the restore was not made: {exc}") from None
+        except OSError as exc:
+            raise Fail(f"{first.reason}; the restore was not made: cannot write {s.credentials_file}: "
+                       f"{exc.strerror or type(exc).__name__}") from None
+        restored = f"restored the backup ({s.kv_display} version {latest.version})"
+        if self.kept:
+            restored += f", the replaced login kept as {self.kept}"
+        second = self.live_check(env)
+        if second.is_ok:
+            return Status.RECOVERED, f"{first.reason}; {restored}; login works; {self.back_up(vault)}"
+        if second.verdict is Verdict.AUTH:
+            raise Fail(f"{first.reason}; {restored}, but it was rejected too ({second.reason}); {LOGIN_HINT}")
+        raise Fail(f"{first.reason}; {restored}, but the check after it failed: {second.reason}")
+
+    def keep(self, previous: Mapping[str, Any]) -> None:
+        try:
+            path = credentials.keep_previous(self.settings.state_dir, previous, _keep_stamp())
+        except OSError as exc:
+            raise Fail(f"cannot keep a copy of the login about to be replaced in {self.settings.state_dir}: "
+                       f"{exc.strerror or type(exc).__name__}; nothing restored") from None
+        self.kept = path.name

@@ -1,0 +1,195 @@
+"""The live check: one minimal real inference with `claude -p`, and what its output means.
+
+The command is fixed (argument list, no shell, nothing secret on it):
+
+    claude -p 'Reply with exactly AUTH_OK and nothing else.' --model <model>
+      --max-turns 1 --no-session-persistence --tools "" --disable-slash-commands
+      --setting-sources ""
+
+`claude` is found on PATH. Its environment is the user's minus the three
+variables that would override the per-user login file
+(CLAUDE_CODE_OAUTH_TOKEN, ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN), plus
+`CLAUDE_CODE_MAX_RETRIES=0` unless already set: without it claude retries a
+5xx answer or a refused connection for minutes, silently; with it an outage
+prints `API Error: 500 ...` or `Unable to connect to API` within a second.
+stdin is /dev/null; on timeout the whole process group is killed.
+
+Only output that shows an authentication failure (HTTP 401/403, "Failed to
+authenticate", an OAuth/login error) is AUTH and may lead to a restore. An
+outage (5xx, overloaded, 429, network errors, timeouts) or anything else
+never does: restoring an older backup over a working newer login would break it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from dataclasses import dataclass
+from enum import Enum
+from functools import lru_cache
+from typing import Mapping
+
+PROMPT = "Reply with exactly AUTH_OK and nothing else."
+EXPECTED = "AUTH_OK"
+OVERRIDING_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+"""Credentials that outrank ~/.claude/.credentials.json; never handed to claude."""
+EXCERPT_LENGTH = 120
+
+
+class Verdict(str, Enum):
+    OK = "ok"
+    AUTH = "auth"
+    """The login was rejected: a restore from the backup may help."""
+    OUTAGE = "outage"
+    """The API or the network failed: the login is not in question."""
+    UNEXPECTED = "unexpected"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    verdict: Verdict
+    reason: str
+    """For people; built from fixed phrases and a scrubbed excerpt of claude's output."""
+
+    @property
+    def is_ok(self) -> bool:
+        return self.verdict is Verdict.OK
+
+
+def command(model: str) -> list[str]:
+    return ["claude", "-p", PROMPT, "--model", model, "--max-turns", "1", "--no-session-persistence",
+            "--tools", "", "--disable-slash-commands", "--setting-sources", ""]
+
+
+def child_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The environment handed to claude, and the names of the variables removed from it."""
+    env = {k: v for k, v in environ.items() if k not in OVERRIDING_VARIABLES}
+    removed = [name for name in OVERRIDING_VARIABLES if name in environ]
+    env.setdefault("CLAUDE_CODE_MAX_RETRIES", "0")
+    return env, removed
+
+
+# --- classification -------------------------------------------------------------
+# Each rule: (pattern, reason); checked, case-insensitively, on stdout + stderr of a
+# failed run. The patterns are compiled on first use: a run that succeeds needs none.
+
+OUTAGE_RULES: tuple[tuple[str, str], ...] = (
+    (r"API Error: (5\d\d)\b", "the API answered HTTP {0}"),
+    (r"\b529\b|overloaded", "the API is overloaded"),
+    (r"API Error: 429\b|rate[ _]limit", "the API rate-limited the request (HTTP 429)"),
+    (r"Unable to connect to API", "claude could not connect to the API"),
+    (r"Connection error|ECONNREFUSED|ConnectionRefused|ECONNRESET|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|"
+     r"ENETUNREACH|socket hang up|fetch failed|network", "claude could not reach the API (network error)"),
+    (r"Request timed out|ETIMEDOUT|timed out", "the API request timed out"),
+    (r"high load", "the API is under high load"),
+    (r"temporary", "claude reported a temporary failure"),
+)
+POLICY_RULES: tuple[tuple[str, str], ...] = (
+    (r"not allowed for this organization|organization has disabled",
+     "the organization does not allow this login (a restore cannot help)"),
+    (r"Credit balance is too low|usage limit", "the account has no usage left (a restore cannot help)"),
+)
+AUTH_RULES: tuple[tuple[str, str], ...] = (
+    (r"API Error: (40[13])\b", "the API rejected the login (HTTP {0})"),
+    (r"Failed to authenticate", "the API rejected the login (failed to authenticate)"),
+    (r"OAuth token (?:has been )?revoked|OAuth token has expired", "the OAuth token was revoked or expired"),
+    (r"Not logged in", "claude is not logged in"),
+    (r"Please run /login|Please login again", "claude asks for a new login"),
+    (r"authentication_error|authentication_failed|invalid_grant|OAuth error", "the API rejected the login"),
+    (r"Invalid (?:API key|bearer token)", "the API rejected the login (invalid credential)"),
+)
+_SECRETISH = r"[A-Za-z0-9_\-.~+/=]{24,}"
+"""Long unbroken runs (tokens, keys) are cut from excerpts of claude's output."""
+
+
+@lru_cache(maxsize=None)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def excerpt(text: str, length: int = EXCERPT_LENGTH) -> str:
+    """The first non-empty line of `text`, shortened, with anything token-like removed."""
+    for line in text.splitlines():
+        line = " ".join(line.split())
+        if line:
+            line = re.sub(_SECRETISH, "<…>", line)
+            return line if len(line) <= length else line[: length - 1] + "…"
+    return ""
+
+
+def _first_match(rules: tuple[tuple[str, str], ...], text: str) -> str | None:
+    for pattern, reason in rules:
+        match = _compiled(pattern).search(text)
+        if match:
+            return reason.format(*match.groups())
+    return None
+
+
+def classify(returncode: int, stdout: str, stderr: str) -> LiveResult:
+    """What one finished claude run says about the login.
+
+    Success only when it exits 0 and prints exactly AUTH_OK. A run that
+    exited 0 has made an inference, so whatever it printed is never AUTH.
+    Outage signs win over auth signs: a wrong restore can break a login,
+    a missed one costs only one more run.
+    """
+    if returncode == 0 and stdout.strip() == EXPECTED:
+        return LiveResult(Verdict.OK, "claude answered AUTH_OK")
+    output = f"{stdout}\n{stderr}"
+    shown = excerpt(stdout) or excerpt(stderr)
+    said = f" (claude said: {shown})" if shown else ""
+    if returncode == 0:
+        return LiveResult(Verdict.UNEXPECTED, f"claude answered something other than {EXPECTED}{said}")
+    if returncode < 0:
+        return LiveResult(Verdict.UNEXPECTED, f"claude was killed by signal {-returncode}{said}")
+    outage = _first_match(OUTAGE_RULES, output)
+    if outage:
+        return LiveResult(Verdict.OUTAGE, f"outage: {outage}{said}")
+    policy = _first_match(POLICY_RULES, output)
+    if policy:
+        return LiveResult(Verdict.UNEXPECTED, f"{policy}{said}")
+    auth = _first_match(AUTH_RULES, output)
+    if auth:
+        return LiveResult(Verdict.AUTH, f"{auth}{said}")
+    return LiveResult(Verdict.UNEXPECTED, f"claude exited {returncode} with unexpected output{said or ' (none)'}")
+
+
+def run(model: str, env: Mapping[str, str], timeout: float, cwd: str | None = None) -> LiveResult:
+    """Run the live check once and classify it."""
+    try:
+        process = subprocess.Popen(command(model), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True, close_fds=True)
+    except FileNotFoundError:
+        return LiveResult(Verdict.UNEXPECTED, "claude was not found on PATH")
+    except OSError as exc:
+        return LiveResult(Verdict.UNEXPECTED, f"claude could not be started: {exc.strerror or type(exc).__name__}")
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        _reap(process)
+        return LiveResult(Verdict.TIMEOUT, f"timeout: claude gave no answer within {timeout:g} s (killed)")
+    except BaseException:
+        _kill_group(process)
+        _reap(process)
+        raise
+    return classify(process.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    try:
+        process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # a descendant left the group and holds the pipes
+        process.kill()
+        process.wait()
