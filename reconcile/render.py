@@ -62,6 +62,9 @@ def plan_text(plan: Plan, *, diff: bool = False) -> str:
         lines.append(change_line(change))
         if diff:
             lines.extend(f"    {line}" for line in diff_lines(change))
+    orphaned = sum(1 for change in plan if not is_pending(change))
+    if orphaned:
+        lines.append(f"{orphaned} orphaned (users no longer in the roster): `apply --prune` removes them.")
     lines.append(summary_line(plan))
     return "\n".join(lines)
 

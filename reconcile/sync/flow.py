@@ -34,7 +34,7 @@ from reconcile.sync.credentials import CredentialsError, LocalCredentials
 from reconcile.sync.livecheck import LiveResult, Verdict
 from reconcile.sync.settings import SettingsError, SyncSettings
 from reconcile.sync.statuslog import Lock, Redactor, Reporter, Status, ensure_private_dir, utc_timestamp
-from reconcile.vault import Secret, Vault, VaultDenied, VaultError, VaultUnreachable
+from reconcile.vault import Secret, Vault, VaultDenied, VaultError
 
 _SECRET_LEAF_LENGTH = 16
 """String values at least this long inside the credentials are treated as secrets by the redactor."""

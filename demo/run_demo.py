@@ -1,0 +1,192 @@
+"""`make demo`: the whole claude-auth lifecycle on an embedded default.
+
+Starts a real OpenBao dev server on a free loopback port, a sandbox root folder
+(.demo/root, with its own etc/passwd and homes), and a loopback stand-in for the
+Messages API; then runs the real `claude-auth` commands on roster.example.yaml.
+Syncs run as the person's own uid, with the real pinned `claude` CLI when
+`make test` installed it (else a clearly labelled stub). Everything it started
+is stopped at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.messages_api import MessagesApiStandIn  # noqa: E402
+from tests.support.openbao import OpenBaoServer  # noqa: E402
+
+SANDBOX = Path(os.environ.get("CLAUDE_AUTH_DEMO_DIR") or REPO / ".demo").resolve()
+ROOT = SANDBOX / "root"
+EXAMPLE_ROSTER = REPO / "roster.example.yaml"
+ROSTER = SANDBOX / "roster.yaml"
+"""The demo's /etc/claude-auth/roster.yaml: a copy of the example, edited when Dave leaves."""
+USERS = {"alice": 5001, "bob": 5002, "carol": 5003, "dave": 5004}
+STUB_CLAUDE = """#!/bin/sh
+# DEMO STUB, not the real Claude CLI: answers like `claude -p` would.
+cred="$HOME/.claude/.credentials.json"
+if grep -q '"accessToken": *"demo-good-' "$cred" 2>/dev/null; then echo AUTH_OK; exit 0; fi
+echo 'Failed to authenticate. API Error: 401 Invalid bearer token'; exit 1
+"""
+
+
+def say(sentence: str) -> None:
+    print(f"\n==> {sentence}", flush=True)
+
+
+def run(args: list[str], *, env: dict[str, str], user: str | None = None, ok: tuple[int, ...] = (0,),
+        show: bool = True) -> subprocess.CompletedProcess[str]:
+    shown = " ".join(["claude-auth", *args])
+    if show:
+        print(f"$ {'sudo -u ' + user + ' ' if user else ''}{shown}", flush=True)
+    uid = USERS[user] if user else None
+    result = subprocess.run([sys.executable, "-m", "reconcile", *args], env=env, text=True,
+                            capture_output=True, user=uid, group=uid, cwd=str(ROOT) if user else None)
+    output = (result.stdout + result.stderr).rstrip()
+    if show and output:
+        print(output, flush=True)
+    if result.returncode not in ok:
+        raise SystemExit(f"demo: `{shown}` exited {result.returncode}, expected {ok}")
+    if show:
+        print(f"(exit {result.returncode})", flush=True)
+    return result
+
+
+def make_sandbox() -> None:
+    shutil.rmtree(SANDBOX, ignore_errors=True)
+    (ROOT / "etc").mkdir(parents=True)
+    lines = ["root:x:0:0:root:/root:/bin/sh"]
+    for name, uid in USERS.items():
+        home = ROOT / "home" / name
+        home.mkdir(parents=True)
+        os.chown(home, uid, uid)
+        home.chmod(0o750)
+        lines.append(f"{name}:x:{uid}:{uid}::/home/{name}:/bin/sh")
+    (ROOT / "etc" / "passwd").write_text("\n".join(lines) + "\n")
+    # The sandbox must be reachable by the demo users' uids.
+    for folder in (SANDBOX, ROOT, ROOT / "home"):
+        folder.chmod(0o755)
+
+
+def write_login(name: str, access_token: str, refresh_token: str) -> None:
+    """What `claude auth login --claudeai --sso` leaves behind, with demo values."""
+    uid = USERS[name]
+    claude_dir = ROOT / "home" / name / ".claude"
+    claude_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(claude_dir, uid, uid)
+    credentials = claude_dir / ".credentials.json"
+    document = {
+        "claudeAiOauth": {"accessToken": access_token, "refreshToken": refresh_token,
+                          "expiresAt": int(time.time() * 1000) + 8 * 3600 * 1000,
+                          "scopes": ["user:inference", "user:profile"], "subscriptionType": "enterprise"},
+        "mcpOAuth": {"github": {"accessToken": "demo-mcp-token-kept-as-is"}},
+    }
+    credentials.write_text(json.dumps(document, indent=2))
+    credentials.chmod(0o600)
+    os.chown(credentials, uid, uid)
+
+
+def find_claude(api: MessagesApiStandIn) -> tuple[Path, str]:
+    configured = os.environ.get("CLAUDE_AUTH_DEMO_CLAUDE") or str(REPO / ".node/node_modules/.bin/claude")
+    if os.access(configured, os.X_OK):
+        return Path(configured), f"the real Claude Code CLI ({configured}) against a loopback Messages API stand-in"
+    stub_dir = SANDBOX / "stub-bin"
+    stub_dir.mkdir(parents=True, exist_ok=True)
+    stub = stub_dir / "claude"
+    stub.write_text(STUB_CLAUDE)
+    stub.chmod(0o755)
+    return stub, "a DEMO STUB of the claude CLI (run `make test` first to use the real pinned CLI)"
+
+
+def main() -> int:
+    started = time.monotonic()
+    server = OpenBaoServer()
+    api = MessagesApiStandIn()
+    try:
+        say("Start a throwaway OpenBao dev server, a Messages API stand-in and a sandbox root folder.")
+        server.start()
+        api.start()
+        make_sandbox()
+        shutil.copyfile(EXAMPLE_ROSTER, ROSTER)
+        claude, claude_note = find_claude(api)
+        print(f"OpenBao {server.address}; sandbox {ROOT}; claude: {claude_note}")
+
+        root_env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "CLAUDE_AUTH_"))}
+        admin_env = {**root_env, "VAULT_ADDR": server.address, "VAULT_TOKEN": server.root_token}
+        common = ["--roster", str(ROSTER), "--root", str(ROOT)]
+
+        say("Validate the example roster.")
+        run(["validate", "--roster", str(ROSTER)], env=admin_env)
+
+        say("Plan: compare the roster with Vault and the sandbox; nothing is changed yet.")
+        run(["plan", *common], env=admin_env, ok=(2,))
+
+        say("Apply with an admin Vault token: policies, scoped tokens, folders, units, timers.")
+        run(["apply", *common], env=admin_env)
+
+        say("Plan again: the world now matches the roster.")
+        run(["plan", *common], env=admin_env)
+
+        say("Alice logs in to Claude once (simulated SSO login), and her first sync proves it and backs it up.")
+        write_login("alice", "demo-good-access-1", "demo-refresh-1")
+        api.accept("demo-good-access-1")
+        user_env = {
+            "PATH": f"{claude.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": str(ROOT / "home" / "alice"), "USER": "alice", "LANG": "C.UTF-8",
+            "VAULT_ADDR": server.address, "ANTHROPIC_BASE_URL": api.base_url,
+            "PYTHONPATH": str(REPO),
+        }
+        run(["sync", "--user", "alice"], env=user_env, user="alice")
+
+        say("Another tool (a Vaultwarden helper) keeps its own key at Alice's Vault path.")
+        import hvac
+
+        admin = hvac.Client(url=server.address, token=server.root_token)
+        admin.secrets.kv.v2.patch(path="workstation/claude-users/alice", mount_point="secret",
+                                  secret={"vaultwarden_master_password": "kept-by-another-tool"})
+        print("$ vault kv patch secret/workstation/claude-users/alice vaultwarden_master_password=...")
+
+        say("Claude rotates Alice's login; the next sync backs the new one up by merging, keeping the other key.")
+        write_login("alice", "demo-good-access-2", "demo-refresh-2")
+        api.accept("demo-good-access-2")
+        run(["sync", "--user", "alice"], env=user_env, user="alice")
+        stored = admin.secrets.kv.v2.read_secret_version(path="workstation/claude-users/alice",
+                                                         mount_point="secret", raise_on_deleted_version=False)
+        keys = sorted(stored["data"]["data"])
+        print(f"keys at secret/workstation/claude-users/alice (version {stored['data']['metadata']['version']}): "
+              f"{', '.join(keys)}")
+        if "vaultwarden_master_password" not in keys:
+            raise SystemExit("demo: the other tool's key was lost")
+
+        say("Alice's local login breaks (a raced refresh leaves a token the API rejects); sync restores the backup.")
+        write_login("alice", "demo-broken-access-3", "demo-refresh-3")
+        run(["sync", "--user", "alice"], env=user_env, user="alice")
+
+        say("Status: one row per person.")
+        run(["status", *common], env=admin_env)
+
+        say("Dave leaves: remove him from the roster; plan lists his leftovers, apply --prune removes them.")
+        head, _, _ = ROSTER.read_text().partition("  # Fields kept for compatibility")
+        ROSTER.write_text(head)
+        print(f"(removed dave from {ROSTER})")
+        run(["plan", *common], env=admin_env)
+        run(["apply", "--prune", *common], env=admin_env)
+        run(["plan", *common], env=admin_env)
+
+        print(f"\nDemo finished in {time.monotonic() - started:.1f} s; stopping OpenBao and the stand-in.")
+        return 0
+    finally:
+        api.stop()
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
