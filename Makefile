@@ -45,8 +45,10 @@ test: setup
 demo: setup
 	CLAUDE_AUTH_DEMO_CLAUDE=$(abspath $(CLAUDE_BIN)) $(PY) demo/run_demo.py
 
+# Benchmarks print their figures as JSON; they are measurements, never tests.
 bench: setup
-	$(PY) bench/run_bench.py
+	$(PY) bench/vault_bench.py --users 1000
+	$(PY) bench/sync_bench.py --runs 15
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR) $(TOOLS_DIR) .demo build *.egg-info

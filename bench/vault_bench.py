@@ -21,8 +21,8 @@ around `reconcile.cli.main(argv)` and around the bare loops, with the modules
 imported before the clock starts on both sides (hvac for the loops; reconcile,
 jinja2, yaml, jsonschema for the CLI); client creation is inside. `process_s`,
 measured by the parent, is the whole child process: interpreter start-up,
-imports and all. `systemctl_s` is the part of a CLI phase spent waiting for
-`systemctl` (the local domain), shown so the Vault side can be told apart.
+imports and all. `systemctl_s` is the time inside the one `systemctl` call of a CLI phase
+(the local domain); in plan it runs beside the Vault reads, so it overlaps.
 
 The CLI runs with `--root` pointing at a generated tree (etc/passwd with
 users at uid 5001.., their homes), so the local domain (folders, unit files,
@@ -271,13 +271,10 @@ def main() -> int:
                         for name, limit in TARGETS.items()},
         }
         report["all_targets_met"] = all(t["ok"] for t in report["targets"].values())
-        # Not targets: the same ratios without the time spent waiting for systemctl (local domain).
-        report["without_systemctl"] = {
-            "noop_plan_vs_bare_loop": round((noop_plan["wall_s"] - noop_plan["systemctl_s"])
-                                            / bare_noop["wall_s"], 2),
-            "first_apply_vs_bare_create_loop": round((first_apply["wall_s"] - first_apply["systemctl_s"])
-                                                     / bare_create["wall_s"], 2),
-        }
+        # systemctl_s is time inside the one systemctl call; in plan it overlaps the Vault reads
+        # (observation runs both side by side), so it is not subtracted from anything.
+        report["notes"] = ["plan/apply read systemctl and Vault side by side: systemctl_s overlaps wall_s",
+                           "the bare loops use a stock hvac.Client, as a hand-written script would"]
         print(json.dumps(report, indent=2))
     finally:
         server.stop()
