@@ -47,13 +47,13 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from functools import partial
 from typing import Callable, Iterable, Mapping, Sequence, cast
 
 from reconcile import homefs, systemd
+from reconcile.atomicfile import write_atomically
 from reconcile.accounts import Account, lookup_accounts, names_by_uid
 from reconcile.durations import format_duration
 from reconcile.homefs import CONFIG_DIR, STATE_DIR, TOKEN_FILE, EntryState, HomeFsError
@@ -489,20 +489,7 @@ def write_unit(root: Path, name: str, text: str) -> None:
     """Atomically write a unit file (0644) into DIR/etc/systemd/system."""
     folder = Path(root) / UNIT_DIR
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, folder / name)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+    write_atomically(folder / name, text.encode(), 0o644)
 
 
 def _account(ctx: LocalContext, user: str | None) -> Account:

@@ -7,10 +7,10 @@ scrape never sees half a file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from reconcile.atomicfile import write_atomically
 
 SYNC_RESULTS = ("OK", "RECOVERED", "SKIP", "FAIL")
 
@@ -70,16 +70,6 @@ def render_textfile(rows: list[UserMetrics]) -> str:
 
 
 def write_textfile(path: Path, text: str) -> None:
-    """Temp file in the target folder, fsync, rename: readers see the old or the new file."""
+    """Temp file in the target folder, fsync, rename: a scrape sees the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode(), 0o644)

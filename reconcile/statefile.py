@@ -19,6 +19,8 @@ import stat
 from pathlib import Path
 from typing import Mapping
 
+from reconcile.atomicfile import write_atomically
+
 STATE_DIR = Path("var/lib/claude-auth")
 STATE_FILE = STATE_DIR / "state.json"
 VERSION = 1
@@ -74,32 +76,14 @@ def write_records(root: Path | str, records: Mapping[str, str]) -> bool:
         unchanged = path.exists() and read_records(root) == dict(records)
     except StateFileError:
         unchanged = False  # replaced below
-    folder = path.parent
-    temp = folder / f".{path.name}.{os.getpid()}.tmp"
     try:
         if unchanged:
             _ensure_modes(path)
             return False
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _ensure_modes(path)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(path, data, 0o600)
     except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
         raise StateFileError(f"state file {path} cannot be written: {exc.strerror or exc}") from None
     return True
 

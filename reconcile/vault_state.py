@@ -19,25 +19,23 @@ that belongs to someone else is replaced there but left alone in Vault.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
 from reconcile.durations import format_duration
+from reconcile.identity import token_display_name, vault_display_name
 from reconcile.model import Action, Change, Kind
 from reconcile.roster import Roster
 from reconcile.templating import render
 from reconcile.vault import MintedToken, Secret, TokenInfo, Vault, VaultError
 
 TOOL = "claude-auth"
-DISPLAY_PREFIX = "devvm-claude-auth-"
 POLICY_TEMPLATE = "policy.hcl.j2"
 RESERVED_POLICIES = frozenset({"root", "default"})
 """Never managed, whatever the prefix."""
 
-_DISPLAY_SANITIZE = re.compile(r"[^a-zA-Z0-9-]")
 
 
 # --- desired (pure) -------------------------------------------------------------
@@ -76,16 +74,6 @@ class DesiredVault:
     """By user name: only users with claude_auth true."""
     users: frozenset[str]
     """Every roster user."""
-
-
-def token_display_name(user: str) -> str:
-    return f"{DISPLAY_PREFIX}{user}"
-
-
-def vault_display_name(requested: str) -> str:
-    """Vault stores `token-` + the requested name with every character outside [a-zA-Z0-9-] made `-`."""
-    shown = _DISPLAY_SANITIZE.sub("-", f"token-{requested}")
-    return shown[:-1] if shown.endswith("-") else shown
 
 
 def render_policy(roster: Roster, user: str) -> str:

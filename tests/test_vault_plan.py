@@ -339,6 +339,7 @@ def test_no_changes_view_and_orphans_are_not_pending() -> None:
     assert not any(is_pending(c) for c in orphaned)
     assert render.plan_text(orphaned).splitlines() == [
         "! policy workstation-claude-dave: user dave is not in the roster (apply --prune removes the policy)",
+        "1 orphaned (users no longer in the roster): `apply --prune` removes them.",
         "No changes.",
     ]
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from reconcile.identity import shown_display_name
+
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 """POSIX account names, as the roster accepts them."""
 
@@ -22,20 +24,6 @@ DEFAULT_PATH_PREFIX = "workstation/claude-users"
 DEFAULT_POLICY_PREFIX = "workstation-claude-"
 DEFAULT_MODEL = "haiku"
 DEFAULT_CLAUDE_TIMEOUT = 120.0
-DISPLAY_NAME_PREFIX = "token-devvm-claude-auth-"
-"""Vault shows the display name `devvm-claude-auth-<user>` with a `token-` prefix."""
-
-
-_DISPLAY_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9-]")
-
-
-def vault_display_name(name: str) -> str:
-    """A token display name as Vault stores it: each character outside [a-zA-Z0-9-] becomes `-`,
-    then one trailing `-` is dropped (Vault's token store does exactly this; `a_b` shows as `a-b`)."""
-    full = _DISPLAY_NAME_UNSAFE.sub("-", name)
-    return full[:-1] if full.endswith("-") else full
-
-
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names it (never a secret)."""
 
@@ -66,7 +54,7 @@ class SyncSettings:
 
     @property
     def expected_display_name(self) -> str:
-        return vault_display_name(f"{DISPLAY_NAME_PREFIX}{self.user}")
+        return shown_display_name(self.user)
 
     @property
     def token_file(self) -> Path:
