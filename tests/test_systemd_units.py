@@ -47,7 +47,7 @@ def test_sync_service() -> None:
     for expected in (
         "Type=oneshot",
         "User=%i",
-        "ExecStart=/usr/local/bin/claude-auth sync",
+        "ExecStart=/usr/local/bin/claude-auth sync --user %i",
         "SyslogIdentifier=claude-auth-sync",
         "TimeoutStartSec=5min",
         'Environment="VAULT_ADDR=https://vault.example.org:8200"',
