@@ -12,7 +12,10 @@ import sys
 from typing import Callable, NoReturn, Sequence
 
 from reconcile.exitcodes import Exit
-from reconcile.roster import DEFAULT_ROSTER_PATH
+
+
+# Here rather than in reconcile.roster: `sync` must not pay for importing the roster types.
+DEFAULT_ROSTER_PATH = "/etc/claude-auth/roster.yaml"
 
 
 class UsageError(Exception):

@@ -10,9 +10,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-DEFAULT_ROSTER_PATH = "/etc/claude-auth/roster.yaml"
-
-
 @dataclass(frozen=True)
 class VaultSettings:
     address: str | None = None
