@@ -39,6 +39,7 @@ $(PROMTOOL):
 	$@ --version >/dev/null
 
 test: setup
+	$(PY) -m mypy reconcile
 	CLAUDE_AUTH_TEST_CLAUDE=$(abspath $(CLAUDE_BIN)) CLAUDE_AUTH_PROMTOOL=$(abspath $(PROMTOOL)) \
 		$(PY) -m pytest
 

@@ -108,7 +108,8 @@ class _CoreLoader(yaml.SafeLoader):
     they stay strings and the schema then names them.
     """
 
-    yaml_implicit_resolvers: ClassVar[dict[Any, list[tuple[str, re.Pattern[str]]]]] = {}
+    # A class variable in PyYAML itself; its stubs declare it as an instance variable.
+    yaml_implicit_resolvers: ClassVar[dict[Any, list[tuple[str, re.Pattern[str]]]]] = {}  # type: ignore[misc]
 
 
 for _tag, _pattern in (
@@ -312,18 +313,20 @@ def _schema_issues(document: _Document) -> Iterator[RosterIssue]:
 def _translate(error: ValidationError, path: DocPath) -> Iterator[tuple[DocPath, str]]:
     """Yield (path, message) in the roster's words for one schema error."""
     kind = error.validator
+    schema: Any = error.schema  # jsonschema types it as a union with bool and Unset
+    value: Any = error.validator_value
     if kind == "additionalProperties" and isinstance(error.instance, dict):
-        known = sorted(error.schema.get("properties", {}))
+        known = sorted(schema.get("properties", {}))
         for key in error.instance:
             if key not in known:
                 yield (*path, key), _unknown_field(str(key), known)
     elif kind == "type":
-        yield path, f"expected {_type_words(error.validator_value)}, got {_show(error.instance)}"
+        yield path, f"expected {_type_words(value)}, got {_show(error.instance)}"
     elif kind == "enum":
-        choices = ", ".join(str(choice) for choice in error.validator_value)
+        choices = ", ".join(str(choice) for choice in value)
         yield path, f"expected one of {choices}, got {_show(error.instance)}"
     elif kind == "required" and isinstance(error.instance, dict):
-        for key in error.validator_value:
+        for key in value:
             if key not in error.instance:
                 yield path, f"missing required field {key!r}"
     elif kind == "uniqueItems" and isinstance(error.instance, list):

@@ -24,9 +24,9 @@ from reconcile.model import UserProblem
 from reconcile.roster import Roster
 from reconcile.systemd import SystemdError
 from reconcile.vault import Vault, VaultError
+from reconcile.identity import shown_display_name
 from reconcile.vault_state import (ObservedToken, ObservedVault, TokenFileUnreadable, TokenState,
-                                   desired_vault, observe_vault, render_policy, token_display_name,
-                                   vault_display_name)
+                                   desired_vault, observe_vault, render_policy)
 
 SYNC_LOG = f"{STATE_DIR}/sync.log"
 LOG_TAIL_BYTES = 256 * 1024
@@ -231,7 +231,7 @@ def user_status(world: _World, roster: Roster, user: str) -> UserStatus:
         why = account.message if isinstance(account, UserProblem) else world.notes.get("vault", "not observed")
         notes.append(f"token: {why}")
     else:
-        token = _token_cell(token_obs, policy_name, vault_display_name(token_display_name(user)))
+        token = _token_cell(token_obs, policy_name, shown_display_name(user))
         if token_obs.info is not None:
             ttl = token_obs.info.ttl_seconds
             minted = float(token_obs.info.creation_time) or None

@@ -177,7 +177,7 @@ class Vault:
             self.requests[_count_key(method, url)] += 1
             return original(method, url, *args, **kwargs)
 
-        adapter.request = counted  # type: ignore[method-assign]
+        adapter.request = counted
 
     @property
     def writes(self) -> int:
