@@ -35,6 +35,7 @@ from tests.support.openbao import OpenBaoServer
 
 UID = 5301
 USER = "sandy"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def unit_settings(text: str, home: Path, user: str) -> dict[str, list[str]]:
@@ -107,9 +108,16 @@ def test_sync_runs_confined_as_its_unit_says(sandbox_root: Path, openbao: OpenBa
         environment[key] = value
     assert environment["VAULT_ADDR"] == openbao.address
 
-    script = ["set -e", "mount --make-rprivate /",
+    # PrivateTmp=yes (its /tmp half). A checkout under /tmp (where the installed tool and claude
+    # live in this test) is carried over the fresh /tmp, as an installation outside /tmp would be.
+    old_tmp = sandbox_root / "old-tmp"
+    old_tmp.mkdir()
+    private_tmp = ["mount --rbind /tmp " + shlex.quote(str(old_tmp)), "mount -t tmpfs -o mode=1777 tmpfs /tmp"]
+    if REPO.is_relative_to("/tmp"):
+        held, inner = shlex.quote(str(old_tmp / REPO.relative_to("/tmp"))), shlex.quote(str(REPO))
+        private_tmp += [f"mkdir -p {inner}", f"mount --rbind {held} {inner}"]
+    script = ["set -e", "mount --make-rprivate /", *private_tmp,
               "mount -o remount,bind,ro /",                       # ProtectSystem=strict
-              "mount -t tmpfs -o mode=1777 tmpfs /tmp",           # PrivateTmp=yes (its /tmp half)
               f"mount --bind {shlex.quote(str(home))} {shlex.quote(str(home))}",
               f"mount -o remount,bind,ro {shlex.quote(str(home))}"]  # ProtectHome=read-only
     for path in writable:                                          # ReadWritePaths=-...
