@@ -42,12 +42,18 @@ def say(sentence: str) -> None:
     print(f"\n==> {sentence}", flush=True)
 
 
+AS_USER = True
+"""Run syncs as the person's uid; False when this checkout is out of that uid's reach."""
+SANDBOX_MARKER = ".claude-auth-demo"
+
+
 def run(args: list[str], *, env: dict[str, str], user: str | None = None, ok: tuple[int, ...] = (0,),
         show: bool = True) -> subprocess.CompletedProcess[str]:
     shown = " ".join(["claude-auth", *args])
+    as_uid = user is not None and AS_USER
     if show:
-        print(f"$ {'sudo -u ' + user + ' ' if user else ''}{shown}", flush=True)
-    uid = USERS[user] if user else None
+        print(f"$ {'sudo -u ' + user + ' ' if as_uid and user else ''}{shown}", flush=True)
+    uid = USERS[user] if as_uid and user else None
     result = subprocess.run([sys.executable, "-m", "reconcile", *args], env=env, text=True,
                             capture_output=True, user=uid, group=uid, cwd=str(ROOT) if user else None)
     output = (result.stdout + result.stderr).rstrip()
@@ -60,9 +66,24 @@ def run(args: list[str], *, env: dict[str, str], user: str | None = None, ok: tu
     return result
 
 
+def can_run_as(uid: int) -> bool:
+    """Whether that uid can start this checkout's interpreter (a clone under /root, 0700, is out of reach)."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import reconcile"], user=uid, group=uid, cwd="/",
+                               env={"PYTHONPATH": str(REPO)}, capture_output=True)
+    except OSError:  # the interpreter itself cannot be started by that uid
+        return False
+    return probe.returncode == 0
+
+
 def make_sandbox() -> None:
-    shutil.rmtree(SANDBOX, ignore_errors=True)
+    if SANDBOX.exists():
+        ours = SANDBOX == REPO / ".demo" or (SANDBOX / SANDBOX_MARKER).exists() or not any(SANDBOX.iterdir())
+        if not ours:
+            raise SystemExit(f"demo: {SANDBOX} exists and is not a demo sandbox; refusing to delete it")
+        shutil.rmtree(SANDBOX)
     (ROOT / "etc").mkdir(parents=True)
+    (SANDBOX / SANDBOX_MARKER).touch()
     lines = ["root:x:0:0:root:/root:/bin/sh"]
     for name, uid in USERS.items():
         home = ROOT / "home" / name
@@ -118,6 +139,12 @@ def main() -> int:
         shutil.copyfile(EXAMPLE_ROSTER, ROSTER)
         claude, claude_note = find_claude(api)
         print(f"OpenBao {server.address}; sandbox {ROOT}; claude: {claude_note}")
+        global AS_USER
+        AS_USER = can_run_as(USERS["alice"])
+        if not AS_USER:
+            print("NOTE: this checkout is out of reach of the demo's uids (a folder on its path is private),"
+                  " so its syncs run as root with HOME set to the person's home; clone it elsewhere"
+                  " (e.g. /srv or /var/tmp) to see them run as the person's own uid.")
 
         root_env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "CLAUDE_AUTH_"))}
         admin_env = {**root_env, "VAULT_ADDR": server.address, "VAULT_TOKEN": server.root_token}

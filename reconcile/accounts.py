@@ -26,6 +26,12 @@ class Account:
     gid: int
     home: Path
     """The home folder as a real path on this machine (already under --root)."""
+    passwd_home: str = ""
+    """The home folder as the user database names it (what the running system sees)."""
+
+    @property
+    def system_home(self) -> str:
+        return self.passwd_home or str(self.home)
 
 
 @dataclass(frozen=True)
@@ -64,12 +70,24 @@ def parse_passwd(text: str) -> dict[str, PasswdEntry]:
     return entries
 
 
+class UserDatabaseUnreadable(Exception):
+    """DIR/etc/passwd exists but cannot be read (a folder, no permission...); the message names it."""
+
+
 def _read_passwd(root: Path) -> dict[str, PasswdEntry]:
+    """The entries of DIR/etc/passwd; none when it does not exist.
+
+    Raises UserDatabaseUnreadable when it exists but cannot be read: the
+    commands turn that into one `ERROR: ...` line rather than guess who is who.
+    """
     path = passwd_file(root)
     try:
         return parse_passwd(path.read_text(encoding="utf-8", errors="replace"))
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserDatabaseUnreadable(f"cannot read the user database {path}: {reason}") from None
 
 
 def _system_entry(name: str) -> PasswdEntry | None:
@@ -113,7 +131,7 @@ def lookup_accounts(root: Path, names: Iterable[str]) -> dict[str, Account | Use
         if not home.is_dir():
             result[name] = UserProblem(name, f"home folder {home} is not a folder")
             continue
-        result[name] = Account(entry.name, entry.uid, entry.gid, home)
+        result[name] = Account(entry.name, entry.uid, entry.gid, home, entry.home)
     return result
 
 

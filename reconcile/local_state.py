@@ -43,6 +43,7 @@ are checked and fixed (Kind.TOKEN_FILE, Action.UPDATE).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -76,14 +77,23 @@ SYNC_BOOT_DELAY = "5min"
 RECONCILE_BOOT_DELAY = "10min"
 RECONCILE_INTERVAL = "1h"
 RECONCILE_RANDOMIZED_DELAY = "5min"
-SYNC_PATH = "%h/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SYNC_DROP_IN_TEMPLATE = "claude-auth-sync-home.conf.j2"
+SYNC_WRITABLE = (".claude", ".claude.json", CONFIG_DIR, STATE_DIR)
+"""Below the person's home: what the sync (and claude) may write; all else is read-only."""
 
 _SYNC_TIMER_INSTANCE = re.compile(r"^claude-auth-sync@(?P<user>[^/]+)\.timer$")
+_SYNC_DROP_IN = re.compile(r"^claude-auth-sync@(?P<user>[^/]+)\.service\.d/home\.conf$")
 _ACTIVE = frozenset({"active", "activating", "reloading"})
 
 
 def sync_timer(user: str) -> str:
     return f"claude-auth-sync@{user}.timer"
+
+
+def sync_drop_in(user: str) -> str:
+    """The per-person drop-in naming that person's home (unit folder relative)."""
+    return f"claude-auth-sync@{user}.service.d/home.conf"
 
 
 # --- desired --------------------------------------------------------------
@@ -106,8 +116,10 @@ class DesiredTokenFile:
 @dataclass(frozen=True)
 class DesiredUnit:
     name: str
-    """The unit file name, e.g. claude-auth-sync@.service."""
+    """The unit file name, e.g. claude-auth-sync@.service, relative to the unit folder."""
     text: str
+    user: str | None = None
+    """Set for a person's own drop-in."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,19 @@ def systemd_exec_word(word: str) -> str:
     if not word or any(ch in word for ch in "\n\r\0"):
         raise ValueError(f"cannot put {word!r} on a systemd command line")
     escaped = word.replace("%", "%%").replace("$", "$$")
+    if re.fullmatch(r"[A-Za-z0-9_@%$+=:,./-]+", escaped):
+        return escaped
+    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def systemd_path_word(path: str) -> str:
+    """One entry of a path list such as ReadWritePaths= (specifiers escaped; quoted when it has blanks).
+
+    Unlike ExecStart=, these lists do not expand $VARIABLES, so `$` stays as it is.
+    """
+    if not path or any(ch in path for ch in "\n\r\0"):
+        raise ValueError(f"cannot put {path!r} in a systemd path list")
+    escaped = path.replace("%", "%%")
     if re.fullmatch(r"[A-Za-z0-9_@%$+=:,./-]+", escaped):
         return escaped
     return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -176,14 +201,12 @@ def render_units(roster: Roster, exec_path: str, roster_path: str) -> tuple[Desi
         systemd_environment("CLAUDE_AUTH_PATH_PREFIX", roster.vault.path_prefix),
         systemd_environment("CLAUDE_AUTH_POLICY_PREFIX", roster.vault.policy_prefix),
         systemd_environment("CLAUDE_AUTH_MODEL", roster.sync.model),
-        # `claude` is looked up on PATH; the user's own ~/.local/bin first.
-        systemd_environment("PATH", SYNC_PATH, specifiers=True),
         # The home folder is read-only in the sandbox: an auto-update could not
         # be written anyway, so claude is told not to try.
         systemd_environment("DISABLE_AUTOUPDATER", "1"),
     ]
     textfile = roster.status.prometheus_textfile
-    read_write_paths = [systemd_exec_word(os.path.dirname(textfile))] if textfile else []
+    read_write_paths = [systemd_path_word(os.path.dirname(textfile))] if textfile else []
     return (
         DesiredUnit(SYNC_SERVICE, render(
             f"{SYNC_SERVICE}.j2", exec_path=exec_word, environment=environment,
@@ -202,12 +225,34 @@ def render_units(roster: Roster, exec_path: str, roster_path: str) -> tuple[Desi
     )
 
 
-def desired_local(roster: Roster, exec_path: str, roster_path: str) -> DesiredLocal:
+def homes_of(accounts: Mapping[str, Account | UserProblem]) -> dict[str, str]:
+    """Each found person's home as the user database names it (for their drop-in)."""
+    return {name: found.system_home for name, found in accounts.items() if isinstance(found, Account)}
+
+
+def render_drop_in(user: str, home: str) -> DesiredUnit:
+    """The person's drop-in for claude-auth-sync@<user>.service.
+
+    The template unit cannot name the person's home: in a system unit, `%h` is
+    root's home whatever User= says (systemd.unit(5)). So the paths that depend
+    on it, the writable ones and ~/.local/bin on PATH, come from the user database.
+    """
+    home = home.rstrip("/") or "/"
+    writable = " ".join(systemd_path_word(f"-{home}/{rel}") for rel in SYNC_WRITABLE)
+    text = render(SYNC_DROP_IN_TEMPLATE, user=user, read_write_paths=writable,
+                  path_environment=systemd_environment("PATH", f"{home}/.local/bin:{SYSTEM_PATH}"))
+    return DesiredUnit(sync_drop_in(user), text, user)
+
+
+def desired_local(roster: Roster, exec_path: str, roster_path: str,
+                  homes: Mapping[str, str] | None = None) -> DesiredLocal:
     """What the roster asks for on this machine (pure, apart from rendering templates).
 
     `exec_path` is the absolute path of the `claude-auth` executable (see
     default_exec_path); `roster_path` is the roster the hourly reconcile
-    reads (made absolute against the current folder if relative).
+    reads (made absolute against the current folder if relative); `homes`
+    maps each person with an account to their home as the user database
+    names it (their sync drop-in needs it; a person without one gets none).
     """
     home_users = tuple(name for name, user in roster.users.items() if user.claude_auth)
     directories = tuple(
@@ -217,8 +262,10 @@ def desired_local(roster: Roster, exec_path: str, roster_path: str) -> DesiredLo
     for name, user in roster.users.items():
         why = "" if user.wants_timer else ("claude_auth false" if not user.claude_auth else "parked")
         timers.append(DesiredTimer(sync_timer(name), user.wants_timer, name, why))
+    known_homes = homes or {}
+    drop_ins = tuple(render_drop_in(name, known_homes[name]) for name in home_users if name in known_homes)
     return DesiredLocal(home_users, directories, token_files,
-                        render_units(roster, exec_path, roster_path), tuple(timers))
+                        render_units(roster, exec_path, roster_path) + drop_ins, tuple(timers))
 
 
 # --- observed -------------------------------------------------------------
@@ -252,6 +299,8 @@ class ObservedLocal:
     problems: tuple[UserProblem, ...] = ()
     stray_timers: tuple[str, ...] = ()
     """Enabled claude-auth-sync@X.timer links whose X is not in the roster."""
+    stray_drop_ins: tuple[str, ...] = ()
+    """claude-auth-sync@X.service.d/home.conf files no desired unit names."""
     owner_names: Mapping[int, str] = field(default_factory=dict)
     """uid -> account name, for reasons people read."""
     live: bool = False
@@ -296,6 +345,17 @@ def _stray_timers(root: Path, roster_users: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(stray))
 
 
+def _stray_drop_ins(root: Path, desired_names: Iterable[str]) -> tuple[str, ...]:
+    folder = Path(root) / UNIT_DIR
+    wanted = set(desired_names)
+    stray = []
+    for entry in sorted(folder.glob("claude-auth-sync@*.service.d/home.conf")):
+        name = f"{entry.parent.name}/{entry.name}"
+        if _SYNC_DROP_IN.match(name) and name not in wanted:
+            stray.append(name)
+    return tuple(stray)
+
+
 def observe_local(root: Path, desired: DesiredLocal,
                   accounts: Mapping[str, Account | UserProblem]) -> ObservedLocal:
     """Read folders, token files, unit files and timers under `root`.
@@ -332,7 +392,10 @@ def observe_local(root: Path, desired: DesiredLocal,
     # An instance of a template we manage that is not on disk yet is not
     # enabled; asking systemctl about it would only make it stop early.
     missing_templates = {name for name in (SYNC_TIMER, RECONCILE_TIMER) if units.get(name) is None}
-    known = {name: systemd.NOT_FOUND for name in timer_names if _template_of(name) in missing_templates}
+    # A link left behind still counts, so a stale one is planned away once the template is back.
+    wants = Path(root) / UNIT_DIR / "timers.target.wants"
+    known = {name: ("enabled" if os.path.islink(wants / name) else systemd.NOT_FOUND)
+             for name in timer_names if _template_of(name) in missing_templates}
     to_ask = [name for name in timer_names if name not in known]
     states = {**known, **(systemd.is_enabled(root, to_ask) if to_ask else {})}
     active = systemd.is_active(timer_names) if live else {}
@@ -345,6 +408,7 @@ def observe_local(root: Path, desired: DesiredLocal,
     return ObservedLocal(
         accounts=good, entries=entries, units=units, timers=timers,
         problems=tuple(problems), stray_timers=_stray_timers(root, roster_users),
+        stray_drop_ins=_stray_drop_ins(root, units),
         owner_names=owner_names, live=live)
 
 
@@ -444,6 +508,22 @@ def plan_local(desired: DesiredLocal, observed: ObservedLocal, *, prune: bool = 
                                       f"{enablement} but {seen.active}, want stopped ({timer.why})",
                                       user=timer.user, desired=timer, observed=seen))
 
+    roster_users = {timer.user for timer in desired.timers if timer.user is not None}
+    for stray in observed.stray_drop_ins:
+        match = _SYNC_DROP_IN.match(stray)
+        owner = match.group("user") if match else None
+        unwanted = DesiredUnit(stray, "", owner)
+        if owner in desired.home_users:
+            continue  # wanted, but their home is unknown now (a problem reported elsewhere): leave it
+        if owner in roster_users or prune:
+            why = "claude_auth false" if owner in roster_users else "user not in the roster"
+            changes.append(Change(Action.DELETE, Kind.UNIT, stray, f"present, want none ({why})",
+                                  user=owner, desired=unwanted))
+        else:
+            changes.append(Change(Action.ORPHANED, Kind.UNIT, stray,
+                                  "user not in the roster; `apply --prune` removes it", user=owner,
+                                  desired=unwanted))
+
     for stray in observed.stray_timers:
         match = _SYNC_TIMER_INSTANCE.match(stray)
         owner = match.group("user") if match else None
@@ -487,9 +567,21 @@ class LocalContext:
 
 def write_unit(root: Path, name: str, text: str) -> None:
     """Atomically write a unit file (0644) into DIR/etc/systemd/system."""
-    folder = Path(root) / UNIT_DIR
-    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-    write_atomically(folder / name, text.encode(), 0o644)
+    path = Path(root) / UNIT_DIR / name
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    write_atomically(path, text.encode(), 0o644)
+
+
+def remove_unit(root: Path, name: str) -> None:
+    """Remove a unit file (a drop-in: its folder too, once empty)."""
+    path = Path(root) / UNIT_DIR / name
+    try:
+        path.unlink(missing_ok=True)
+        if path.parent.name.endswith(".d"):
+            path.parent.rmdir()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.ENOENT):
+            raise LocalChangeError(f"cannot remove {path}: {exc.strerror}") from None
 
 
 def _account(ctx: LocalContext, user: str | None) -> Account:
@@ -521,6 +613,10 @@ def apply_local_change(change: Change, ctx: LocalContext) -> str:
             raise LocalChangeError(f"{change.name}: only fixing owner and mode is a local change")
         homefs.fix_owner_mode(_account(ctx, desired.user), desired.rel_path, desired.mode)
         return "owner and mode fixed"
+    if change.kind is Kind.UNIT and isinstance(desired, DesiredUnit) and change.action is Action.DELETE:
+        remove_unit(ctx.root, desired.name)
+        ctx.units_written += 1
+        return "removed"
     if change.kind is Kind.UNIT and isinstance(desired, DesiredUnit):
         try:
             write_unit(ctx.root, desired.name, desired.text)
@@ -555,7 +651,10 @@ def apply_timer_changes(changes: Sequence[Change], ctx: LocalContext) -> list[st
     action. Returns, per change, what was done or the exception it raised.
     """
     live = ctx.is_live
-    _reload_if_pending(ctx)
+    try:
+        _reload_if_pending(ctx)
+    except systemd.SystemdError as exc:
+        return [exc for _ in changes]  # a timer must not start from a stale unit
     outcomes: list[str | Exception] = []
     groups: dict[bool, list[int]] = {True: [], False: []}
     for index, change in enumerate(changes):

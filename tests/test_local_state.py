@@ -168,8 +168,8 @@ def test_desired_local() -> None:
 
 # --- against a temporary --root --------------------------------------------
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("systemctl") is None,
-                                reason="needs root (to give files to other uids) and systemctl")
+# Root (to give files to other uids) and systemctl are required, never skipped: CI runs as root.
+assert os.geteuid() == 0 and shutil.which("systemctl"), "tests/test_local_state.py needs root and systemctl"
 
 IDS = {"alice": 5001, "bob": 5002, "carol": 5003}
 ROSTER = Roster(users={"alice": User("alice"), "bob": User("bob"), "carol": User("carol", parked=True)})
@@ -198,10 +198,11 @@ def accounts(root: Path, roster: Roster = ROSTER) -> dict[str, Account | UserPro
     return lookup_accounts(root, roster.users)
 
 
-def plan(root: Path, roster: Roster = ROSTER) -> tuple[list[Change], ObservedLocal]:
-    desired = desired_local(roster, EXEC, "/etc/claude-auth/roster.yaml")
-    seen = observe_local(root, desired, accounts(root, roster))
-    return plan_local(desired, seen), seen
+def plan(root: Path, roster: Roster = ROSTER, *, prune: bool = False) -> tuple[list[Change], ObservedLocal]:
+    found = accounts(root, roster)
+    desired = desired_local(roster, EXEC, "/etc/claude-auth/roster.yaml", local_state.homes_of(found))
+    seen = observe_local(root, desired, found)
+    return plan_local(desired, seen, prune=prune), seen
 
 
 def apply(root: Path, changes: list[Change], roster: Roster = ROSTER) -> dict[str, str]:
@@ -240,7 +241,6 @@ def converge(root: Path, roster: Roster = ROSTER) -> None:
     assert plan(root, roster)[0] == []
 
 
-@needs_root
 def test_plan_apply_plan_again(root: Path) -> None:
     # A legacy token file left by an older tool: root-owned, world-readable, in a 0755 folder.
     (root / "home" / "alice" / ".config").mkdir(mode=0o755)
@@ -267,6 +267,9 @@ def test_plan_apply_plan_again(root: Path) -> None:
         (A, Kind.UNIT, SYNC_TIMER, "missing"),
         (A, Kind.UNIT, RECONCILE_SERVICE, "missing"),
         (A, Kind.UNIT, RECONCILE_TIMER, "missing"),
+        (A, Kind.UNIT, "claude-auth-sync@alice.service.d/home.conf", "missing"),
+        (A, Kind.UNIT, "claude-auth-sync@bob.service.d/home.conf", "missing"),
+        (A, Kind.UNIT, "claude-auth-sync@carol.service.d/home.conf", "missing"),
         (A, Kind.TIMER, RECONCILE_TIMER, "not enabled, want enabled"),
         (A, Kind.TIMER, "claude-auth-sync@alice.timer", "not enabled, want enabled"),
         (A, Kind.TIMER, "claude-auth-sync@bob.timer", "not enabled, want enabled"),
@@ -291,10 +294,66 @@ def test_plan_apply_plan_again(root: Path) -> None:
     assert is_enabled(root, "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer",
                       "claude-auth-sync@carol.timer", RECONCILE_TIMER) == ["enabled", "enabled", "disabled", "enabled"]
 
+    # Each person's drop-in names their home as the user database does, not as --root sees it.
+    drop_in = (unit_dir / "claude-auth-sync@alice.service.d" / "home.conf").read_text()
+    assert ("ReadWritePaths=-/home/alice/.claude -/home/alice/.claude.json -/home/alice/.config/claude-auth-sync "
+            "-/home/alice/.local/state/claude-auth-sync") in drop_in.splitlines()
+    assert str(root) not in drop_in
+
     assert plan(root)[0] == []
 
 
-@needs_root
+def test_drop_ins_follow_the_roster(root: Path) -> None:
+    converge(root)
+    unit_dir = root / "etc" / "systemd" / "system"
+    # claude_auth turned off for bob: his drop-in goes (his timer too).
+    off = Roster(users={"alice": User("alice"), "bob": User("bob", claude_auth=False),
+                        "carol": User("carol", parked=True)})
+    changes, _ = plan(root, off)
+    assert (D, Kind.UNIT, "claude-auth-sync@bob.service.d/home.conf", "present, want none (claude_auth false)") \
+        in summary(changes)
+    assert apply(root, changes, off) == {}
+    assert not (unit_dir / "claude-auth-sync@bob.service.d").exists()
+    assert plan(root, off)[0] == []
+    # carol leaves the roster: her drop-in is orphaned, and removed only with --prune.
+    gone = Roster(users={"alice": User("alice"), "bob": User("bob", claude_auth=False)})
+    changes, _ = plan(root, gone)
+    assert (O, Kind.UNIT, "claude-auth-sync@carol.service.d/home.conf",
+            "user not in the roster; `apply --prune` removes it") in summary(changes)
+    assert apply(root, changes, gone) == {}
+    assert (unit_dir / "claude-auth-sync@carol.service.d" / "home.conf").exists()
+    pruned, _ = plan(root, gone, prune=True)
+    assert apply(root, pruned, gone) == {}
+    assert not (unit_dir / "claude-auth-sync@carol.service.d").exists()
+    assert plan(root, gone, prune=True)[0] == []
+
+
+def test_stale_timer_link_is_seen_while_its_template_is_missing(root: Path) -> None:
+    converge(root)
+    parked = Roster(users={"alice": User("alice"), "bob": User("bob", parked=True), "carol": User("carol", parked=True)})
+    (root / "etc" / "systemd" / "system" / SYNC_TIMER).unlink()
+    changes, _ = plan(root, parked)
+    assert (A, Kind.UNIT, SYNC_TIMER, "missing") in summary(changes)
+    assert (D, Kind.TIMER, "claude-auth-sync@bob.timer", "enabled, want disabled (parked)") in summary(changes)
+    assert not any(c.kind is Kind.TIMER and c.name == "claude-auth-sync@alice.timer" for c in changes)
+    assert apply(root, changes, parked) == {}
+    assert is_enabled(root, "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer") == ["enabled", "disabled"]
+    assert plan(root, parked)[0] == []
+
+
+def test_a_failed_reload_fails_the_timer_changes_without_a_traceback(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail_reload() -> None:
+        raise systemd.SystemdError("`systemctl daemon-reload` failed: Access denied")
+
+    monkeypatch.setattr(systemd, "daemon_reload", fail_reload)
+    monkeypatch.setattr(systemd, "is_live_root", lambda root: True)
+    ctx = LocalContext(tmp_path, {}, units_written=1)
+    timer = DesiredTimer("claude-auth-sync@alice.timer", True, "alice")
+    outcomes = local_state.apply_timer_changes([Change(A, Kind.TIMER, timer.unit, "x", desired=timer)], ctx)
+    assert [str(o) for o in outcomes] == ["`systemctl daemon-reload` failed: Access denied"]
+
+
 def test_intermediate_folders(root: Path) -> None:
     bob = root / "home" / "bob"
     (bob / ".config").mkdir()
@@ -306,7 +365,6 @@ def test_intermediate_folders(root: Path) -> None:
     assert mode_owner(bob / ".local" / "state") == (0o700, 5002, 5002)
 
 
-@needs_root
 def test_observe_asks_systemctl_once(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     converge(root)
     commands: list[list[str]] = []
@@ -322,7 +380,6 @@ def test_observe_asks_systemctl_once(root: Path, monkeypatch: pytest.MonkeyPatch
                          "claude-auth-sync@bob.timer", "claude-auth-sync@carol.timer"]]
 
 
-@needs_root
 def test_drift_is_repaired(root: Path) -> None:
     converge(root)
     unit_dir = root / "etc" / "systemd" / "system"
@@ -359,7 +416,6 @@ def test_drift_is_repaired(root: Path) -> None:
     assert plan(root)[0] == []
 
 
-@needs_root
 def test_missing_users_fail_alone(root: Path) -> None:
     roster = Roster(users={**ROSTER.users, "dave": User("dave"), "erin": User("erin", parked=True)})
     with open(root / "etc" / "passwd", "a") as handle:
@@ -380,7 +436,6 @@ def test_missing_users_fail_alone(root: Path) -> None:
     assert is_enabled(root, "claude-auth-sync@dave.timer", "claude-auth-sync@erin.timer") == ["disabled", "disabled"]
 
 
-@needs_root
 def test_missing_user_does_not_stop_the_others(root: Path) -> None:
     roster = Roster(users={**ROSTER.users, "dave": User("dave")})
     changes, seen = plan(root, roster)
@@ -392,18 +447,17 @@ def test_missing_user_does_not_stop_the_others(root: Path) -> None:
     assert mode_owner(root / "home" / "carol" / STATE_DIR) == (0o700, 5003, 5003)
 
 
-@needs_root
 def test_timer_of_a_user_no_longer_in_the_roster(root: Path) -> None:
     converge(root)
     smaller = Roster(users={"alice": User("alice"), "carol": User("carol", parked=True)})
-    desired = desired_local(smaller, EXEC, "/etc/claude-auth/roster.yaml")
-    seen = observe_local(root, desired, accounts(root, smaller))
-    assert summary(plan_local(desired, seen)) == {
-        (O, Kind.TIMER, "claude-auth-sync@bob.timer", "enabled, user not in the roster; `apply --prune` disables it")}
-    pruned = plan_local(desired, seen, prune=True)
+    changes, _ = plan(root, smaller)
+    assert summary(changes) == {
+        (O, Kind.TIMER, "claude-auth-sync@bob.timer", "enabled, user not in the roster; `apply --prune` disables it"),
+        (O, Kind.UNIT, "claude-auth-sync@bob.service.d/home.conf", "user not in the roster; `apply --prune` removes it")}
+    pruned, _ = plan(root, smaller, prune=True)
     assert apply(root, pruned, smaller) == {}
     assert is_enabled(root, "claude-auth-sync@bob.timer") == ["disabled"]
-    assert plan_local(desired, observe_local(root, desired, accounts(root, smaller)), prune=True) == []
+    assert plan(root, smaller, prune=True)[0] == []
 
 
 # --- attacks: a user plants links in their own home ------------------------
@@ -457,9 +511,7 @@ def victims(root: Path) -> Iterator[dict[str, Path]]:
     yield {"dir": folder, "file": secret}
 
 
-@needs_root
 @pytest.mark.parametrize("attack", list(ATTACKS))
-@needs_root
 def test_attack_leaves_the_victim_untouched_and_fails_only_that_user(
         root: Path, victims: dict[str, Path], attack: str) -> None:
     rel_path, victim_kind, hard, message = ATTACKS[attack]
@@ -494,7 +546,6 @@ def test_attack_leaves_the_victim_untouched_and_fails_only_that_user(
     assert plan(root)[1].problems == (UserProblem("bob", message),)
 
 
-@needs_root
 def test_an_attack_between_plan_and_apply_is_refused_by_homefs(root: Path, victims: dict[str, Path]) -> None:
     converge(root)
     bob = root / "home" / "bob"
@@ -554,7 +605,6 @@ def test_live_root_reloads_once_after_unit_changes_alone(tmp_path: Path, live: l
     assert live == [("daemon-reload",)]
 
 
-@needs_root
 def test_other_roots_never_start_stop_or_reload(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object) -> None:
         raise AssertionError("must not be called with a root other than /")
@@ -572,7 +622,6 @@ def test_a_change_of_another_domain_is_refused(root: Path) -> None:
 # --- the command line, end to end (real OpenBao, temporary --root) ---------
 
 
-@needs_root
 def test_cli_plan_apply_plan_again(root: Path, openbao: Any, monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     import json

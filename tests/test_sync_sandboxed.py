@@ -1,14 +1,16 @@
-"""The whole product path, with the sync confined the way its rendered unit confines it.
+"""The whole product path, with the sync confined the way its rendered units confine it.
 
 systemd is not PID 1 here, so the unit cannot be started for real. Instead the
-test reads the unit that `apply` rendered and reproduces its file-system and
-privilege settings by hand in a private mount namespace (`unshare -m`):
-ProtectHome=read-only (the home bind-mounted read-only), exactly its
-ReadWritePaths made writable again, ProtectSystem=strict (the root file system
-read-only), PrivateTmp (a fresh /tmp), UMask, NoNewPrivileges and an empty
-capability set (setpriv), User=%i, and its Environment= lines; then it runs the
-unit's own ExecStart with the real pinned claude. What this cannot show:
-seccomp (SystemCallFilter=), ProtectProc= and the other kernel-side settings.
+test reads what `apply` rendered (the template unit and the person's drop-in),
+resolves specifiers as systemd does for a system unit (`%h` is root's home,
+whatever User= says; `%i` the instance), and reproduces the file-system and
+privilege settings by hand in a private mount namespace (`unshare -m`): the
+person's home at its user-database path, ProtectHome=read-only, exactly the
+ReadWritePaths made writable again, ProtectSystem=strict, PrivateTmp (a fresh
+/tmp), UMask, NoNewPrivileges and an empty capability set (setpriv), User=%i,
+and the Environment= lines; then it runs the unit's own ExecStart with the real
+pinned claude. What this cannot show: seccomp (SystemCallFilter=),
+ProtectProc= and the other kernel-side settings.
 """
 
 from __future__ import annotations
@@ -38,16 +40,19 @@ USER = "sandy"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def unit_settings(text: str, home: Path, user: str) -> dict[str, list[str]]:
-    """`Key=value` lines of the [Service] section, specifiers %h and %i filled in."""
+def unit_settings(texts: list[str], user: str) -> dict[str, list[str]]:
+    """`Key=value` lines of the [Service] sections (unit, then drop-ins), specifiers resolved as
+    systemd resolves them in a system unit: %h is root's home (systemd.unit(5)), %i the instance."""
     settings: dict[str, list[str]] = {}
-    section = ""
-    for line in text.splitlines():
-        if line.startswith("["):
-            section = line
-        elif section == "[Service]" and "=" in line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            settings.setdefault(key, []).append(value.replace("%h", str(home)).replace("%i", user))
+    for text in texts:
+        section = ""
+        for line in text.splitlines():
+            if line.startswith("["):
+                section = line
+            elif section == "[Service]" and "=" in line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                value = value.replace("%%", "\0").replace("%h", "/root").replace("%i", user).replace("\0", "%")
+                settings.setdefault(key, []).append(value)
     return settings
 
 
@@ -95,12 +100,16 @@ def test_sync_runs_confined_as_its_unit_says(sandbox_root: Path, openbao: OpenBa
     os.chown(credentials, UID, UID)
     credentials.chmod(0o600)
 
-    unit = (root / "etc/systemd/system/claude-auth-sync@.service").read_text()
-    settings = unit_settings(unit, home, USER)
+    unit_dir = root / "etc/systemd/system"
+    settings = unit_settings([(unit_dir / "claude-auth-sync@.service").read_text(),
+                              (unit_dir / f"claude-auth-sync@{USER}.service.d/home.conf").read_text()], USER)
     assert settings["User"] == [USER] and settings["ProtectHome"] == ["read-only"]
     assert settings["ProtectSystem"] == ["strict"] and settings["PrivateTmp"] == ["yes"]
-    writable = [p.lstrip("-") for p in " ".join(settings["ReadWritePaths"]).split()]
-    environment = {"HOME": str(home), "USER": USER, "LOGNAME": USER,
+    writable = [p.lstrip("-") for p in shlex.split(" ".join(settings["ReadWritePaths"]))]
+    system_home = f"/home/{USER}"  # as etc/passwd names it; systemd sets HOME from it for User=
+    assert writable == [f"{system_home}/.claude", f"{system_home}/.claude.json",
+                        f"{system_home}/.config/claude-auth-sync", f"{system_home}/.local/state/claude-auth-sync"]
+    environment = {"HOME": system_home, "USER": USER, "LOGNAME": USER,
                    # Not in the unit: points the real claude at the loopback stand-in.
                    "ANTHROPIC_BASE_URL": messages_api.base_url}
     for assignment in settings.get("Environment", []):
@@ -116,15 +125,20 @@ def test_sync_runs_confined_as_its_unit_says(sandbox_root: Path, openbao: OpenBa
     if REPO.is_relative_to("/tmp"):
         held, inner = shlex.quote(str(old_tmp / REPO.relative_to("/tmp"))), shlex.quote(str(REPO))
         private_tmp += [f"mkdir -p {inner}", f"mount --rbind {held} {inner}"]
+    # The machine as the person's account sees it: their home at its passwd path (a private
+    # /home in this namespace, so the host's /home is not touched).
+    at_home = shlex.quote(system_home)
     script = ["set -e", "mount --make-rprivate /", *private_tmp,
+              "mount -t tmpfs -o mode=755 tmpfs /home", f"mkdir {at_home}",
+              f"mount --bind {shlex.quote(str(home))} {at_home}",
               "mount -o remount,bind,ro /",                       # ProtectSystem=strict
-              f"mount --bind {shlex.quote(str(home))} {shlex.quote(str(home))}",
-              f"mount -o remount,bind,ro {shlex.quote(str(home))}"]  # ProtectHome=read-only
+              "mount -o remount,ro /home",                        # ProtectHome=read-only
+              f"mount -o remount,bind,ro {at_home}"]
     for path in writable:                                          # ReadWritePaths=-...
         quoted = shlex.quote(path)
         script.append(f"if [ -e {quoted} ]; then mount --bind {quoted} {quoted}; "
                       f"mount -o remount,bind,rw {quoted}; fi")
-    script += [f"if touch {shlex.quote(str(home))}/probe 2>/dev/null; then echo 'home is writable'; exit 99; fi",
+    script += [f"if touch {at_home}/probe 2>/dev/null; then echo 'home is writable'; exit 99; fi",
                f"umask {settings['UMask'][0]}",
                "exec setpriv --reuid={0} --regid={0} --clear-groups --no-new-privs "
                "--inh-caps=-all --bounding-set=-all env -i {1} {2}".format(

@@ -173,7 +173,8 @@ def build_session(args: argparse.Namespace, roster_path: str) -> Session:
     # Accounts matter for users with claude_auth (their home holds the token file and folders).
     home_users = [name for name, user in roster.users.items() if user.claude_auth]
     found = lookup_accounts(root, home_users)
-    d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path)
+    d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path,
+                                        local_state.homes_of(found))
     d_vault = desired_vault(roster, socket.gethostname())
     # The local read waits mostly on one systemctl process and the Vault read on
     # the network: overlap them. Token files are read without following links
