@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -26,8 +26,9 @@ class Account:
     gid: int
     home: Path
     """The home folder as a real path on this machine (already under --root)."""
-    passwd_home: str = ""
-    """The home folder as the user database names it (what the running system sees)."""
+    passwd_home: str = field(default="", compare=False)
+    """The home folder as the user database names it (what the running system sees; under
+    --root DIR, `home` is DIR joined with it)."""
 
     @property
     def system_home(self) -> str:
