@@ -97,10 +97,22 @@ def _run_one(change: Change, ctx: ExecContext) -> Result:
 
 
 def _run_timers(changes: list[Change], ctx: ExecContext) -> list[Result]:
-    """Timers go to systemctl in one call per verb, not one process per user."""
-    outcomes = local_state.apply_timer_changes(changes, ctx.local)
+    """Timers go to systemctl in one call per verb, not one process per user.
+
+    Whatever the batch handler raises (a failed daemon-reload before the
+    timers, say) is the failure of every change in the batch: one result each.
+    """
+    try:
+        outcomes: list[object] = list(local_state.apply_timer_changes(changes, ctx.local))
+    except Exception as exc:  # recorded; never a traceback
+        message = error_text(exc)
+        return [Result(change, ok=False, message=message) for change in changes]
+    if len(outcomes) != len(changes):
+        message = f"the timer handler answered {len(outcomes)} outcomes for {len(changes)} changes"
+        return [Result(change, ok=False, message=message) for change in changes]
     return [Result(change, ok=False, message=error_text(outcome)) if isinstance(outcome, Exception)
-            else Result(change, ok=True, message=outcome or _DONE[change.action])
+            else Result(change, ok=True, message=outcome if isinstance(outcome, str) and outcome
+                        else _DONE[change.action])
             for change, outcome in zip(changes, outcomes)]
 
 

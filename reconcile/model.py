@@ -80,5 +80,6 @@ def sort_for_display(changes: tuple[Change, ...] | list[Change]) -> Plan:
 
 
 def sort_for_apply(changes: tuple[Change, ...] | list[Change]) -> Plan:
-    # Removals of tokens go before removals of policies; everything else by kind order.
+    # By kind order (Kind's declaration order), then by name; the sort is stable. So every policy
+    # change, removals included, runs before any token change (mint, re-mint or revoke).
     return tuple(sorted(changes, key=lambda c: (KIND_ORDER[c.kind], c.name)))

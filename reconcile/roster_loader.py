@@ -438,7 +438,10 @@ def _duration_issues(document: _Document, data: Mapping[str, object]) -> Iterato
 
 def _address_problem(value: str) -> str | None:
     expected = "expected an http:// or https:// URL such as https://vault.example.org:8200"
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # such as an unclosed IPv6 bracket: http://[::1
+        return f"{expected}; {value!r} is not a valid URL ({exc})"
     if parts.scheme not in ("http", "https") or any(char.isspace() for char in value):
         return f"{expected}, got {value!r}"
     if not parts.hostname:

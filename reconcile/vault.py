@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import hvac
 import hvac.exceptions
@@ -109,7 +110,36 @@ class MintedToken:
 
 
 def resolve_address(configured: str | None) -> str | None:
-    return configured or os.environ.get("VAULT_ADDR") or None
+    """The roster's vault.address, else $VAULT_ADDR; None when neither is set.
+
+    Raises VaultError (naming where the address came from) when it is not an
+    http:// or https:// URL with a host.
+    """
+    address = configured or os.environ.get("VAULT_ADDR") or None
+    if address is not None:
+        check_address(address, source="vault.address in the roster" if configured else "VAULT_ADDR")
+    return address
+
+
+def address_problem(address: str) -> str | None:
+    """Why `address` is not a usable Vault URL, or None."""
+    expected = "expected an http:// or https:// URL such as https://vault.example.org:8200"
+    try:
+        parts = urlsplit(address)
+        parts.port  # noqa: B018 - the property raises on a bad port
+    except ValueError as exc:
+        return f"{expected} ({exc})"
+    if parts.scheme not in ("http", "https") or any(char.isspace() for char in address):
+        return expected
+    if not parts.hostname:
+        return f"{expected}; it has no host"
+    return None
+
+
+def check_address(address: str, *, source: str = "VAULT_ADDR") -> None:
+    problem = address_problem(address)
+    if problem is not None:
+        raise VaultError(f"{source}={address!r} is not a valid Vault address: {problem}")
 
 
 def resolve_token(home: Path | None = None) -> Secret | None:
@@ -158,16 +188,21 @@ class Vault:
 
     def __init__(self, address: str, token: Secret | None, *, cacert: str | None = None,
                  timeout: float = 10.0) -> None:
+        """Raises VaultError naming VAULT_ADDR when `address` is not a usable URL."""
+        check_address(address)
         self.address = address
         cacert = cacert or os.environ.get("VAULT_CACERT") or None
         # requests reads the proxy and CA-bundle variables (and ~/.netrc) on every
         # request, about a fifth of a loopback lookup; read them once here instead.
         session = requests.Session()
-        settings = session.merge_environment_settings(address, {}, None, cacert if cacert else True, None)
-        session.proxies.update(settings["proxies"] or {})
-        session.trust_env = False
-        self._client = hvac.Client(url=address, token=token.reveal() if token else None,
-                                   verify=settings["verify"], timeout=timeout, session=session)
+        try:
+            settings = session.merge_environment_settings(address, {}, None, cacert if cacert else True, None)
+            session.proxies.update(settings["proxies"] or {})
+            session.trust_env = False
+            self._client = hvac.Client(url=address, token=token.reveal() if token else None,
+                                       verify=settings["verify"], timeout=timeout, session=session)
+        except ValueError as exc:  # a URL requests or hvac cannot parse; the text names no token
+            raise VaultError(f"VAULT_ADDR={address!r} is not a valid Vault address ({exc})") from None
         self.requests: Counter[str] = Counter()
         """Requests made, by HTTP method (LIST counted as LIST; read-only POSTs such as token lookups as POST-READ)."""
         adapter = self._client.adapter
@@ -215,12 +250,25 @@ class Vault:
     # --- KV v2 -----------------------------------------------------------------
 
     def kv_read(self, mount: str, path: str) -> KvSecret | None:
-        """The latest version of a KV v2 secret, or None when the path has none."""
+        """The latest version of a KV v2 secret, or None when the path has none.
+
+        A deleted or destroyed latest version N reads as KvSecret(N, {}): its
+        data is gone, but a check-and-set write must still name N. The data
+        read answers 404 (InvalidPath) for a destroyed version, as for a path
+        that never existed; only then is the metadata read (one more request)
+        to tell the two apart.
+        """
         try:
             data = self._client.secrets.kv.v2.read_secret_version(
                 path=path, mount_point=mount, raise_on_deleted_version=False)
         except hvac.exceptions.InvalidPath:
-            return None
+            try:
+                versions = self.kv_metadata(mount, path)
+            except VaultDenied:  # a policy without metadata read: the path counts as new, as before
+                return None
+            if versions is None or versions.current_version <= 0:
+                return None
+            return KvSecret(version=versions.current_version, data=MappingProxyType({}))
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
             raise _translate(exc, f"read {mount}/data/{path}", self.address) from None
         inner = data.get("data") or {}

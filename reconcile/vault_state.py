@@ -15,10 +15,22 @@ Owns four things, kept apart:
 A token is "minted for" a user when its metadata says this tool minted it for
 that user. Only such a token is ever revoked: a token found in a user's file
 that belongs to someone else is replaced there but left alone in Vault.
+
+A replaced token that may still live (its revocation failed after a mint, or
+a recorded accessor was replaced by another) is kept in the state file's
+`pending_revoke` list (`next_pending`, pure); every admin run looks each one
+up and plans `- token <name>: replaced token still alive; revoke` until it is
+revoked or gone.
+
+A policy is observed, and reconciled for roster users, when its name is under
+the policy prefix; it is orphaned or deleted only when this tool wrote it
+(`is_tool_policy`: a POSIX user name after the prefix and the template's
+header line naming that user), so hand-made policies under the prefix stay.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -35,6 +47,10 @@ TOOL = "claude-auth"
 POLICY_TEMPLATE = "policy.hcl.j2"
 RESERVED_POLICIES = frozenset({"root", "default"})
 """Never managed, whatever the prefix."""
+POLICY_HEADER_START = "# Managed by claude-auth for user "
+"""The template's first line starts so, followed by the user name (a test checks the template)."""
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+"""A POSIX account name, as the roster requires."""
 
 
 
@@ -99,13 +115,47 @@ def desired_vault(roster: Roster, host: str) -> DesiredVault:
 
 
 def is_managed_policy(name: str, prefix: str) -> bool:
-    """Managed = the name starts with the policy prefix (names only; never root/default)."""
+    """Under the prefix (names only; never root/default): observed, and reconciled for roster users.
+
+    A name under the prefix is not enough to delete a policy: see `is_tool_policy`.
+    """
     return bool(prefix) and name.startswith(prefix) and name not in RESERVED_POLICIES and len(name) > len(prefix)
+
+
+def policy_header(user: str) -> str:
+    """The first line of every policy this tool writes, up to its `;` (templates/policy.hcl.j2)."""
+    return f"{POLICY_HEADER_START}{user}"
+
+
+def is_tool_policy(name: str, text: str, prefix: str) -> bool:
+    """Whether this tool wrote the policy: only such a policy is ever orphaned or deleted.
+
+    Its name is the prefix and a POSIX user name, and its text starts with the
+    template's header line naming that same user; a policy someone made by hand
+    under the prefix (`workstation-claude-admins`) is left alone.
+    """
+    if not is_managed_policy(name, prefix):
+        return False
+    user = name[len(prefix):]
+    if not USER_NAME.fullmatch(user):
+        return False
+    header = policy_header(user)
+    first_line = text.split("\n", 1)[0]
+    if not first_line.startswith(header):
+        return False
+    rest = first_line[len(header):]
+    return not rest or rest[0] == ";" or rest[0].isspace()
 
 
 def is_minted_for(info: TokenInfo, user: str) -> bool:
     """Whether the token's metadata says this tool minted it for `user` (the only tokens ever revoked)."""
     return info.meta.get("managed_by") == TOOL and info.meta.get("user") == user
+
+
+def minted_for_whom(info: TokenInfo) -> str | None:
+    """The user this tool minted the token for, or None when the tool did not mint it."""
+    user = info.meta.get("user")
+    return user if user and info.meta.get("managed_by") == TOOL else None
 
 
 # --- observed ---------------------------------------------------------------------
@@ -146,6 +196,16 @@ class RecordedToken:
 
 
 @dataclass(frozen=True)
+class PendingRevoke:
+    """A replaced token's accessor the state file keeps until the token is revoked or gone."""
+
+    accessor: str
+    checked: bool = False
+    """True when looked up by accessor (admin only); then `info` None means it is gone."""
+    info: TokenInfo | None = None
+
+
+@dataclass(frozen=True)
 class ObservedVault:
     admin: bool
     policies: Mapping[str, str] | None
@@ -154,6 +214,8 @@ class ObservedVault:
     """By user, for every user with a desired token and an account."""
     recorded: Mapping[str, RecordedToken]
     """By user, every record of the state file."""
+    pending: Mapping[str, PendingRevoke] = field(default_factory=lambda: MappingProxyType({}))
+    """By accessor, every replaced token the state file says may still live."""
 
 
 class TokenFileUnreadable(Exception):
@@ -214,13 +276,15 @@ def _needs_accessor_check(user: str, accessor: str, desired: DesiredVault,
 
 
 def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: Mapping[str, str],
-                  read_token: TokenReader, token_users: Iterable[str]) -> ObservedVault:
+                  read_token: TokenReader, token_users: Iterable[str],
+                  pending_revoke: Iterable[str] = ()) -> ObservedVault:
     """Read what Vault holds.
 
     With `admin`, `vault` holds the admin token: policies are read, tokens are
-    looked up through the admin API and recorded accessors are checked. Without
-    it, `vault` should hold no token: each token looks itself up, and neither
-    policies nor recorded accessors can be read.
+    looked up through the admin API and recorded accessors (and the replaced
+    ones still to revoke, `pending_revoke`) are checked. Without it, `vault`
+    should hold no token: each token looks itself up, and neither policies nor
+    accessors can be read.
     """
     policies = _observe_policies(vault, desired.policy_prefix) if admin else None
     tokens = {user: _observe_token(vault, user, read_token, admin=admin) for user in token_users}
@@ -230,8 +294,11 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
             recorded[user] = RecordedToken(user, accessor, checked=True, info=vault.lookup_accessor(accessor))
         else:
             recorded[user] = RecordedToken(user, accessor)
+    pending = {accessor: PendingRevoke(accessor, checked=True, info=vault.lookup_accessor(accessor)) if admin
+               else PendingRevoke(accessor) for accessor in sorted(set(pending_revoke))}
     return ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
-                         tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded))
+                         tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
+                         pending=MappingProxyType(pending))
 
 
 # --- plan (pure) --------------------------------------------------------------------
@@ -313,7 +380,12 @@ def plan_token(want: DesiredToken, current: ObservedToken, record: RecordedToken
 
 
 def plan_policies(desired: DesiredVault, policies: Mapping[str, str], *, prune: bool) -> list[Change]:
-    """Create or update each user's policy; managed policies of users not in the roster are orphaned."""
+    """Create or update each user's policy; this tool's policies of users not in the roster are orphaned.
+
+    A policy under the prefix named for a roster user is brought to the template
+    whoever wrote it; one for anybody else is orphaned only when this tool wrote
+    it (`is_tool_policy`), so a hand-made policy under the prefix is never deleted.
+    """
     changes: list[Change] = []
     for name, want in desired.policies.items():
         have = policies.get(name)
@@ -324,7 +396,7 @@ def plan_policies(desired: DesiredVault, policies: Mapping[str, str], *, prune: 
             changes.append(Change(Action.UPDATE, Kind.POLICY, name, "text differs from the template",
                                   user=want.user, needs_admin=True, desired=want,
                                   before_text=have, after_text=want.text))
-    managed = {name for name in policies if is_managed_policy(name, desired.policy_prefix)}
+    managed = {name for name, text in policies.items() if is_tool_policy(name, text, desired.policy_prefix)}
     for name in sorted(managed - set(desired.policies)):
         user = name[len(desired.policy_prefix):]
         changes.append(_orphan(Kind.POLICY, name, user, prune, desired.users,
@@ -349,6 +421,34 @@ def plan_tokens(desired: DesiredVault, observed: ObservedVault, *, prune: bool) 
     return changes
 
 
+PENDING_REASON = "replaced token still alive; revoke"
+
+
+def _in_use(observed: ObservedVault) -> set[str]:
+    """Accessors of the tokens now in the users' files and of the records: never revoked as replaced."""
+    live = {token.info.accessor for token in observed.tokens.values() if token.info is not None}
+    return live | {record.accessor for record in observed.recorded.values()}
+
+
+def plan_pending(observed: ObservedVault) -> list[Change]:
+    """Revoke each replaced token the state file remembers that still lives and that this tool minted.
+
+    Only the admin lookup tells whether it lives: without one nothing is planned
+    and the accessors stay in the state file for the next admin run.
+    """
+    changes: list[Change] = []
+    in_use = _in_use(observed)
+    for accessor, pending in sorted(observed.pending.items()):
+        if not pending.checked or pending.info is None or accessor in in_use:
+            continue
+        user = minted_for_whom(pending.info)
+        if user is None:
+            continue  # not ours: never revoked, bookkeeping forgets it
+        changes.append(Change(Action.DELETE, Kind.TOKEN, token_display_name(user), PENDING_REASON,
+                              user=user, needs_admin=True, desired=RevokeOrder(user, accessor)))
+    return changes
+
+
 def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -> list[Change]:
     """Every Vault change, unsorted. Orphans become deletions only with `prune`.
 
@@ -358,6 +458,7 @@ def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -
     if observed.policies is not None:
         changes.extend(plan_policies(desired, observed.policies, prune=prune))
     changes.extend(plan_tokens(desired, observed, prune=prune))
+    changes.extend(plan_pending(observed))
     return changes
 
 
@@ -391,6 +492,8 @@ class TokenOutcomes:
     """user -> accessor of the token now in the user's file."""
     revoked: set[str] = field(default_factory=set)
     """Accessors revoked."""
+    unrevoked: set[str] = field(default_factory=set)
+    """Accessors of replaced tokens whose revocation failed after a mint: kept to retry."""
 
 
 @dataclass
@@ -432,12 +535,18 @@ def apply_token(change: Change, ctx: VaultContext) -> str:
     # the revocation; first mints are flushed together at the end of the run.
     _write_or_revoke(ctx, want.user, minted, durable=bool(mint.revoke))
     ctx.outcomes.minted[want.user] = minted.accessor
+    failed: VaultError | None = None
     for accessor in mint.revoke:
         try:
             ctx.vault.revoke_accessor(accessor)
         except VaultError as exc:
-            raise VaultError(f"minted and written, but revoking the replaced token failed: {exc}") from None
-        ctx.outcomes.revoked.add(accessor)
+            ctx.outcomes.unrevoked.add(accessor)  # the state file keeps it; the next admin run retries
+            failed = failed or exc
+        else:
+            ctx.outcomes.revoked.add(accessor)
+    if failed is not None:
+        raise VaultError(f"minted and written, but revoking the replaced token failed ({failed}); "
+                         "the next admin run retries") from None
     if mint.revoke:
         return "minted, written, replaced token revoked"
     return "minted and written"
@@ -503,3 +612,33 @@ def next_records(records: Mapping[str, str], desired: DesiredVault, observed: Ob
               and (record.info is None or not is_minted_for(record.info, user))):
             del result[user]
     return dict(sorted(result.items()))
+
+
+def next_pending(pending: Iterable[str], records: Mapping[str, str], new_records: Mapping[str, str],
+                 observed: ObservedVault, outcomes: TokenOutcomes) -> tuple[str, ...]:
+    """The replaced tokens' accessors the state file should keep for the next admin run to revoke.
+
+    Added: a replaced token whose revocation failed this run, and a recorded
+    accessor replaced by another one unless it is known gone, not ours or
+    revoked. Dropped: revoked this run, looked up and gone (or not ours), or in
+    use again as a record.
+    """
+    result = set(pending) | outcomes.unrevoked
+    for user, old in records.items():
+        new = new_records.get(user)
+        if new is None or new == old or old in outcomes.revoked:
+            continue
+        record = observed.recorded.get(user)
+        if record is not None and record.checked and (record.info is None or not is_minted_for(record.info, user)):
+            continue
+        result.add(old)
+    kept = []
+    in_use = set(new_records.values())
+    for accessor in sorted(result):
+        seen = observed.pending.get(accessor)
+        if accessor in outcomes.revoked or accessor in in_use:
+            continue
+        if seen is not None and seen.checked and (seen.info is None or minted_for_whom(seen.info) is None):
+            continue
+        kept.append(accessor)
+    return tuple(kept)

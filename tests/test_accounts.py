@@ -5,7 +5,10 @@ from __future__ import annotations
 import pwd
 from pathlib import Path
 
-from reconcile.accounts import Account, PasswdEntry, lookup_accounts, names_by_uid, parse_passwd
+import pytest
+
+from reconcile.accounts import (Account, PasswdEntry, UserDatabaseUnreadable, lookup_accounts, names_by_uid,
+                                parse_passwd)
 from reconcile.model import UserProblem
 
 PASSWD = """\
@@ -42,7 +45,7 @@ def test_lookup_under_a_root(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     found = lookup_accounts(root, ["alice", "bob", "carol", "dave", "relative"])
     assert found == {
-        "alice": Account("alice", 5001, 5001, root / "home" / "alice"),
+        "alice": Account("alice", 5001, 5001, root / "home" / "alice", "/home/alice"),
         "bob": UserProblem("bob", f"home folder {root}/home/bob does not exist"),
         "carol": UserProblem("carol", f"no such account in {root}/etc/passwd"),
         "dave": UserProblem("dave", f"no such account in {root}/etc/passwd"),
@@ -64,7 +67,7 @@ def test_a_root_without_passwd(tmp_path: Path) -> None:
 def test_the_system_root_uses_the_system_database() -> None:
     me = pwd.getpwuid(0)
     found = lookup_accounts(Path("/"), [me.pw_name, "no-such-user-claude-auth"])
-    assert found[me.pw_name] == Account(me.pw_name, 0, me.pw_gid, Path(me.pw_dir))
+    assert found[me.pw_name] == Account(me.pw_name, 0, me.pw_gid, Path(me.pw_dir), me.pw_dir)
     assert found["no-such-user-claude-auth"] == UserProblem(
         "no-such-user-claude-auth", "no such account in the system user database")
 
@@ -74,3 +77,15 @@ def test_names_by_uid(tmp_path: Path) -> None:
     assert names_by_uid(root, [0, 5002, 7777]) == {0: "root", 5002: "bob"}
     assert names_by_uid(Path("/"), [0]) == {0: pwd.getpwuid(0).pw_name}
     assert names_by_uid(root, []) == {}
+
+
+def test_a_passwd_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None:
+    """Not an empty database (every user "missing") and not a traceback: one message naming the file."""
+    root = tmp_path / "root"
+    (root / "etc" / "passwd").mkdir(parents=True)
+    message = f"cannot read the user database {root}/etc/passwd: Is a directory"
+    with pytest.raises(UserDatabaseUnreadable) as raised:
+        lookup_accounts(root, ["alice"])
+    assert str(raised.value) == message
+    with pytest.raises(UserDatabaseUnreadable):
+        names_by_uid(root, [5001])

@@ -20,9 +20,10 @@ from reconcile.model import Action, Change, Kind, is_pending
 from reconcile.planner import Desired, Observed, make_plan
 from reconcile.roster import Roster, User, VaultSettings
 from reconcile.vault import Secret, TokenInfo
-from reconcile.vault_state import (MintOrder, ObservedToken, ObservedVault, RecordedToken, RevokeOrder,
-                                   TokenOutcomes, TokenState, desired_vault, is_managed_policy,
-                                   next_records, parse_token_file, plan_vault, vault_display_name)
+from reconcile.vault_state import (MintOrder, ObservedToken, ObservedVault, PendingRevoke, RecordedToken,
+                                   RevokeOrder, TokenOutcomes, TokenState, desired_vault, is_managed_policy,
+                                   is_tool_policy, next_pending, next_records, parse_token_file, plan_vault,
+                                   policy_header, vault_display_name)
 
 HOST = "ws1"
 PERIOD = 768 * 3600
@@ -32,6 +33,10 @@ ROSTER = Roster(
 )
 DESIRED = desired_vault(ROSTER, HOST)
 POLICY_TEXT = {name: policy.text for name, policy in DESIRED.policies.items()}
+DAVE_TEXT = desired_vault(Roster(users={"dave": User("dave")}, vault=ROSTER.vault), HOST).policies[
+    "workstation-claude-dave"].text
+"""What this tool wrote for dave, a user no longer in the roster."""
+HAND_MADE = 'path "secret/data/admins/*" {\n  capabilities = ["read"]\n}\n'
 
 
 def info(user: str, *, accessor: str | None = None, ttl: int = PERIOD, **overrides: object) -> TokenInfo:
@@ -175,13 +180,13 @@ SCENARIOS = [
                        tokens={"alice": ObservedToken("alice", TokenState.NO_FILE), "bob": valid("bob")}),
              (Expect(Action.UPDATE, Kind.TOKEN, ALICE_TOKEN, "missing", check=_revokes()),)),
     Scenario("offboarded user without --prune: orphaned policy and token",
-             converged(policies={**POLICY_TEXT, "workstation-claude-dave": "x"},
+             converged(policies={**POLICY_TEXT, "workstation-claude-dave": DAVE_TEXT},
                        recorded={"alice": RecordedToken("alice", "acc-alice"), "bob": RecordedToken("bob", "acc-bob"),
                                  "dave": RecordedToken("dave", "acc-dave", True, info("dave"))}),
              (Expect(Action.ORPHANED, Kind.POLICY, "workstation-claude-dave", "user dave is not in the roster"),
               Expect(Action.ORPHANED, Kind.TOKEN, "devvm-claude-auth-dave", "apply --prune"))),
     Scenario("offboarded user with --prune: delete policy, revoke token",
-             converged(policies={**POLICY_TEXT, "workstation-claude-dave": "x"},
+             converged(policies={**POLICY_TEXT, "workstation-claude-dave": DAVE_TEXT},
                        recorded={"alice": RecordedToken("alice", "acc-alice"), "bob": RecordedToken("bob", "acc-bob"),
                                  "dave": RecordedToken("dave", "acc-dave", True, info("dave"))}),
              (Expect(Action.DELETE, Kind.POLICY, "workstation-claude-dave", "not in the roster; delete"),
@@ -204,6 +209,38 @@ SCENARIOS = [
              (Expect(Action.DELETE, Kind.TOKEN, "devvm-claude-auth-carol", "claude_auth is false"),)),
     Scenario("a user without an observed token (no account) is skipped",
              converged(tokens={"bob": valid("bob")}), ()),
+    # Only policies this tool wrote are orphaned or deleted (name a user name, text with the header).
+    Scenario("hand-made policies under the prefix are never orphaned, even with --prune",
+             converged(policies={**POLICY_TEXT,
+                                 "workstation-claude-admins": HAND_MADE,  # no header
+                                 "workstation-claude-ops": DAVE_TEXT,  # header names another user
+                                 "workstation-claude-davey": DAVE_TEXT,  # header of dave: a prefix of davey
+                                 "workstation-claude-a.b": DAVE_TEXT.replace("user dave", "user a.b"),  # not a user name
+                                 "workstation-claude-dave": DAVE_TEXT.replace("# Managed", "#  Managed")}),
+             (), prune=True),
+    Scenario("a foreign policy named for a roster user is still brought to the template",
+             converged(policies=_policies(alice=HAND_MADE)),
+             (Expect(Action.UPDATE, Kind.POLICY, "workstation-claude-alice", "differs",
+                     check=lambda c: c.before_text == HAND_MADE),)),
+    Scenario("the tool's header, edited below, still marks a policy as the tool's",
+             converged(policies={**POLICY_TEXT, "workstation-claude-dave": DAVE_TEXT.split("\n")[0] + "\nx\n"}),
+             (Expect(Action.DELETE, Kind.POLICY, "workstation-claude-dave", "not in the roster; delete"),),
+             prune=True),
+    # Replaced tokens the state file keeps until they are revoked.
+    Scenario("a pending replaced token still alive and ours is revoked (admin), whoever it was for",
+             converged(pending={"acc-old": PendingRevoke("acc-old", True, info("alice", accessor="acc-old")),
+                                "acc-dave": PendingRevoke("acc-dave", True, info("dave", accessor="acc-dave"))}),
+             (Expect(Action.DELETE, Kind.TOKEN, ALICE_TOKEN, "replaced token still alive; revoke",
+                     check=lambda c: c.desired == RevokeOrder("alice", "acc-old")),
+              Expect(Action.DELETE, Kind.TOKEN, "devvm-claude-auth-dave", "replaced token still alive",
+                     check=lambda c: c.desired == RevokeOrder("dave", "acc-dave")))),
+    Scenario("pending tokens gone, not ours, unchecked (hourly) or in use are not revoked",
+             converged(pending={"acc-gone": PendingRevoke("acc-gone", True, None),
+                                "acc-x": PendingRevoke("acc-x", True, replace(info("alice", accessor="acc-x"),
+                                                                             meta=MappingProxyType({}))),
+                                "acc-u": PendingRevoke("acc-u"),
+                                "acc-alice": PendingRevoke("acc-alice", True, info("alice"))}),
+             ()),
 ]
 
 
@@ -258,6 +295,28 @@ def test_is_managed_policy(name: str, prefix: str, managed: bool) -> None:
     assert is_managed_policy(name, prefix) is managed
 
 
+@pytest.mark.parametrize("name,text,tool", [
+    ("workstation-claude-dave", DAVE_TEXT, True),
+    ("workstation-claude-dave", "# Managed by claude-auth for user dave", True),
+    ("workstation-claude-dave", "# Managed by claude-auth for user dave\n", True),
+    ("workstation-claude-admins", HAND_MADE, False),
+    ("workstation-claude-admins", "# Managed by claude-auth for user dave;\n", False),
+    ("workstation-claude-dav", DAVE_TEXT, False),  # `user dave` starts with `user dav`: not enough
+    ("workstation-claude-a.b", "# Managed by claude-auth for user a.b;\n", False),  # not a POSIX user name
+    ("workstation-claude-" + "a" * 33, f"# Managed by claude-auth for user {'a' * 33};", False),  # too long
+    ("workstation-claude-dave", "\n" + DAVE_TEXT, False),  # the header must be the first line
+    ("other-dave", DAVE_TEXT, False),
+])
+def test_is_tool_policy(name: str, text: str, tool: bool) -> None:
+    assert is_tool_policy(name, text, "workstation-claude-") is tool
+
+
+def test_the_policy_template_starts_with_the_header() -> None:
+    for name, policy in DESIRED.policies.items():
+        assert policy.text.split("\n")[0].startswith(policy_header(policy.user) + ";")
+        assert is_tool_policy(name, policy.text, DESIRED.policy_prefix)
+
+
 @pytest.mark.parametrize("requested,shown", [
     ("devvm-claude-auth-alice", "token-devvm-claude-auth-alice"),
     ("devvm-claude-auth-a_b", "token-devvm-claude-auth-a-b"),
@@ -288,6 +347,44 @@ def test_next_records() -> None:
         "bob": "acc-bob2",  # the valid token of ours in the file
         "dave": "acc-dave",  # unchecked: kept for apply --prune
     }
+
+
+def test_next_pending() -> None:
+    """Replaced tokens are remembered until revoked or gone; the tokens in use never are."""
+    observed = converged(
+        tokens={"alice": valid("alice", accessor="acc-a-file"), "bob": valid("bob", accessor="acc-b-new")},
+        recorded={"alice": RecordedToken("alice", "acc-a-rec", True, info("alice", accessor="acc-a-rec")),
+                  "bob": RecordedToken("bob", "acc-b-rec", True, None),
+                  "erin": RecordedToken("erin", "acc-erin", True, info("erin"))},
+        pending={"acc-p-gone": PendingRevoke("acc-p-gone", True, None),
+                 "acc-p-live": PendingRevoke("acc-p-live", True, info("alice", accessor="acc-p-live")),
+                 "acc-p-revoked": PendingRevoke("acc-p-revoked", True, info("alice", accessor="acc-p-revoked")),
+                 "acc-p-foreign": PendingRevoke("acc-p-foreign", True, replace(info("x"), meta=MappingProxyType({}))),
+                 "acc-p-hourly": PendingRevoke("acc-p-hourly")})
+    records = {"alice": "acc-a-rec", "bob": "acc-b-rec", "erin": "acc-erin"}
+    outcomes = TokenOutcomes(revoked={"acc-p-revoked"}, unrevoked={"acc-failed"})
+    new_records = next_records(records, DESIRED, observed, outcomes)
+    assert new_records == {"alice": "acc-a-file", "bob": "acc-b-new", "erin": "acc-erin"}
+    assert next_pending(sorted(observed.pending), records, new_records, observed, outcomes) == (
+        "acc-a-rec",  # alice's recorded token, still ours and alive, replaced by the one in her file
+        "acc-failed",  # its revocation failed after a mint this run
+        "acc-p-hourly",  # not checked (no admin): kept
+        "acc-p-live",  # still alive: kept for the next run
+    )  # dropped: gone, revoked, not ours; bob's record is gone so nothing to remember
+
+
+def test_next_pending_hourly_keeps_an_unchecked_replaced_record() -> None:
+    observed = converged(admin=False, policies=None,
+                         tokens={"alice": valid("alice", accessor="acc-new"), "bob": valid("bob")})
+    records = {"alice": "acc-alice", "bob": "acc-bob"}
+    new_records = next_records(records, DESIRED, observed, TokenOutcomes())
+    assert new_records["alice"] == "acc-new"
+    assert next_pending((), records, new_records, observed, TokenOutcomes()) == ("acc-alice",)
+
+
+def test_next_pending_no_op_is_empty() -> None:
+    records = {"alice": "acc-alice", "bob": "acc-bob"}
+    assert next_pending((), records, records, converged(), TokenOutcomes()) == ()
 
 
 def test_next_records_no_op_is_unchanged() -> None:
@@ -335,7 +432,7 @@ def test_human_plan_diff_shows_policy_text() -> None:
 
 def test_no_changes_view_and_orphans_are_not_pending() -> None:
     assert render.plan_text(_plan(converged())) == "No changes."
-    orphaned = _plan(converged(policies={**POLICY_TEXT, "workstation-claude-dave": "x"}))
+    orphaned = _plan(converged(policies={**POLICY_TEXT, "workstation-claude-dave": DAVE_TEXT}))
     assert not any(is_pending(c) for c in orphaned)
     assert render.plan_text(orphaned).splitlines() == [
         "! policy workstation-claude-dave: user dave is not in the roster (apply --prune removes the policy)",

@@ -291,13 +291,56 @@ def test_hourly_renews_warns_and_changes_nothing_else(world: World, monkeypatch:
     assert world.lookup(world.token("bob") or "") is not None
 
 
-def test_a_non_admin_token_means_hourly_mode(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", ["scoped", "default-policy", "no-sudo"])
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_a_valid_non_admin_token_is_an_error(world: World, monkeypatch: pytest.MonkeyPatch,
+                                            kind: str, command: str) -> None:
+    """`t3-provision-users` with the wrong token must not pass for a provisioning run."""
+    world.write_roster({"alice": {}, "bob": {}})
+    assert world.run("apply").code == Exit.OK
+    world.token_path("bob").unlink()  # something for a wrong run to change
+    token = {"scoped": lambda: world.token("alice") or "",  # may not even ask capabilities-self
+             "default-policy": world.plain_token,
+             "no-sudo": lambda: world.admin_token(deny=("auth/token/create-orphan",))}[kind]()
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    before = _tree(world.root)
+    run = world.run(command)
+    assert run.code == Exit.ERROR and run.out == ""
+    lines = run.err.splitlines()
+    assert len(lines) == 1, run.err
+    assert lines[0].startswith("ERROR: the Vault token (VAULT_TOKEN or ~/.vault-token) is not an admin token at "
+                               f"VAULT_ADDR={world.server.address}: it lacks ")
+    mint = "update and sudo on auth/token/create-orphan"
+    policies = f"create or update on sys/policies/acl/{world.prefix}*"
+    assert mint in lines[0] and (policies in lines[0]) is (kind != "no-sudo")
+    assert "CLAUDE_AUTH_NO_ADMIN=1" in lines[0]
+    assert world.writes() == [] and _tree(world.root) == before
+
+
+def test_without_any_token_or_with_no_admin_set_the_run_is_hourly(world: World,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     world.write_roster({"alice": {}})
     assert world.run("apply").code == Exit.OK
-    monkeypatch.setenv("VAULT_TOKEN", world.token("alice") or "")
+    monkeypatch.delenv("VAULT_TOKEN")  # and no ~/.vault-token: HOME is the test's own folder
     run = world.run("plan")
-    assert run.code == Exit.OK
-    assert "not an admin token" in run.err and run.lines == ["No changes."]
+    assert run.code == Exit.OK and run.lines == ["No changes."]
+    assert "NOTE: running without an admin token (no Vault token" in run.err
+    monkeypatch.setenv("VAULT_TOKEN", world.token("alice") or "")  # a non-admin token, told to go hourly
+    monkeypatch.setenv("CLAUDE_AUTH_NO_ADMIN", "1")
+    run = world.run("apply")
+    assert run.code == Exit.OK and run.lines == ["No changes."]
+
+
+def test_status_reads_with_a_non_admin_token(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`status` is read-only: a non-admin token gives the hourly view, not an error."""
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    monkeypatch.setenv("VAULT_TOKEN", world.plain_token())
+    run = world.run("status", "--json")
+    assert run.code == Exit.OK, run.err
+    alice = {row["user"]: row for row in json.loads(run.out)["users"]}["alice"]
+    assert alice["token"] == "alive"  # looked up with its own lookup-self
+    assert alice["policy"] == "—" and "policy: needs an admin token to read" in alice["notes"]
 
 
 # --- Vault errors: one line naming VAULT_ADDR, exit 1, nothing changed -----------------------------
@@ -433,3 +476,271 @@ def test_fresh_server_of_its_own(fresh_openbao: OpenBaoServer, world: World, mon
     names = set(world.client.sys.list_acl_policies()["data"]["keys"])
     assert names == {"default", "root", world.policy_name("alice"), world.policy_name("bob")}
     world.assert_converged()
+
+
+# --- only the tool's own policies are ever removed ---------------------------------------------------
+
+
+def test_prune_leaves_hand_made_policies_under_the_prefix(world: World) -> None:
+    world.write_roster({"alice": {}, "dave": {}})
+    assert world.run("apply").code == Exit.OK
+    hand_made = 'path "secret/data/admins/*" {\n  capabilities = ["read"]\n}\n'
+    world.client.sys.create_or_update_acl_policy(f"{world.prefix}admins", hand_made)  # not a tool header
+    world.client.sys.create_or_update_acl_policy(f"{world.prefix}zed", hand_made)  # a user name, no header
+    world.write_roster({"alice": {}})
+
+    plan = world.run("plan", "--prune")
+    assert plan.code == Exit.CHANGES_PENDING, plan.out + plan.err
+    assert f"- policy {world.prefix}dave: user dave is not in the roster; delete" in plan.lines
+    assert not any("admins" in line or "zed" in line for line in plan.lines), plan.out
+    assert not any("admins" in line or "zed" in line for line in world.run("plan").lines)
+
+    pruned = world.run("apply", "--prune")
+    assert pruned.code == Exit.OK, pruned.err
+    assert world.policy_text("dave") is None
+    assert world.policy_text("admins") == hand_made and world.policy_text("zed") == hand_made
+    world.assert_converged()
+
+    # A hand-made policy named for a roster user is still brought to the template.
+    world.write_roster({"alice": {}, "zed": {"claude_auth": False}})
+    plan = world.run("plan")
+    assert f"~ policy {world.prefix}zed: text differs from the template" in plan.lines
+    assert world.run("apply").code == Exit.OK
+    assert (world.policy_text("zed") or "").startswith("# Managed by claude-auth for user zed;")
+
+
+# --- a replaced token that could not be revoked is not forgotten ---------------------------------------
+
+
+def test_failed_revoke_of_a_replaced_token_is_retried_by_the_next_admin_run(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    first = world.token("alice") or ""
+    first_accessor = world.state()["alice"]
+    world.token_path("alice").unlink()  # drift: re-mint, then revoke the recorded token
+
+    # An admin token that may do everything but revoke by accessor.
+    monkeypatch.setenv("VAULT_TOKEN", world.admin_token(deny=("auth/token/revoke-accessor",)))
+    run = world.run("apply")
+    assert run.code == Exit.ERROR
+    errors = [line for line in run.err.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "ERROR devvm-claude-auth-alice: minted and written, but revoking the replaced token failed (")
+    assert run.lines[-1] == "Applied: 0 done, 1 failed, 0 need an admin run."
+    second = world.token("alice") or ""
+    assert second != first and world.lookup(second) is not None
+    assert world.lookup(first) is not None  # still alive: it must not be forgotten
+    assert world.state() == {"alice": world.lookup(second)["accessor"]}  # type: ignore[index]
+    assert world.pending_revoke() == [first_accessor]
+
+    monkeypatch.setenv("VAULT_TOKEN", world.server.root_token)  # the next admin run cleans up
+    plan = world.run("plan")
+    assert plan.code == Exit.CHANGES_PENDING
+    assert plan.lines == ["- token devvm-claude-auth-alice: replaced token still alive; revoke",
+                          "Plan: 0 to add, 0 to change, 1 to remove."]
+    applied = world.run("apply")
+    assert applied.code == Exit.OK, applied.err
+    assert "- token devvm-claude-auth-alice: revoked" in applied.lines
+    assert world.lookup(first) is None and world.lookup(second) is not None
+    assert world.token("alice") == second and world.pending_revoke() == []
+    world.assert_converged()
+
+
+def test_a_pending_token_already_gone_is_dropped(world: World) -> None:
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    gone = world.mint_like_tool("alice")
+    gone_accessor = world.lookup(gone)["accessor"]  # type: ignore[index]
+    world.client.auth.token.revoke_accessor(gone_accessor)
+    state = world.root / "var/lib/claude-auth/state.json"
+    document = json.loads(state.read_text())
+    document["pending_revoke"] = [gone_accessor]
+    state.write_text(json.dumps(document))
+    plan = world.run("plan")
+    assert plan.code == Exit.OK and plan.lines == ["No changes."]
+    assert world.run("apply").code == Exit.OK
+    assert world.pending_revoke() == []
+
+
+def test_a_recorded_token_replaced_in_the_file_is_revoked_later(world: World) -> None:
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    first = world.token("alice") or ""
+    first_accessor = world.state()["alice"]
+    world.put_token("alice", world.mint_like_tool("alice"))  # another token of ours, otherwise as desired
+    run = world.run("apply")
+    assert run.code == Exit.OK, run.err
+    second = world.token("alice") or ""
+    assert world.state()["alice"] == world.lookup(second)["accessor"]  # type: ignore[index]
+    assert world.pending_revoke() == [first_accessor]  # not forgotten while it lives
+    applied = world.run("apply")
+    assert "- token devvm-claude-auth-alice: revoked" in applied.lines
+    assert world.lookup(first) is None and world.lookup(second) is not None
+    world.assert_converged()
+
+
+# --- one ERROR line, never a traceback -------------------------------------------------------------------
+
+
+def test_a_failing_timer_batch_fails_each_timer_change(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconcile import local_state
+    from reconcile.systemd import SystemdError
+
+    def fail(changes: Any, ctx: Any) -> Any:
+        raise SystemdError("systemctl daemon-reload failed: Access denied")
+
+    monkeypatch.setattr(local_state, "apply_timer_changes", fail)
+    world.write_roster({"alice": {}, "bob": {}})
+    run = world.run("apply")
+    assert run.code == Exit.ERROR
+    timer_errors = [line for line in run.err.splitlines() if line.startswith("ERROR ")]
+    timers = ["claude-auth-reconcile.timer", "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer"]
+    assert timer_errors == [f"ERROR {timer}: systemctl daemon-reload failed: Access denied" for timer in timers]
+    assert "Traceback" not in run.err
+    assert run.lines[-1].startswith("Applied: ") and run.lines[-1].endswith(" 3 failed, 0 need an admin run.")
+    assert world.token("alice") and world.token("bob")  # everything else was applied
+
+
+def test_user_database_that_is_a_folder(world: World) -> None:
+    world.write_roster({"alice": {}})
+    passwd = world.root / "etc" / "passwd"
+    passwd.unlink()
+    passwd.mkdir()
+    before = _tree(world.root)
+    for command in ("plan", "apply", "apply"):
+        run = world.run(command)
+        assert run.code == Exit.ERROR and run.out == ""
+        assert run.err.splitlines() == [f"ERROR: cannot read the user database {passwd}: Is a directory"]
+    lock = ["var", "var/lib", "var/lib/claude-auth", "var/lib/claude-auth/lock"]  # apply's lock, released
+    assert world.writes() == [] and _tree(world.root) == sorted(before + lock)
+
+
+@pytest.mark.parametrize("error", [OSError(13, "Permission denied", "/etc/systemd/system/x.timer"),
+                                   ValueError("cannot put 'a b' on a systemd command line")])
+def test_local_observation_errors_are_one_line(world: World, monkeypatch: pytest.MonkeyPatch,
+                                               error: Exception) -> None:
+    from reconcile import local_state
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(local_state, "observe_local", fail)
+    world.write_roster({"alice": {}})
+    run = world.run("plan")
+    assert run.code == Exit.ERROR and run.out == ""
+    expected = ("ERROR: local state: Permission denied: /etc/systemd/system/x.timer" if isinstance(error, OSError)
+                else "ERROR: local state: cannot put 'a b' on a systemd command line")
+    assert run.err.splitlines() == [expected]
+
+
+@pytest.mark.parametrize("command", ["plan", "apply", "status"])
+def test_unparsable_vault_addr(world: World, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    world.write_roster({"alice": {}})
+    monkeypatch.setenv("VAULT_ADDR", "http://[::1")
+    before = _tree(world.root)
+    run = world.run(command)
+    assert "Traceback" not in run.err
+    if command == "status":  # read-only: local facts, the reason in the notes
+        assert run.code == Exit.OK
+        assert "VAULT_ADDR='http://[::1' is not a valid Vault address" in run.out
+        return
+    assert run.code == Exit.ERROR and run.out == ""
+    lines = run.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: VAULT_ADDR='http://[::1' is not a valid Vault address")
+    assert _tree(world.root) == before
+
+
+def test_unparsable_vault_address_in_the_roster(world: World) -> None:
+    world.write_roster({"alice": {}}, address="http://[::1")
+    for command in ("plan", "apply"):
+        run = world.run(command)
+        assert run.code == Exit.ERROR
+        lines = run.err.splitlines()
+        assert len(lines) == 1 and "vault.address" in lines[0] and "is not a valid URL" in lines[0], run.err
+
+
+# --- the apply lock ----------------------------------------------------------------------------------
+
+
+def test_a_second_apply_waits_for_nobody(world: World) -> None:
+    import fcntl
+    import os
+    world.write_roster({"alice": {}})
+    lock = world.root / "var/lib/claude-auth/lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the running apply would
+        run = world.run("apply")
+        assert run.code == Exit.ERROR and run.out == ""
+        assert run.err.splitlines() == [f"ERROR: another claude-auth apply is running (lock {lock})"]
+        assert world.writes() == [] and world.token("alice") is None
+        plan = world.run("plan")  # plan takes no lock
+        assert plan.code == Exit.CHANGES_PENDING
+    assert world.run("apply").code == Exit.OK  # released: the next one runs
+    assert world.run("apply").code == Exit.OK  # and releases its own lock when done
+    assert (lock.stat().st_mode & 0o777, lock.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    assert os.stat(lock).st_size == 0
+
+
+def test_the_apply_lock_never_follows_a_link(world: World) -> None:
+    world.write_roster({"alice": {}})
+    target = world.root / "elsewhere"
+    target.write_text("keep\n")
+    target.chmod(0o644)
+    lock = world.root / "var/lib/claude-auth/lock"
+    lock.parent.mkdir(parents=True)
+    lock.symlink_to(target)
+    run = world.run("apply")
+    assert run.code == Exit.ERROR and run.out == ""
+    lines = run.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ERROR: lock {lock} cannot be taken"), run.err
+    assert target.read_text() == "keep\n" and target.stat().st_mode & 0o777 == 0o644
+    assert world.token("alice") is None
+
+
+# --- the state file ----------------------------------------------------------------------------------
+
+
+def _write_state(world: World, document: object) -> Path:
+    path = world.root / "var/lib/claude-auth/state.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize("document", [
+    {"version": 2, "tokens": {"alice": {"accessor": None}}},
+    {"version": 2, "tokens": {"alice": {"accessor": ""}}},
+    {"version": 2, "tokens": {"alice": {"accessor": 7}}},
+    {"version": 1, "tokens": {"alice": {"accessor": None}}},
+    {"version": 2, "tokens": {}, "pending_revoke": [None]},
+    {"version": 2, "tokens": {}, "pending_revoke": "acc"},
+    {"version": 3, "tokens": {}},
+    {"version": True, "tokens": {}},
+])
+def test_an_invalid_state_file_is_one_error(world: World, document: object) -> None:
+    world.write_roster({"alice": {}})
+    path = _write_state(world, document)
+    run = world.run("plan")
+    assert run.code == Exit.ERROR and run.out == ""
+    assert run.err.splitlines() == [f"ERROR: state file {path} is not valid (expected version 2, every accessor "
+                                    "a non-empty string); fix it or move it away"]
+
+
+def test_a_version_1_state_file_is_still_read(world: World) -> None:
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    accessor = world.state()["alice"]
+    path = _write_state(world, {"version": 1, "tokens": {"alice": {"accessor": accessor}}})
+    world.assert_converged()
+    assert world.run("apply").lines == ["No changes."]
+    assert json.loads(path.read_text())["version"] == 1  # nothing changed, nothing rewritten
+    world.token_path("alice").unlink()
+    assert world.run("apply").code == Exit.OK  # re-mint: revokes the recorded token, writes version 2
+    written = json.loads(path.read_text())
+    assert written["version"] == 2 and written["pending_revoke"] == []
+    assert world.client.auth.token.lookup_accessor  # the old one is revoked:
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        world.client.auth.token.lookup_accessor(accessor)

@@ -13,12 +13,20 @@ Modes. An admin token (a token from $VAULT_TOKEN, else ~/.vault-token, that
 may write ACL policies under the prefix and create orphan tokens with other
 policies: create/update on `sys/policies/acl/<prefix>...`, update and sudo on
 `auth/token/create-orphan`, or root) enables everything; one
-`sys/capabilities-self` request tells. Without one (the hourly timer, which
-sets CLAUDE_AUTH_NO_ADMIN=1), tokens are checked with their own lookup-self,
-renewals and local work are done, and each change that needs an admin is
-printed as a `WARN <user>: needs an admin run: ...` line on stderr; apply
-exits 0 and plan lists those changes (exit 2). Policies cannot be read
-without an admin token and are then not checked.
+`sys/capabilities-self` request tells. A token that is present but rejected,
+or valid but without those capabilities, ends the run (one line naming
+VAULT_ADDR and what it lacks, exit 1, nothing changed): a wrong token must not
+pass for a successful provisioning run. The hourly mode is only for a run
+with CLAUDE_AUTH_NO_ADMIN=1 (the hourly timer sets it) or with no token at
+all: tokens are checked with their own lookup-self, renewals and local work
+are done, and each change that needs an admin is printed as a
+`WARN <user>: needs an admin run: ...` line on stderr; apply exits 0 and plan
+lists those changes (exit 2). Policies cannot be read without an admin token
+and are then not checked.
+
+`apply` holds the apply lock (`<root>/var/lib/claude-auth/lock`, see
+reconcile.statefile) from just after Vault is reached until it ends; another
+apply meanwhile ends at once with one ERROR line, exit 1. `plan` takes none.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from reconcile import local_state, render, statefile
-from reconcile.accounts import Account, lookup_accounts
+from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
 from reconcile.executor import ExecContext, Result, execute, failures, finish
 from reconcile.exitcodes import Exit
 from reconcile.homefs import TOKEN_FILE, HomeFsError, read_private_file, write_private_file
@@ -44,8 +52,8 @@ from reconcile.roster import Roster
 from reconcile.roster_loader import RosterInvalid, load_roster
 from reconcile.systemd import SystemdError
 from reconcile.vault import Secret, Vault, VaultDenied, VaultError, resolve_address, resolve_token
-from reconcile.vault_state import (TokenFileUnreadable, VaultContext, desired_vault, next_records,
-                                   observe_vault)
+from reconcile.vault_state import (TokenFileUnreadable, VaultContext, desired_vault, next_pending,
+                                   next_records, observe_vault)
 
 NO_ADMIN_ENV = "CLAUDE_AUTH_NO_ADMIN"
 CREATE_ORPHAN = "auth/token/create-orphan"
@@ -69,6 +77,10 @@ class Session:
     desired: Desired
     observed: Observed
     plan: Plan
+    pending_revoke: tuple[str, ...] = ()
+    """Accessors of replaced tokens the state file says are still to revoke."""
+    lock: statefile.ApplyLock | None = None
+    """The apply lock (apply only), held until the run ends."""
 
 
 # --- mode -------------------------------------------------------------------------------
@@ -78,19 +90,40 @@ def admin_probe_paths(policy_prefix: str) -> list[str]:
     return [f"sys/policies/acl/{policy_prefix.lower()}claude-auth-probe", CREATE_ORPHAN]
 
 
+def missing_admin_capabilities(capabilities: dict[str, tuple[str, ...]] | None, policy_prefix: str) -> list[str]:
+    """What the token lacks to be an admin token (empty: it is one). None: capabilities-self was denied."""
+    policy_path, mint_path = admin_probe_paths(policy_prefix)
+    wanted_policy = f"create or update on sys/policies/acl/{policy_prefix.lower()}*"
+    wanted_mint = f"update and sudo on {mint_path}"
+    if capabilities is None:
+        return [wanted_policy, wanted_mint]
+    policy_caps, mint_caps = set(capabilities.get(policy_path, ())), set(capabilities.get(mint_path, ()))
+    missing = []
+    if not ("root" in policy_caps or {"create", "update"} & policy_caps):
+        missing.append(wanted_policy)
+    # Minting a token whose policy the caller does not hold needs sudo on the endpoint.
+    if not ("root" in mint_caps or {"update", "sudo"} <= mint_caps):
+        missing.append(wanted_mint)
+    return missing
+
+
 def is_admin(capabilities: dict[str, tuple[str, ...]], policy_prefix: str) -> bool:
     """May write the managed policies and mint orphan tokens carrying them."""
-    policy_path, mint_path = admin_probe_paths(policy_prefix)
-    policy_caps, mint_caps = set(capabilities.get(policy_path, ())), set(capabilities.get(mint_path, ()))
-    may_write_policies = "root" in policy_caps or bool({"create", "update"} & policy_caps)
-    # Minting a token whose policy the caller does not hold needs sudo on the endpoint.
-    may_mint = "root" in mint_caps or {"update", "sudo"} <= mint_caps
-    return may_write_policies and may_mint
+    return not missing_admin_capabilities(capabilities, policy_prefix)
 
 
-def connect_vault(roster: Roster) -> tuple[Vault, str | None]:
-    """The client to observe and change Vault with, and why it holds no admin token (None: it does)."""
-    address = resolve_address(roster.vault.address)
+def connect_vault(roster: Roster, *, allow_non_admin: bool = False) -> tuple[Vault, str | None]:
+    """The client to observe and change Vault with, and why it holds no admin token (None: it does).
+
+    Without a token (none found, or CLAUDE_AUTH_NO_ADMIN=1) the client holds
+    none: the hourly mode. A token that Vault rejects, or (unless
+    `allow_non_admin`, for the read-only `status`) one that is not an admin
+    token, raises CommandFailed naming VAULT_ADDR.
+    """
+    try:
+        address = resolve_address(roster.vault.address)
+    except VaultError as exc:
+        raise CommandFailed(str(exc)) from None
     if not address:
         raise CommandFailed("no Vault address: set VAULT_ADDR or vault.address in the roster")
     token: Secret | None = None
@@ -101,6 +134,7 @@ def connect_vault(roster: Roster) -> tuple[Vault, str | None]:
     try:
         if token is not None:
             admin_client = Vault(address, token)
+            capabilities: dict[str, tuple[str, ...]] | None
             try:
                 capabilities = admin_client.capabilities_self(admin_probe_paths(roster.vault.policy_prefix))
             except VaultDenied:
@@ -108,8 +142,15 @@ def connect_vault(roster: Roster) -> tuple[Vault, str | None]:
                 if not _is_live_token(admin_client):
                     raise CommandFailed(f"the Vault token (VAULT_TOKEN or ~/.vault-token) was rejected by "
                                         f"VAULT_ADDR={address}: it is invalid, expired or revoked") from None
-            if capabilities is not None and is_admin(capabilities, roster.vault.policy_prefix):
+            missing = missing_admin_capabilities(capabilities, roster.vault.policy_prefix)
+            if not missing:
                 return admin_client, None
+            if not allow_non_admin:
+                denied = " (it may not even ask sys/capabilities-self)" if capabilities is None else ""
+                raise CommandFailed(
+                    f"the Vault token (VAULT_TOKEN or ~/.vault-token) is not an admin token at "
+                    f"VAULT_ADDR={address}: it lacks {' and '.join(missing)}{denied}; use an admin token, "
+                    f"or set {NO_ADMIN_ENV}=1 for a run without one")
             why = "the Vault token is not an admin token"
         tokenless = Vault(address, None)
         tokenless.is_reachable()
@@ -158,21 +199,52 @@ def _dedupe(problems: list[UserProblem]) -> list[UserProblem]:
     return sorted(seen.values(), key=lambda p: (p.user, p.message))
 
 
-def build_session(args: argparse.Namespace, roster_path: str) -> Session:
+def _local_failure(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return f"local state: {reason}: {exc.filename}" if exc.filename else f"local state: {reason}"
+    return f"local state: {exc}" if str(exc) else f"local state: {type(exc).__name__}"
+
+
+def _take_lock(root: Path) -> statefile.ApplyLock:
+    try:
+        return statefile.apply_lock(root)
+    except (statefile.LockHeld, statefile.StateFileError) as exc:
+        raise CommandFailed(str(exc)) from None
+
+
+def build_session(args: argparse.Namespace, roster_path: str, *, lock: bool = False) -> Session:
+    """Load, reach Vault, read the world and plan. With `lock` (apply), the apply lock is taken once
+    Vault answered (so a Vault failure changes nothing) and before anything is read; the Session holds it."""
     roster = load_roster(roster_path)
     root = Path(args.root)
     vault, no_admin_reason = connect_vault(roster)
+    held = _take_lock(root) if lock else None
+    try:
+        return _read_and_plan(args, roster_path, roster, root, vault, no_admin_reason, held)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+
+
+def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, root: Path, vault: Vault,
+                   no_admin_reason: str | None, held: statefile.ApplyLock | None) -> Session:
     admin = no_admin_reason is None
     if no_admin_reason is not None:
         print(f"NOTE: running without an admin token ({no_admin_reason}): policies are not checked; "
               "changes that need an admin are left for the admin run", file=sys.stderr)
     try:
-        records = statefile.read_records(root)
+        state = statefile.read_state(root)
     except statefile.StateFileError as exc:
         raise CommandFailed(str(exc)) from None
+    records = state.records
     # Accounts matter for users with claude_auth (their home holds the token file and folders).
     home_users = [name for name, user in roster.users.items() if user.claude_auth]
-    found = lookup_accounts(root, home_users)
+    try:
+        found = lookup_accounts(root, home_users)
+    except UserDatabaseUnreadable as exc:
+        raise CommandFailed(str(exc)) from None
     d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path,
                                         local_state.homes_of(found))
     d_vault = desired_vault(roster, socket.gethostname())
@@ -185,7 +257,8 @@ def build_session(args: argparse.Namespace, roster_path: str) -> Session:
         try:
             o_vault = observe_vault(vault, d_vault, admin=admin, records=records,
                                     read_token=_token_reader(found_accounts),
-                                    token_users=[user for user in d_vault.tokens if user in found_accounts])
+                                    token_users=[user for user in d_vault.tokens if user in found_accounts],
+                                    pending_revoke=state.pending_revoke)
         except VaultError as exc:
             raise CommandFailed(_vault_failure(exc, vault.address)) from None
         finally:
@@ -193,6 +266,10 @@ def build_session(args: argparse.Namespace, roster_path: str) -> Session:
                 o_local = local_future.result()
             except SystemdError as exc:
                 raise CommandFailed(f"systemd: {exc}") from None
+            except UserDatabaseUnreadable as exc:
+                raise CommandFailed(str(exc)) from None
+            except (OSError, ValueError) as exc:
+                raise CommandFailed(_local_failure(exc)) from None
     problems: list[UserProblem] = [v for v in found.values() if isinstance(v, UserProblem)]
     problems.extend(o_local.problems)
     accounts = {name: value for name, value in found_accounts.items() if name in o_local.accounts}
@@ -204,12 +281,13 @@ def build_session(args: argparse.Namespace, roster_path: str) -> Session:
     plan = make_plan(desired, observed, prune=bool(getattr(args, "prune", False)))
     return Session(roster=roster, roster_path=roster_path, root=root, admin=admin, vault=vault,
                    accounts=accounts, problems=_dedupe(problems), records=records,
-                   desired=desired, observed=observed, plan=plan)
+                   desired=desired, observed=observed, plan=plan,
+                   pending_revoke=state.pending_revoke, lock=held)
 
 
-def _start(args: argparse.Namespace, roster_path: str) -> Session | int:
+def _start(args: argparse.Namespace, roster_path: str, *, lock: bool = False) -> Session | int:
     try:
-        return build_session(args, roster_path)
+        return build_session(args, roster_path, lock=lock)
     except RosterInvalid as exc:
         for issue in exc.issues:
             print(issue.format(), file=sys.stderr)
@@ -242,9 +320,17 @@ def run_plan(args: argparse.Namespace, roster_path: str) -> int:
 
 
 def run_apply(args: argparse.Namespace, roster_path: str) -> int:
-    session = _start(args, roster_path)
+    session = _start(args, roster_path, lock=True)
     if isinstance(session, int):
         return session
+    try:
+        return _apply(args, roster_path, session)
+    finally:
+        if session.lock is not None:
+            session.lock.release()
+
+
+def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
     as_json = bool(args.json)
     _print_problems(session.problems)
     errors = [render.problem_text(p) for p in session.problems]
@@ -279,9 +365,11 @@ def run_apply(args: argparse.Namespace, roster_path: str) -> int:
         # Even after an unexpected error: remember every token minted so far.
         records = next_records(session.records, session.desired.vault, session.observed.vault,
                                vault_ctx.outcomes)
-        if records != session.records:
+        pending = next_pending(session.pending_revoke, session.records, records, session.observed.vault,
+                               vault_ctx.outcomes)
+        if records != session.records or pending != session.pending_revoke:
             try:
-                statefile.write_records(session.root, records)
+                statefile.write_records(session.root, records, pending)
             except statefile.StateFileError as exc:
                 errors.append(f"state: {exc}")
                 print(render.error_line("state", str(exc)), file=sys.stderr)

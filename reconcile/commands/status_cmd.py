@@ -21,12 +21,21 @@ from reconcile.roster import Roster
 from reconcile.roster_loader import RosterInvalid, load_roster
 from reconcile.status import UNKNOWN, UserStatus, gather
 
-COLUMNS = (("USER", 12), ("STATE", 9), ("POLICY", 8), ("TOKEN", 14), ("TIMER", 9),
-           ("LAST SYNC", 22), ("BACKUP", 0))
+HEADERS = ("USER", "STATE", "POLICY", "TOKEN", "TIMER", "LAST SYNC", "BACKUP")
+WIDTH = 100
+GAP = 2
+"""Spaces between cells, narrowed to 1 (never 0) when the table would not fit WIDTH."""
+MIN_USER_WIDTH = 8
 
 
 def _short_time(at: float | None) -> str:
-    return UNKNOWN if at is None else datetime.fromtimestamp(at).strftime("%m-%d %H:%M")
+    """`MM-DD HH:MM` in local time, or — ; never raises, whatever the number."""
+    if at is None:
+        return UNKNOWN
+    try:
+        return datetime.fromtimestamp(at).strftime("%m-%d %H:%M")
+    except (ValueError, OverflowError, OSError):
+        return UNKNOWN
 
 
 def _cells(row: UserStatus) -> list[str]:
@@ -39,25 +48,51 @@ def _cells(row: UserStatus) -> list[str]:
     return [row.user, state, row.policy, token, row.timer, last, backup]
 
 
+def _fit(cell: str, width: int) -> str:
+    """`cell` padded to `width`, or cut to it with a trailing `…`."""
+    return cell.ljust(width) if len(cell) <= width else cell[:max(0, width - 1)] + "…"
+
+
+def _widths(table: list[list[str]]) -> tuple[list[int], int]:
+    """(column widths, gap) so that a row fits WIDTH: columns as wide as their longest cell
+    (USER as wide as the longest name), the gap narrowed to 1 if that is too wide, then USER
+    (not below MIN_USER_WIDTH) and finally BACKUP, the last column, cut to what is left."""
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
+    gap = GAP
+    if sum(widths) + gap * (len(widths) - 1) > WIDTH:
+        gap = 1
+    excess = sum(widths) + gap * (len(widths) - 1) - WIDTH
+    if excess > 0:
+        cut = min(excess, max(0, widths[0] - MIN_USER_WIDTH))
+        widths[0] -= cut
+        excess -= cut
+    for i in range(len(widths) - 1, 0, -1):  # last resort, from the right; cells keep a space
+        if excess <= 0:
+            break
+        cut = min(excess, max(0, widths[i] - len(HEADERS[i].split()[0])))
+        widths[i] -= cut
+        excess -= cut
+    return widths, gap
+
+
 def render_table(rows: list[UserStatus]) -> str:
-    """At most 100 columns; notes say why a cell is —, and `off` means claude_auth: false."""
-    lines = []
-    header = "".join(f"{name:<{width}}" if width else name for name, width in COLUMNS)
-    lines.append(header.rstrip())
-    for row in rows:
-        lines.append("".join(f"{cell:<{width}}" if width else cell
-                             for cell, (_, width) in zip(_cells(row), COLUMNS)).rstrip())
+    """At most 100 columns, with at least one space between cells (a cell too long for its
+    column is cut with `…`); notes say why a cell is —, and `off` means claude_auth: false."""
+    table = [list(HEADERS)] + [_cells(row) for row in rows]
+    widths, gap = _widths(table)
+    lines = [(" " * gap).join(_fit(cell, width) for cell, width in zip(line, widths)).rstrip()
+             for line in table]
     notes = [f"  {row.user}: {note}" for row in rows for note in row.notes]
     if notes:
         lines.append("")
         lines.append("Why some cells show —:")
         lines.extend(notes)
-    return "\n".join(line[:100] if len(line) > 100 else line for line in lines)
+    return "\n".join(line[:WIDTH] for line in lines)
 
 
 def collect(roster: Roster, roster_path: str, root: Path) -> list[UserStatus]:
     try:
-        vault, no_admin_reason = connect_vault(roster)
+        vault, no_admin_reason = connect_vault(roster, allow_non_admin=True)  # read-only: any token
     except CommandFailed as exc:
         return gather(roster, roster_path, root, None, admin=False, vault_note=str(exc))
     return gather(roster, roster_path, root, vault, admin=no_admin_reason is None)

@@ -132,6 +132,29 @@ class World:
         self.secrets_seen.add(value)
         return value
 
+    def admin_token(self, *, deny: tuple[str, ...] = ()) -> str:
+        """An admin token (everything, sudo included) except on the `deny` paths, made directly with root.
+
+        Its policy is named outside the tool's prefix so the tool never sees it as one of its own.
+        """
+        name = f"admin-{self.prefix}{secrets.token_hex(3)}"
+        text = 'path "*" {\n  capabilities = ["create", "read", "update", "delete", "list", "sudo"]\n}\n'
+        text += "".join(f'path "{path}" {{\n  capabilities = ["deny"]\n}}\n' for path in deny)
+        self.client.sys.create_or_update_acl_policy(name, text)
+        data = self.client.auth.token.create_orphan(policies=[name], ttl="1h", no_default_policy=True,
+                                                    display_name="test-admin")
+        value = str(data["auth"]["client_token"])
+        self.secrets_seen.add(value)
+        return value
+
+    def plain_token(self, policies: list[str] | None = None) -> str:
+        """A valid token that is not an admin token (the `default` policy unless told), made with root."""
+        data = self.client.auth.token.create_orphan(policies=policies or ["default"], ttl="1h",
+                                                    display_name="test-plain")
+        value = str(data["auth"]["client_token"])
+        self.secrets_seen.add(value)
+        return value
+
     def policy_text(self, user: str) -> str | None:
         try:
             return str(self.client.sys.read_acl_policy(self.policy_name(user))["data"]["policy"])
@@ -143,6 +166,12 @@ class World:
         text = path.read_text()
         self.texts.append(text)
         return {u: e["accessor"] for u, e in json.loads(text)["tokens"].items()}
+
+    def pending_revoke(self) -> list[str]:
+        """The state file's accessors of replaced tokens still to revoke."""
+        text = (self.root / "var/lib/claude-auth/state.json").read_text()
+        self.texts.append(text)
+        return list(json.loads(text).get("pending_revoke", []))
 
     def assert_converged(self) -> None:
         again = self.run("plan")
