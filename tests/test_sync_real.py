@@ -161,7 +161,8 @@ class SyncUser:
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("VAULT_", "BAO_", "CLAUDE_AUTH_", "ANTHROPIC_", "CLAUDE_CODE_"))}
+               if not k.startswith(("VAULT_", "BAO_", "CLAUDE_AUTH_", "ANTHROPIC_", "CLAUDE_CODE_",
+                                    "CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR"))}
         env.update(HOME=str(self.home), VAULT_ADDR=self.address, CLAUDE_AUTH_PATH_PREFIX=self.path_prefix,
                    ANTHROPIC_BASE_URL=self.api.base_url, PATH=f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
                    CLAUDE_AUTH_CLAUDE_TIMEOUT="60")
@@ -365,6 +366,31 @@ def test_old_shell_tool_backup_counts_as_equal(user: SyncUser) -> None:
     assert current_version(user.root, user.kv_path) == 1
 
 
+@pytest.mark.parametrize("how", ["destroy", "delete"])
+def test_a_destroyed_or_deleted_latest_version_is_backed_up_over_with_its_version(user: SyncUser, how: str) -> None:
+    # A destroyed latest version reads as 404 like a new path; a write with cas=0 would then
+    # fail forever ("another writer kept changing"). Its data is gone: the backup writes cas=1.
+    user.root.secrets.kv.v2.create_or_update_secret(path=user.kv_path, secret={SIBLING: "gone"},
+                                                    mount_point=KV_MOUNT)
+    if how == "destroy":
+        user.root.secrets.kv.v2.destroy_secret_versions(path=user.kv_path, versions=[1], mount_point=KV_MOUNT)
+    else:
+        user.root.secrets.kv.v2.delete_latest_version_of_secret(path=user.kv_path, mount_point=KV_MOUNT)
+    oauth = new_oauth()
+    user.login(oauth)
+
+    outcome = user.sync()
+
+    assert outcome.status.value == "OK", outcome.line
+    assert outcome.line.endswith(f"backed up to {KV_MOUNT}/data/{user.kv_path} (version 2)")
+    assert current_version(user.root, user.kv_path) == 2
+    assert user.stored_oauth() == oauth
+    again = user.sync()
+    assert again.status.value == "OK" and "backup unchanged" in again.line
+    assert again.vault_requests <= 4
+    assert current_version(user.root, user.kv_path) == 2
+
+
 # --- recovery ------------------------------------------------------------------------------------------
 
 
@@ -465,6 +491,51 @@ def test_wiped_credentials_file_is_restored(user: SyncUser) -> None:
     assert "not logged in" in outcome.line
     assert json.loads(user.credentials.read_text()) == {"claudeAiOauth": good}
     assert stat.S_IMODE(user.credentials.stat().st_mode) == 0o600
+
+
+def test_backup_failing_after_a_restore_keeps_the_restore_details(user: SyncUser,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    good = new_oauth("good")
+    user.api.accept(good["accessToken"])
+    user.remember(good)
+    user.root.secrets.kv.v2.create_or_update_secret(path=user.kv_path, mount_point=KV_MOUNT,
+                                                    secret=backup.backup_fields(good, "2025-01-01T00:00:00Z"))
+    # The token may read its path but no longer write it.
+    user.root.sys.create_or_update_acl_policy(
+        name=f"{POLICY_PREFIX}{user.name}",
+        policy=render("policy.hcl.j2", user=user.name, kv_mount=KV_MOUNT, kv_path=user.kv_path).replace(
+            '["create", "read", "update"]', '["read"]'))
+    bad = new_oauth("bad")
+    user.login(bad, accepted=False)
+    refreshed = new_oauth("refreshed")
+    user.remember(refreshed)
+    checks: list[Any] = []
+    real_check = flow._Steps.live_check
+
+    def check(self: Any, env: Any) -> Any:
+        result = real_check(self, env)
+        checks.append(result)
+        if len(checks) == 2:  # claude refreshed the restored login during the check: a new one to back up
+            document = json.loads(user.credentials.read_text())
+            document["claudeAiOauth"] = refreshed
+            user.credentials.write_text(json.dumps(document))
+        return result
+
+    monkeypatch.setattr(flow._Steps, "live_check", check)
+
+    outcome = user.sync()
+
+    assert outcome.status.value == "FAIL"
+    assert [c.verdict.value for c in checks] == ["auth", "ok"]
+    kept = user.kept_copies()
+    assert [json.loads(p.read_text()) for p in kept] == [{"claudeAiOauth": bad}]
+    line = outcome.line
+    assert line.startswith(f"FAIL {user.name}: the API rejected the login (HTTP 401)")
+    assert f"restored the backup ({KV_MOUNT}/data/{user.kv_path} version 1)" in line
+    assert f"the replaced login kept as {kept[0].name}" in line
+    assert f"the login works, but the backup to {KV_MOUNT}/data/{user.kv_path} failed: permission denied" in line
+    assert json.loads(user.credentials.read_text())["claudeAiOauth"] == refreshed
+    assert current_version(user.root, user.kv_path) == 1
 
 
 # --- outages are not auth failures -----------------------------------------------------------------
@@ -667,6 +738,74 @@ def test_oauth_token_variable_is_dropped_and_the_file_login_is_used(
     assert not user.api.saw(env_token)
     assert not user.api.saw(api_key)
     assert [line.split(" ", 1)[1] for line in log_lines(user)] == lines
+
+
+@pytest.mark.parametrize("variable", ["CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR"])
+def test_config_dir_variable_is_dropped_so_a_rejected_login_never_overwrites_a_good_backup(
+        user: SyncUser, variable: str) -> None:
+    good = new_oauth("good")
+    user.login(good)
+    assert user.sync().status.value == "OK"  # the backup holds the good login
+    bad = new_oauth("bad")
+    user.login(bad, accepted=False)  # ~/.claude now holds a rejected login
+    elsewhere = new_oauth("elsewhere")  # an accepted login in another folder claude could read instead
+    user.remember(elsewhere)
+    user.api.accept(elsewhere["accessToken"])
+    folder = user.home / "other-claude-config"
+    folder.mkdir(mode=0o700)
+    (folder / ".credentials.json").write_text(json.dumps({"claudeAiOauth": elsewhere}))
+    (folder / ".credentials.json").chmod(0o600)
+    user.extra_env[variable] = str(folder)
+
+    outcome = user.sync()
+
+    assert user.stored_oauth() == good, outcome.line  # never overwritten by the rejected login
+    assert current_version(user.root, user.kv_path) == 1
+    assert not user.api.saw(elsewhere["accessToken"])
+    assert outcome.status.value == "RECOVERED", outcome.line  # the check proved ~/.claude's login: rejected
+    assert json.loads(user.credentials.read_text())["claudeAiOauth"] == good
+    lines = user.outputs[-1].splitlines()
+    assert lines[0] == (f"WARN {user.name}: {variable} is set; not passed to claude (claude would read its login "
+                        "from that folder, not the ~/.claude login this sync backs up)")
+    assert len(lines) == 2
+
+
+def test_provider_switch_variable_is_dropped_and_the_file_login_is_checked(user: SyncUser) -> None:
+    oauth = new_oauth()
+    user.login(oauth)
+    user.extra_env["CLAUDE_CODE_USE_BEDROCK"] = "1"
+
+    outcome = user.sync()
+
+    assert outcome.status.value == "OK", outcome.line
+    assert user.outputs[-1].splitlines()[0] == (
+        f"WARN {user.name}: CLAUDE_CODE_USE_BEDROCK is set; not passed to claude "
+        "(claude would use another provider, not this user's own login)")
+    assert user.api.saw(oauth["accessToken"])
+    assert user.stored_oauth() == oauth
+
+
+def test_ctrl_c_during_the_live_check_is_one_fail_line_and_releases_the_lock(
+        user: SyncUser, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = user.login(new_oauth())
+
+    def interrupted(self: Any, env: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flow._Steps, "live_check", interrupted)
+    try:
+        outcome = user.sync()
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped flow.run")
+
+    assert outcome.status.value == "FAIL" and outcome.exit_code == 1
+    assert outcome.line == f"FAIL {user.name}: interrupted"
+    assert user.outputs[-1] == outcome.line + "\n"
+    assert log_lines(user)[-1].endswith(outcome.line)
+    assert user.credentials.read_bytes() == raw
+    assert current_version(user.root, user.kv_path) == 0
+    monkeypatch.undo()
+    assert user.sync().status.value == "OK"  # the lock was released
 
 
 def test_token_file_readable_by_others_is_a_warning(user: SyncUser) -> None:

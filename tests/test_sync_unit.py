@@ -123,6 +123,47 @@ def test_child_environment_drops_overriding_credentials_only() -> None:
     assert environ["CLAUDE_CODE_OAUTH_TOKEN"] == "env-oauth-secret"  # the caller's mapping is not changed
 
 
+def test_child_environment_drops_variables_that_switch_the_login_or_provider() -> None:
+    # claude reads its login from $CLAUDE_SECURESTORAGE_CONFIG_DIR, else $CLAUDE_CONFIG_DIR, else
+    # ~/.claude; these others switch the credential or the provider. Each would make the check
+    # prove another login than the ~/.claude one that the sync backs up.
+    switching = {"CLAUDE_SECURESTORAGE_CONFIG_DIR": "/elsewhere/a", "CLAUDE_CONFIG_DIR": "/elsewhere/b",
+                 "CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_USE_VERTEX": "1", "CLAUDE_CODE_USE_FOUNDRY": "1",
+                 "CLAUDE_CODE_OAUTH_REFRESH_TOKEN": "sk-ant-ort01-env-refresh-secret",
+                 "CLAUDE_CODE_SESSION_ACCESS_TOKEN": "sk-ant-oat01-env-session-secret"}
+    env, removed = livecheck.child_environment({**switching, "CLAUDE_CODE_ENTRYPOINT": "cli", "PATH": "/usr/bin"})
+    assert sorted(removed) == sorted(switching)
+    assert env == {"CLAUDE_CODE_ENTRYPOINT": "cli", "PATH": "/usr/bin", "CLAUDE_CODE_MAX_RETRIES": "0"}
+    assert set(switching) <= set(livecheck.OVERRIDING_VARIABLES)
+    for name in ("CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR"):
+        assert "not the ~/.claude login this sync backs up" in livecheck.why_removed(name)
+    assert "another provider" in livecheck.why_removed("CLAUDE_CODE_USE_VERTEX")
+    assert livecheck.why_removed("CLAUDE_CODE_SESSION_ACCESS_TOKEN") == "it would override this user's own login"
+
+
+def test_removed_variables_are_warned_and_only_credentials_are_redacted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reconcile.sync import flow
+
+    environ = {"CLAUDE_CONFIG_DIR": "/elsewhere/claude-config", "CLAUDE_CODE_USE_BEDROCK": "1",
+               "CLAUDE_CODE_OAUTH_REFRESH_TOKEN": "sk-ant-ort01-env-refresh-secret"}
+    redact = statuslog.Redactor()
+    reporter = statuslog.Reporter("alice", None, redact, None)
+    sync_settings = settings.SyncSettings(user="alice", home=tmp_path, vault_addr="http://127.0.0.1:9")
+    env = flow._Steps(sync_settings, environ, reporter, redact).child_environment()
+    out = capsys.readouterr().out
+    assert env == {"CLAUDE_CODE_MAX_RETRIES": "0"}
+    assert out.splitlines() == [
+        "WARN alice: CLAUDE_CODE_OAUTH_REFRESH_TOKEN is set; not passed to claude "
+        "(it would override this user's own login)",
+        "WARN alice: CLAUDE_CONFIG_DIR is set; not passed to claude "
+        "(claude would read its login from that folder, not the ~/.claude login this sync backs up)",
+        "WARN alice: CLAUDE_CODE_USE_BEDROCK is set; not passed to claude "
+        "(claude would use another provider, not this user's own login)"]
+    assert redact("x sk-ant-ort01-env-refresh-secret /elsewhere/claude-config") == \
+        "x <redacted> /elsewhere/claude-config"
+
+
 def test_child_environment_keeps_an_explicit_retry_setting() -> None:
     env, removed = livecheck.child_environment({"CLAUDE_CODE_MAX_RETRIES": "3"})
     assert env == {"CLAUDE_CODE_MAX_RETRIES": "3"} and removed == []
@@ -643,6 +684,32 @@ def test_internal_error_shows_only_the_type(tmp_path: Path, monkeypatch: pytest.
     assert out == "FAIL alice: internal error: RuntimeError\n"
     assert_no_secrets([out, (tmp_path / ".local/state/claude-auth-sync/sync.log").read_text()],
                       ["sk-ant-oat01-LEAKED-in-a-message"])
+
+
+def test_ctrl_c_is_one_fail_line_and_releases_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from reconcile.sync import flow
+
+    def interrupt(self: object, env: object) -> None:
+        raise KeyboardInterrupt
+
+    def execute(self: Any) -> Any:
+        self.live_check({})
+
+    monkeypatch.setattr(flow._Steps, "live_check", interrupt)
+    monkeypatch.setattr(flow._Steps, "execute", execute)
+    environ = {"HOME": str(tmp_path), "VAULT_ADDR": "http://127.0.0.1:9"}
+    try:
+        outcome = flow.run("alice", environ)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped flow.run")
+    out = capsys.readouterr().out
+    assert outcome.exit_code == 1 and outcome.status is statuslog.Status.FAIL
+    assert out == "FAIL alice: interrupted\n"
+    assert (tmp_path / ".local/state/claude-auth-sync/sync.log").read_text().endswith(" FAIL alice: interrupted\n")
+    lock = statuslog.Lock(tmp_path / ".local/state/claude-auth-sync/lock")
+    assert lock.acquire()  # released
+    lock.release()
 
 
 def test_sync_path_imports_neither_jsonschema_nor_jinja2_nor_yaml(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 The steps of SPEC.md "Sync, step by step", in order:
 
 1. take the state folder's lock without waiting (held: SKIP);
-2. drop the credential variables from claude's environment (WARN each);
+2. drop the variables that would make claude check another login than
+   ~/.claude's (credentials, config folders, provider switches; see
+   livecheck) from claude's environment (WARN each);
 3. read and validate `.credentials.json` (corrupt: FAIL, never overwritten);
 4. read the token file; lookup-self; the display name and the policy list
    must be exactly this user's (else FAIL drift, before any KV access);
@@ -16,8 +18,11 @@ The steps of SPEC.md "Sync, step by step", in order:
 8. exactly one status line on stdout and in the log.
 
 Every failure is one `FAIL <user>: <reason>` line, never a traceback; an
-unforeseen exception shows only its type. Every line passes a redactor that
-knows each secret the run has read.
+unforeseen exception shows only its type; Ctrl-C ends with
+`FAIL <user>: interrupted` (exit 1, lock released). A FAIL after a restore
+keeps the restore's details (the backup version restored, the name of the
+kept copy of the replaced login). Every line passes a redactor that knows
+each secret the run has read.
 """
 
 from __future__ import annotations
@@ -102,6 +107,11 @@ def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None)
         except Fail as exc:
             status, reason = Status.FAIL, str(exc)
         return _finish(reporter, status, reason, steps.vault)
+    except KeyboardInterrupt:
+        # Ctrl-C during a run by hand: still one status line, and the lock is released below.
+        # (A claude already started was killed with its process group by livecheck.run; a
+        # restore is one atomic rename, so the file is either the old or the new one.)
+        return _finish(reporter, Status.FAIL, "interrupted", steps.vault if steps else None)
     except Exception as exc:  # noqa: BLE001 - the one place that turns anything into a FAIL line
         # The type only: an unforeseen message might quote a secret.
         return _finish(reporter, Status.FAIL, f"internal error: {type(exc).__name__}",
@@ -166,8 +176,9 @@ class _Steps:
     def child_environment(self) -> dict[str, str]:
         env, removed = livecheck.child_environment(self.environ)
         for name in removed:
-            self.redact.add(self.environ.get(name, ""))
-            self.reporter.warn(f"{name} is set; not passed to claude (it would override this user's own login)")
+            if name in livecheck.CREDENTIAL_VARIABLES:
+                self.redact.add(self.environ.get(name, ""))
+            self.reporter.warn(f"{name} is set; not passed to claude ({livecheck.why_removed(name)})")
         return env
 
     # --- step 3: the local file ----------------------------------------------------
@@ -271,7 +282,12 @@ class _Steps:
             restored += f", the replaced login kept as {self.kept}"
         second = self.live_check(env)
         if second.is_ok:
-            return Status.RECOVERED, f"{first.reason}; {restored}; login works; {self.back_up(vault)}"
+            try:
+                backed_up = self.back_up(vault)
+            except Fail as exc:
+                # Keep what was restored and where the replaced login went: what undoing it needs.
+                raise Fail(f"{first.reason}; {restored}; {exc}") from None
+            return Status.RECOVERED, f"{first.reason}; {restored}; login works; {backed_up}"
         if second.verdict is Verdict.AUTH:
             raise Fail(f"{first.reason}; {restored}, but it was rejected too ({second.reason}); {LOGIN_HINT}")
         raise Fail(f"{first.reason}; {restored}, but the check after it failed: {second.reason}")

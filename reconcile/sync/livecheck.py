@@ -6,13 +6,30 @@ The command is fixed (argument list, no shell, nothing secret on it):
       --max-turns 1 --no-session-persistence --tools "" --disable-slash-commands
       --setting-sources ""
 
-`claude` is found on PATH. Its environment is the user's minus the three
-variables that would override the per-user login file
-(CLAUDE_CODE_OAUTH_TOKEN, ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN), plus
-`CLAUDE_CODE_MAX_RETRIES=0` unless already set: without it claude retries a
-5xx answer or a refused connection for minutes, silently; with it an outage
-prints `API Error: 500 ...` or `Unable to connect to API` within a second.
+`claude` is found on PATH. Its environment is the user's minus every
+variable that would make the check prove a different login than the file the
+sync backs up (~/.claude/.credentials.json), plus `CLAUDE_CODE_MAX_RETRIES=0`
+unless already set: without it claude retries a 5xx answer or a refused
+connection for minutes, silently; with it an outage prints
+`API Error: 500 ...` or `Unable to connect to API` within a second.
 stdin is /dev/null; on timeout the whole process group is killed.
+
+The variables removed (OVERRIDING_VARIABLES; the flow prints a WARN line for
+each one that was set):
+
+- credentials that outrank the login file: CLAUDE_CODE_OAUTH_TOKEN,
+  ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN, CLAUDE_CODE_OAUTH_REFRESH_TOKEN,
+  CLAUDE_CODE_SESSION_ACCESS_TOKEN (their values are secrets);
+- folders claude reads its login from instead of ~/.claude: it takes
+  $CLAUDE_SECURESTORAGE_CONFIG_DIR, else $CLAUDE_CONFIG_DIR, else ~/.claude;
+- provider switches that route the check away from the claude.ai login:
+  CLAUDE_CODE_USE_BEDROCK, CLAUDE_CODE_USE_VERTEX, CLAUDE_CODE_USE_FOUNDRY.
+
+Why remove them rather than follow them: the systemd unit's environment never
+carries them, and a person running `claude-auth sync` by hand from a shell
+that has them must get the same check the timer does. Otherwise the check
+passes on a login claude read elsewhere while the sync backs up the file's
+login, which claude never read: a rejected login could overwrite a good backup.
 
 Only output that shows an authentication failure (HTTP 401/403, "Failed to
 authenticate", an OAuth/login error) is AUTH and may lead to a restore. An
@@ -33,8 +50,15 @@ from typing import Mapping
 
 PROMPT = "Reply with exactly AUTH_OK and nothing else."
 EXPECTED = "AUTH_OK"
-OVERRIDING_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
-"""Credentials that outrank ~/.claude/.credentials.json; never handed to claude."""
+CREDENTIAL_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN",
+                        "CLAUDE_CODE_OAUTH_REFRESH_TOKEN", "CLAUDE_CODE_SESSION_ACCESS_TOKEN")
+"""Credentials that outrank ~/.claude/.credentials.json (their values are secrets)."""
+CONFIG_DIR_VARIABLES = ("CLAUDE_SECURESTORAGE_CONFIG_DIR", "CLAUDE_CONFIG_DIR")
+"""Folders claude would read its login from instead of ~/.claude (the first one set wins)."""
+PROVIDER_VARIABLES = ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY")
+"""Switches to another provider and its credentials instead of the claude.ai login."""
+OVERRIDING_VARIABLES = CREDENTIAL_VARIABLES + CONFIG_DIR_VARIABLES + PROVIDER_VARIABLES
+"""Never handed to claude: each would make the check prove another login than the one backed up."""
 EXCERPT_LENGTH = 120
 
 
@@ -62,6 +86,15 @@ class LiveResult:
 def command(model: str) -> list[str]:
     return ["claude", "-p", PROMPT, "--model", model, "--max-turns", "1", "--no-session-persistence",
             "--tools", "", "--disable-slash-commands", "--setting-sources", ""]
+
+
+def why_removed(name: str) -> str:
+    """The reason a WARN line gives for removing `name` (one of OVERRIDING_VARIABLES)."""
+    if name in CONFIG_DIR_VARIABLES:
+        return "claude would read its login from that folder, not the ~/.claude login this sync backs up"
+    if name in PROVIDER_VARIABLES:
+        return "claude would use another provider, not this user's own login"
+    return "it would override this user's own login"
 
 
 def child_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
