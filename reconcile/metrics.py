@@ -16,11 +16,14 @@ SYNC_RESULTS = ("OK", "RECOVERED", "SKIP", "FAIL")
 
 # (name, help) of every family written; tests and the alert rules check against this.
 FAMILIES: tuple[tuple[str, str], ...] = (
+    ("claude_auth_user_enabled",
+     "1 when the roster user has claude_auth and is not parked (its sync should run), else 0."),
     ("claude_auth_sync_last_success_timestamp_seconds",
      "Time of the last sync that ended OK or RECOVERED."),
     ("claude_auth_sync_last_run_timestamp_seconds", "Time of the last sync run, whatever its result."),
     ("claude_auth_sync_last_result", "1 for the result of the last sync run, 0 for the other results."),
-    ("claude_auth_token_ttl_seconds", "Seconds left on the user's scoped Vault token."),
+    ("claude_auth_token_ttl_seconds",
+     "Seconds left on the user's scoped Vault token; 0 when it is dead, missing or unreadable."),
     ("claude_auth_backup_timestamp_seconds", "Time of the latest Claude login backup in Vault (backed_up_at)."),
 )
 
@@ -28,6 +31,7 @@ FAMILIES: tuple[tuple[str, str], ...] = (
 @dataclass(frozen=True)
 class UserMetrics:
     user: str
+    enabled: bool = False
     last_success: float | None = None
     last_run: float | None = None
     last_result: str | None = None
@@ -45,7 +49,8 @@ def _sample(name: str, labels: dict[str, str], value: float) -> str:
 
 
 def render_textfile(rows: list[UserMetrics]) -> str:
-    """Unknown values are left out rather than written as a fake 0."""
+    """Every row gets claude_auth_user_enabled; other unknown values are left out rather
+    than written as a fake 0."""
     lines: list[str] = []
     for name, help_text in FAMILIES:
         lines.append(f"# HELP {name} {help_text}")
@@ -59,6 +64,7 @@ def render_textfile(rows: list[UserMetrics]) -> str:
                                              1.0 if result == row.last_result else 0.0))
                 continue
             value = {
+                "claude_auth_user_enabled": 1.0 if row.enabled else 0.0,
                 "claude_auth_sync_last_success_timestamp_seconds": row.last_success,
                 "claude_auth_sync_last_run_timestamp_seconds": row.last_run,
                 "claude_auth_token_ttl_seconds": row.token_ttl,

@@ -11,8 +11,9 @@ value cannot be known the row says so and why, instead of guessing.
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
@@ -29,9 +30,16 @@ from reconcile.vault_state import (ObservedToken, ObservedVault, TokenFileUnread
                                    desired_vault, observe_vault, render_policy)
 
 SYNC_LOG = f"{STATE_DIR}/sync.log"
+SYNC_LOG_ROTATED = f"{SYNC_LOG}.1"
 LOG_TAIL_BYTES = 256 * 1024
 _RESULTS = ("OK", "RECOVERED", "SKIP", "FAIL")
 UNKNOWN = "—"
+# Times read from files a user controls (sync.log, backed_up_at) are believed only in this
+# range; anything else is treated as unreadable, so no later formatting can overflow.
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
+FUTURE_SLACK_SECONDS = 86400
+DEAD_TOKEN_CELLS = ("dead", "no file", "unreadable")
+"""Token cells of a wanted token that cannot work: 0 seconds left in the metrics."""
 
 
 @dataclass(frozen=True)
@@ -75,32 +83,51 @@ class UserStatus:
         }
 
     def metrics(self) -> UserMetrics:
-        return UserMetrics(user=self.user, last_success=self.last_success_at,
+        return UserMetrics(user=self.user, enabled=self.state == "enabled",
+                           last_success=self.last_success_at,
                            last_run=self.last_run.at if self.last_run else None,
                            last_result=self.last_run.result if self.last_run else None,
-                           token_ttl=self.token_ttl_seconds, backup_time=self.backup_at)
+                           token_ttl=self._metric_ttl(), backup_time=self.backup_at)
+
+    def _metric_ttl(self) -> int | None:
+        """A token that is wanted but dead, missing or unreadable has 0 seconds left, so the
+        TTL alert sees it; unknown (Vault unreachable) or not wanted stays absent."""
+        if self.token in DEAD_TOKEN_CELLS:
+            return 0
+        return self.token_ttl_seconds
 
 
 def _iso(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
-
-
-def parse_time(text: str) -> float | None:
+    """Local ISO 8601, or None; never raises, whatever the number."""
+    if at is None:
+        return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        return datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
         return None
 
 
-def parse_sync_log(text: str) -> tuple[SyncRecord | None, float | None]:
+def parse_time(text: str, now: float | None = None) -> float | None:
+    """Seconds since the epoch of an ISO 8601 time, or None when it is not one or lies
+    outside 2000-01-01 .. now + 1 day (the files it comes from are the user's to write)."""
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+    latest = (time.time() if now is None else now) + FUTURE_SLACK_SECONDS
+    return at if EARLIEST_TIME <= at <= latest else None
+
+
+def parse_sync_log(text: str, now: float | None = None) -> tuple[SyncRecord | None, float | None]:
     """(the last run, the time of the last OK or RECOVERED) from sync.log lines
     `<ISO time> <RESULT> <user>: <reason>`; WARN and unreadable lines are skipped."""
     last: SyncRecord | None = None
     last_success: float | None = None
+    now = time.time() if now is None else now
     for line in text.splitlines():
         stamp, _, rest = line.partition(" ")
         result, _, reason = rest.partition(" ")
-        at = parse_time(stamp)
+        at = parse_time(stamp, now)
         if at is None or result not in _RESULTS:
             continue
         last = SyncRecord(result, at, reason.partition(": ")[2] or reason)
@@ -167,7 +194,8 @@ def _read_world(roster: Roster, roster_path: str, root: Path, vault: Vault | Non
             world.notes["vault"] = str(exc)
             world.vault = None
     try:
-        d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path)
+        d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path,
+                                            local_state.homes_of(world.accounts))
         world.observed_local = local_state.observe_local(root, d_local, world.accounts)
     except SystemdError as exc:
         world.notes["systemd"] = str(exc)
@@ -195,15 +223,26 @@ def _backup(world: _World, roster: Roster, user: str,
 
 
 def _last_sync(account: Account | UserProblem | None) -> tuple[SyncRecord | None, float | None, str | None]:
+    """(last run, last success, why unknown) from the tail of sync.log, and from the tail of
+    the rotated sync.log.1 when sync.log holds no success (rotation moved it there)."""
     if not isinstance(account, Account):
         return None, None, account.message if isinstance(account, UserProblem) else "no account"
     try:
         raw = read_private_tail(account, SYNC_LOG, LOG_TAIL_BYTES)
     except HomeFsError as exc:
         return None, None, str(exc)
-    if raw is None:
+    last, success = parse_sync_log(raw.decode(errors="replace")) if raw is not None else (None, None)
+    if success is not None:
+        return last, success, None
+    try:
+        rotated = read_private_tail(account, SYNC_LOG_ROTATED, LOG_TAIL_BYTES)
+    except HomeFsError as exc:
+        return last, None, str(exc)
+    if rotated is not None:
+        older_last, success = parse_sync_log(rotated.decode(errors="replace"))
+        last = last or older_last
+    if raw is None and rotated is None:
         return None, None, "never synced (no sync.log)"
-    last, success = parse_sync_log(raw.decode(errors="replace"))
     return last, success, None if last else "sync.log holds no result yet"
 
 

@@ -4,6 +4,7 @@ rule's structure, patterns and non-flapping logic checked against real status li
 from __future__ import annotations
 
 import os
+import random
 import re
 import subprocess
 from pathlib import Path
@@ -27,7 +28,8 @@ def test_prometheus_rules_pass_promtool_check() -> None:
     result = subprocess.run([promtool(), "check", "rules", "claude-auth.prometheus.yml"],
                             cwd=ALERTS, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 2 rules found" in result.stdout
+    assert "SUCCESS: 3 rules found" in result.stdout
+    assert "FAILED" not in result.stdout + result.stderr  # e.g. promtool's duplicate-rule lint
 
 
 def test_prometheus_rules_unit_tests_pass() -> None:
@@ -54,6 +56,15 @@ def test_prometheus_rules_use_only_metrics_the_code_writes() -> None:
     for rule in rules["groups"][0]["rules"]:
         used = set(re.findall(r"claude_auth_[a-z_]+", rule["expr"]))
         assert used and used <= written, (rule["alert"], used - written)
+
+
+def test_staleness_rules_only_consider_enabled_users() -> None:
+    rules = yaml.safe_load((ALERTS / "claude-auth.prometheus.yml").read_text())["groups"][0]["rules"]
+    stale = [rule for rule in rules if rule["alert"] == "WorkstationClaudeAuthSyncStale"]
+    assert len(stale) == 2
+    assert all("claude_auth_user_enabled" in rule["expr"] for rule in stale)
+    no_sample = next(rule for rule in stale if "unless" in rule["expr"])
+    assert _seconds(no_sample["for"]) >= 12 * 3600  # a grace for a user who has not synced yet
 
 
 def _loki_rule() -> dict:
@@ -125,3 +136,56 @@ def test_persistent_fail_fires_then_resolves_on_ok() -> None:
     assert not timeline[12 * H]
     assert timeline[13 * H] and timeline[18 * H]
     assert not timeline[24 * H]
+
+
+M = 60
+SYNC_TIMEOUT = 5 * M  # TimeoutStartSec of claude-auth-sync@.service
+
+
+def test_loki_window_leaves_a_margin_over_the_schedule() -> None:
+    rule = _loki_rule()
+    window = _seconds(re.search(r"\[(\w+)\]", rule["expr"]).group(1))
+    interval_and_delay = 6 * H + 10 * M
+    assert window >= interval_and_delay + SYNC_TIMEOUT + 10 * M
+    assert _seconds(rule["for"]) + window >= 2 * interval_and_delay + SYNC_TIMEOUT + 5 * M
+
+
+@pytest.mark.parametrize("ok_after_fail", [6 * H, 6 * H + 10 * M, 6 * H + 15 * M, 6 * H + 25 * M])
+def test_one_off_fail_followed_by_a_late_ok_does_not_fire(ok_after_fail: int) -> None:
+    """The OK comes up to 15 minutes later than interval + delay after the FAIL."""
+    fail = 6 * H
+    events = [(0, "OK"), (fail, "FAIL"), (fail + ok_after_fail, "OK"), (fail + ok_after_fail + 6 * H, "OK")]
+    assert not any(firing for _, firing in _fires(events, 30 * H, step=60))
+
+
+def test_persistent_fail_with_late_runs_fires_and_resolves_on_ok() -> None:
+    gap = 6 * H + 15 * M  # interval + delay + the previous run finishing 5 minutes sooner
+    fails = [(gap * n, "FAIL") for n in range(1, 5)]
+    ok_at = gap * 5
+    timeline = dict(_fires([(0, "OK"), *fails, (ok_at, "OK")], ok_at + 2 * H, step=60))
+    assert not timeline[12 * H + 25 * M]
+    assert timeline[12 * H + 30 * M]  # 6h30m after the last OK, held for 6h
+    first = min(at for at, firing in timeline.items() if firing)
+    assert all(firing for at, firing in timeline.items() if first <= at < ok_at)  # no restart of `for`
+    assert not timeline[ok_at]
+
+
+def _runs(rng: random.Random, results: list[str]) -> list[tuple[int, str]]:
+    """Lines of a timer run every 6h plus up to 10m after the previous start, each stamped when
+    its run ends, after 5s up to the 5-minute timeout."""
+    start, events = 0, []
+    for result in results:
+        events.append((start + rng.randint(5, SYNC_TIMEOUT), result))
+        start += 6 * H + rng.randint(0, 10 * M)
+    return events
+
+
+def test_random_schedules_one_off_never_fires_and_two_fails_in_a_row_do() -> None:
+    rng = random.Random(6)
+    for _ in range(200):
+        one_off = _runs(rng, ["OK", "OK", "FAIL", "OK", "OK", "FAIL", "OK"])
+        assert not any(firing for _, firing in _fires(one_off, one_off[-1][0] + H, step=60)), one_off
+        persistent = _runs(rng, ["OK", "FAIL", "FAIL", "OK"])
+        timeline = _fires(persistent, persistent[-1][0] + H, step=60)
+        firing = [at for at, on in timeline if on]
+        assert firing and firing[-1] < persistent[-1][0], persistent  # fires, resolves on OK

@@ -51,9 +51,9 @@ def test_demo_runs_the_whole_lifecycle_and_leaves_nothing_running(reachable_dir:
     assert "the real Claude Code CLI" in out
     steps = [line for line in out.splitlines() if line.startswith("==> ")]
     assert len(steps) == 11
-    for expected in ("valid, 4 users", "Plan: 20 to add, 0 to change, 0 to remove.", "No changes.",
+    for expected in ("valid, 4 users", "Plan: 23 to add, 0 to change, 0 to remove.", "No changes.",
                      "OK alice: login works", "vaultwarden_master_password", "RECOVERED alice:",
-                     "USER        STATE", "- token devvm-claude-auth-dave: revoked",
+                     "USER   STATE", "- token devvm-claude-auth-dave: revoked",
                      "- policy workstation-claude-dave: deleted"):
         assert expected in out, expected
     seconds = float(re.search(r"Demo finished in ([\d.]+) s", out).group(1))

@@ -5,21 +5,26 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconcile.commands.status_cmd import render_table
+from reconcile.commands.status_cmd import _short_time, render_table
 from reconcile.metrics import FAMILIES, UserMetrics, escape_label_value, render_textfile
-from reconcile.status import SyncRecord, UserStatus, parse_sync_log
+from reconcile.status import SyncRecord, UserStatus, _iso, parse_sync_log, parse_time
 from tests.support.world import World
 
 STATE = ".local/state/claude-auth-sync"
+REQUIRED_FAMILIES = {"claude_auth_sync_last_success_timestamp_seconds",
+                     "claude_auth_sync_last_run_timestamp_seconds", "claude_auth_sync_last_result",
+                     "claude_auth_token_ttl_seconds", "claude_auth_backup_timestamp_seconds"}
 
 
-def write_log(world: World, user: str, lines: list[str]) -> None:
-    path = world.root / "home" / user / STATE / "sync.log"
+def write_log(world: World, user: str, lines: list[str], name: str = "sync.log") -> None:
+    path = world.root / "home" / user / STATE / name
     path.write_text("".join(f"{line}\n" for line in lines))
     os.chown(path, world.uids[user], world.uids[user])
     path.chmod(0o600)
@@ -146,6 +151,7 @@ def test_prometheus_textfile_parses_and_holds_five_families(five_users: World, t
     text = target.read_text()
     families = {family.name: family for family in text_string_to_metric_families(text)}
     assert set(families) == {name for name, _ in FAMILIES}
+    assert REQUIRED_FAMILIES | {"claude_auth_user_enabled"} <= set(families)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in families.values() for s in family.samples}
     assert samples[("claude_auth_sync_last_result", (("result", "FAIL"), ("user", "failing")))] == 1
@@ -153,7 +159,8 @@ def test_prometheus_textfile_parses_and_holds_five_families(five_users: World, t
     assert samples[("claude_auth_sync_last_run_timestamp_seconds", (("user", "healthy"),))] == 1795845602
     assert samples[("claude_auth_backup_timestamp_seconds", (("user", "healthy"),))] == 1795824001
     assert samples[("claude_auth_token_ttl_seconds", (("user", "healthy"),))] > 31 * 86400
-    assert ("claude_auth_token_ttl_seconds", (("user", "revoked"),)) not in samples  # unknown: left out
+    assert samples[("claude_auth_token_ttl_seconds", (("user", "revoked"),))] == 0  # dead: 0 left
+    assert ("claude_auth_token_ttl_seconds", (("user", "off"),)) not in samples  # not wanted
     assert not list(target.parent.glob(".*.tmp"))  # the temp file was renamed, not left behind
 
 
@@ -192,3 +199,153 @@ def test_apply_writes_the_textfile_when_the_roster_asks(world: World, tmp_path: 
     assert world.run("apply").code == 0
     families = {f.name for f in text_string_to_metric_families(target.read_text())}
     assert families == {name for name, _ in FAMILIES}
+    assert REQUIRED_FAMILIES <= families
+
+
+def _samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(path.read_text()) for s in family.samples}
+
+
+def test_user_enabled_is_written_for_every_roster_user(five_users: World, tmp_path: Path) -> None:
+    target = tmp_path / "claude-auth.prom"
+    assert five_users.run("status", "--prometheus", str(target)).code == 0
+    samples = _samples(target)
+    enabled = {labels[0][1]: value for (name, labels), value in samples.items()
+               if name == "claude_auth_user_enabled"}
+    assert enabled == {"healthy": 1, "parked": 0, "revoked": 1, "fresh": 1, "failing": 1, "off": 0}
+
+
+def test_missing_or_unreadable_token_has_ttl_zero(five_users: World, tmp_path: Path) -> None:
+    world = five_users
+    world.token_path("fresh").unlink()
+    world.token_path("failing").write_text("")  # holds no token
+    target = tmp_path / "claude-auth.prom"
+    assert world.run("status", "--prometheus", str(target)).code == 0
+    samples = _samples(target)
+    assert samples[("claude_auth_token_ttl_seconds", (("user", "fresh"),))] == 0
+    assert samples[("claude_auth_token_ttl_seconds", (("user", "failing"),))] == 0
+    assert samples[("claude_auth_token_ttl_seconds", (("user", "healthy"),))] > 31 * 86400
+
+
+def test_ttl_is_left_out_when_vault_is_unreachable(five_users: World, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.openbao import free_port
+    monkeypatch.setenv("VAULT_ADDR", f"http://127.0.0.1:{free_port()}")
+    target = tmp_path / "claude-auth.prom"
+    assert five_users.run("status", "--prometheus", str(target)).code == 0
+    samples = _samples(target)
+    assert not [key for key in samples if key[0] == "claude_auth_token_ttl_seconds"]
+    assert samples[("claude_auth_user_enabled", (("user", "healthy"),))] == 1
+
+
+def test_a_success_rotated_into_sync_log_1_still_counts(five_users: World) -> None:
+    world = five_users
+    write_log(world, "failing", ["2026-11-28T06:00:00Z FAIL failing: login rejected"])
+    write_log(world, "failing", ["2026-11-27T18:00:00Z OK failing: login works",
+                                 "2026-11-28T00:00:00Z RECOVERED failing: restored"], "sync.log.1")
+    write_log(world, "healthy", ["2026-11-27T00:00:00Z OK healthy: older, must not win"], "sync.log.1")
+    write_log(world, "fresh", ["2026-11-28T00:00:00Z WARN fresh: only a warning"])
+    write_log(world, "fresh", ["2026-11-27T18:00:00Z OK fresh: before the rotation"], "sync.log.1")
+    run = world.run("status", "--json")
+    assert run.code == 0
+    rows = {row["user"]: row for row in json.loads(run.out)["users"]}
+    assert rows["failing"]["last_sync_result"] == "FAIL"
+    assert rows["failing"]["last_success_at"] == _iso(parse_time("2026-11-28T00:00:00Z"))
+    assert rows["healthy"]["last_success_at"] == _iso(parse_time("2026-11-28T06:00:02Z"))
+    assert rows["fresh"]["last_sync_result"] == "OK"  # sync.log holds no result: the run before
+    assert rows["fresh"]["last_success_at"] == _iso(parse_time("2026-11-27T18:00:00Z"))
+    assert not [note for note in rows["fresh"]["notes"] if note.startswith("last sync:")]
+
+
+def test_status_does_not_follow_a_planted_sync_log_1_link(five_users: World) -> None:
+    world = five_users
+    secret_file = world.root / "root-only-secret"
+    secret_file.write_text("2026-11-28T00:00:00Z OK failing: planted\n")
+    write_log(world, "failing", ["2026-11-28T06:00:00Z FAIL failing: login rejected"])
+    (world.root / "home" / "failing" / STATE / "sync.log.1").symlink_to(secret_file)
+    run = world.run("status", "--json")
+    failing = {row["user"]: row for row in json.loads(run.out)["users"]}["failing"]
+    assert failing["last_sync_result"] == "FAIL" and failing["last_success_at"] is None
+    assert any("symbolic link" in note for note in failing["notes"])
+
+
+def test_hostile_times_in_user_files_do_not_crash_status(five_users: World, tmp_path: Path) -> None:
+    """sync.log and the KV backup are the user's to write: out-of-range times are ignored."""
+    world = five_users
+    write_log(world, "failing", ["2026-11-28T00:00:00Z OK failing: login works",
+                                 "2026-11-28T06:00:00Z FAIL failing: login rejected",
+                                 "0001-01-01T00:00:00Z OK mallory: hi",
+                                 "9999-12-31T23:59:59-14:00 OK mallory: hi"])
+    write_backup(world, "healthy", "9999-12-31T23:59:59-14:00")
+    table = world.run("status")
+    assert table.code == 0
+    assert "FAIL" in next(line for line in table.lines if line.startswith("failing "))
+    run = world.run("status", "--json", "--prometheus", str(tmp_path / "claude-auth.prom"))
+    assert run.code == 0
+    rows = {row["user"]: row for row in json.loads(run.out)["users"]}
+    assert rows["failing"]["last_sync_result"] == "FAIL"
+    assert rows["failing"]["last_success_at"] == _iso(parse_time("2026-11-28T00:00:00Z"))
+    assert rows["healthy"]["backup_version"] == 2 and rows["healthy"]["backup_at"] is None
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00",
+                                  "1999-12-31T23:59:59Z", "2026-11-30T00:00:01Z", "not a time", ""])
+def test_parse_time_rejects_times_outside_a_sane_range(text: str) -> None:
+    now = parse_time("2026-11-28T23:59:59Z")
+    assert now is not None
+    assert parse_time(text, now=now) is None
+
+
+def test_parse_time_accepts_times_up_to_a_day_ahead() -> None:
+    now = 1795845600.0  # 2026-11-28T06:00:00Z
+    assert parse_time("2000-01-01T00:00:00Z", now=now) == 946684800.0
+    assert parse_time("2026-11-29T06:00:00Z", now=now) == now + 86400
+    assert parse_time("2026-11-28T07:00:00+01:00", now=now) == now
+
+
+@pytest.mark.parametrize("at", [-62135596800.0, 253402351199.0, 1e20, -1e20,
+                                float("inf"), float("nan")])
+def test_time_formatting_never_raises(at: float) -> None:
+    assert _iso(at) is None
+    assert _short_time(at) == "—"
+    row = UserStatus(user="x", state="enabled", policy="current", token="alive", token_minted_at=at,
+                     last_run=SyncRecord("OK", at, "r"), last_success_at=at, backup_version=1,
+                     backup_at=at)
+    assert row.as_json()["last_sync_at"] is None
+    assert render_table([row]).splitlines()[1].split()[-2:] == ["v1", "—"]
+
+
+def _row(user: str, **changes: Any) -> UserStatus:
+    at = time.time()
+    return replace(UserStatus(user=user, state="enabled", policy="current", token="alive",
+                              token_ttl_seconds=32 * 86400, timer="enabled",
+                              last_run=SyncRecord("OK", at, "fine"), backup_version=3, backup_at=at),
+                   **changes)
+
+
+def test_table_column_fits_a_32_character_name() -> None:
+    long_name = "a" * 31 + "z"
+    lines = render_table([_row("bob"), _row(long_name), _row("carol", state="parked", timer="disabled")]
+                         ).splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    assert lines[0].split() == ["USER", "STATE", "POLICY", "TOKEN", "TIMER", "LAST", "SYNC", "BACKUP"]
+    for line, user in zip(lines[1:], ["bob", long_name, "carol"]):
+        cells = line.split()
+        assert cells[0] == user  # the whole name, separated from STATE
+        assert cells[1] in ("enabled", "parked") and cells[2] == "current"
+        assert cells[3:5] == ["alive", "32.0d"]
+    # Columns line up: every STATE cell starts where the header's does.
+    start = lines[0].index("STATE")
+    assert all(line[start - 1] == " " and line[start] != " " for line in lines[1:4])
+
+
+def test_table_cuts_cells_rather_than_run_them_together() -> None:
+    row = _row("b" * 32, state="claude_auth off", policy="differs", token="drifted", token_ttl_seconds=9_999 * 86400,
+               timer="disabled", last_run=SyncRecord("RECOVERED", time.time(), "x"), backup_version=12345678)
+    lines = render_table([row]).splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    cells = lines[1].split()
+    assert cells[0].startswith("bbbbbbbb") and cells[0].endswith("…")
+    assert cells[1:6] == ["off", "differs", "drifted", "9999.0d", "disabled"]
+    assert cells[6] == "RECOVERED"
