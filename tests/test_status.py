@@ -349,3 +349,15 @@ def test_table_cuts_cells_rather_than_run_them_together() -> None:
     assert cells[0].startswith("bbbbbbbb") and cells[0].endswith("…")
     assert cells[1:6] == ["off", "differs", "drifted", "9999.0d", "disabled"]
     assert cells[6] == "RECOVERED"
+
+
+def test_status_with_an_unreadable_user_database_is_one_error_line(world: World) -> None:
+    world.write_roster({"alice": {}})
+    passwd = world.root / "etc" / "passwd"
+    passwd.unlink()
+    passwd.mkdir()
+    run = world.run("status")
+    assert run.code == 1
+    assert run.out == ""
+    assert run.err.startswith("ERROR: ") and len(run.err.strip().splitlines()) == 1
+    assert "Traceback" not in run.err

@@ -14,6 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from reconcile.accounts import UserDatabaseUnreadable
 from reconcile.commands.reconcile_cmd import CommandFailed, connect_vault
 from reconcile.exitcodes import Exit
 from reconcile.metrics import render_textfile, write_textfile
@@ -109,7 +110,11 @@ def run(args: argparse.Namespace, roster_path: str) -> int:
         for issue in exc.issues:
             print(issue.format(), file=sys.stderr)
         return Exit.ERROR
-    rows = collect(roster, roster_path, Path(args.root))
+    try:
+        rows = collect(roster, roster_path, Path(args.root))
+    except UserDatabaseUnreadable as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)  # nothing about any person can be known
+        return Exit.ERROR
     if args.prometheus:
         try:
             write_prometheus(args.prometheus, rows)
