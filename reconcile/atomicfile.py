@@ -12,8 +12,12 @@ import secrets
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Raises OSError (its filename set to `path`) when the file cannot be written."""
+def write_atomically(path: Path, data: bytes, mode: int, *, durable: bool = True) -> None:
+    """Raises OSError (its filename set to `path`) when the file cannot be written.
+
+    With `durable=False` the fsyncs are left out: the caller flushes a whole batch
+    of files at once (one os.sync()) before anything depends on them surviving a crash.
+    """
     folder = path.parent
     temp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
@@ -23,13 +27,16 @@ def write_atomically(path: Path, data: bytes, mode: int) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, path)
     except OSError as exc:
         temp.unlink(missing_ok=True)
         raise OSError(exc.errno, exc.strerror, str(path)) from None
+    if not durable:
+        return
     dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)

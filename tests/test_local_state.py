@@ -365,8 +365,7 @@ def test_intermediate_folders(root: Path) -> None:
     assert mode_owner(bob / ".local" / "state") == (0o700, 5002, 5002)
 
 
-def test_observe_asks_systemctl_once(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    converge(root)
+def _systemctl_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     commands: list[list[str]] = []
     real = subprocess.run
 
@@ -375,9 +374,32 @@ def test_observe_asks_systemctl_once(root: Path, monkeypatch: pytest.MonkeyPatch
         return real(command, **kwargs)
 
     monkeypatch.setattr(subprocess, "run", run)  # as reconcile.systemd sees it
-    assert plan(root)[0] == []
+    return commands
+
+
+def test_observe_asks_systemctl_once_about_every_timer_not_plainly_as_wanted(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fresh: no timer is enabled yet, so all are asked about, in one call.
+    (root / "etc" / "systemd" / "system").mkdir(parents=True)
+    for unit in (SYNC_TIMER, RECONCILE_TIMER):  # templates present, nothing enabled
+        (root / "etc" / "systemd" / "system" / unit).write_text("[Timer]\nOnBootSec=1min\n[Install]\nWantedBy=timers.target\n")
+    commands = _systemctl_calls(monkeypatch)
+    plan(root)
     assert commands == [["systemctl", f"--root={root}", "is-enabled", RECONCILE_TIMER, "claude-auth-sync@alice.timer",
-                         "claude-auth-sync@bob.timer", "claude-auth-sync@carol.timer"]]
+                         "claude-auth-sync@bob.timer"]]  # carol (parked) plainly disabled: not asked
+
+
+def test_a_converged_observe_runs_no_systemctl_and_a_mask_is_still_asked(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    converge(root)
+    commands = _systemctl_calls(monkeypatch)
+    assert plan(root)[0] == []
+    assert commands == []
+    # A masked instance is not what the links alone can tell: systemctl is asked about it alone.
+    (root / "etc" / "systemd" / "system" / "claude-auth-sync@alice.timer").symlink_to("/dev/null")
+    changes, _ = plan(root)
+    assert commands == [["systemctl", f"--root={root}", "is-enabled", "claude-auth-sync@alice.timer"]]
+    assert [(c.action, c.name) for c in changes if c.kind is Kind.TIMER] == [(A, "claude-auth-sync@alice.timer")]
 
 
 def test_drift_is_repaired(root: Path) -> None:

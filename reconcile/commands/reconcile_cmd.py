@@ -360,8 +360,8 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
             errors.append(f"systemd: {finish_error}")
             print(render.error_line("systemd", finish_error), file=sys.stderr)
     finally:
-        if vault_ctx.outcomes.minted:
-            os.sync()  # token files written without their own fsync (first mints) reach the disk
+        if any(result.ok for result in results) or vault_ctx.outcomes.minted:
+            os.sync()  # unit files and first-mint token files were written without their own fsync
         # Even after an unexpected error: remember every token minted so far.
         records = next_records(session.records, session.desired.vault, session.observed.vault,
                                vault_ctx.outcomes)
