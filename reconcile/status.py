@@ -17,16 +17,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
-from reconcile import homefs, local_state, statefile
+from reconcile import local_state, statefile
 from reconcile.accounts import Account, lookup_accounts
-from reconcile.homefs import STATE_DIR, HomeFsError, read_private_file, read_private_tail
+from reconcile.homefs import STATE_DIR, HomeFsError, read_private_tail
 from reconcile.metrics import UserMetrics
 from reconcile.model import UserProblem
 from reconcile.roster import Roster
 from reconcile.systemd import SystemdError
 from reconcile.vault import Vault, VaultError
 from reconcile.identity import shown_display_name
-from reconcile.vault_state import (ObservedToken, ObservedVault, TokenFileUnreadable, TokenState,
+from reconcile.vault_state import (ObservedToken, ObservedVault, TokenState, token_reader,
                                    desired_vault, observe_vault, render_policy)
 
 SYNC_LOG = f"{STATE_DIR}/sync.log"
@@ -180,15 +180,9 @@ def _read_world(roster: Roster, roster_path: str, root: Path, vault: Vault | Non
             world.notes["state"] = str(exc)
         desired = desired_vault(roster, socket.gethostname())
 
-        def read_token(user: str) -> bytes | None:
-            try:
-                return read_private_file(accounts[user], homefs.TOKEN_FILE)
-            except HomeFsError as exc:
-                raise TokenFileUnreadable(str(exc)) from None
-
         try:
             world.observed_vault = observe_vault(vault, desired, admin=admin, records=records,
-                                                 read_token=read_token,
+                                                 read_token=token_reader(accounts),
                                                  token_users=[u for u in desired.tokens if u in accounts])
         except VaultError as exc:
             world.notes["vault"] = str(exc)

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 import hvac
@@ -183,6 +183,19 @@ def _count_key(method: str, url: str) -> str:
     return method
 
 
+def _is_not_found(exc: Exception) -> bool:
+    return isinstance(exc, hvac.exceptions.InvalidPath)
+
+
+def _is_bad_token(exc: Exception) -> bool:
+    """Expired, revoked or unknown: the admin lookup answers 403 "bad token"."""
+    return isinstance(exc, hvac.exceptions.Forbidden) and "bad token" in str(exc)
+
+
+def _is_invalid_accessor(exc: Exception) -> bool:
+    return isinstance(exc, hvac.exceptions.InvalidRequest) and "invalid accessor" in str(exc)
+
+
 class Vault:
     """One hvac client for one token, with a count of the requests it made."""
 
@@ -224,6 +237,16 @@ class Vault:
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
             raise _translate(exc, what, self.address) from None
 
+    def _call_or_none(self, what: str, gone: Callable[[Exception], bool], fn: Any, *args: Any,
+                      **kwargs: Any) -> Any:
+        """As _call, but None when the failure only says the thing is not there (`gone`)."""
+        try:
+            return fn(*args, **kwargs)
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            if gone(exc):
+                return None
+            raise _translate(exc, what, self.address) from None
+
     def with_token(self, token: Secret) -> "Vault":
         """A client for another token at the same address (shares nothing secret)."""
         other = Vault(self.address, token)
@@ -258,10 +281,10 @@ class Vault:
         that never existed; only then is the metadata read (one more request)
         to tell the two apart.
         """
-        try:
-            data = self._client.secrets.kv.v2.read_secret_version(
-                path=path, mount_point=mount, raise_on_deleted_version=False)
-        except hvac.exceptions.InvalidPath:
+        data = self._call_or_none(f"read {mount}/data/{path}", _is_not_found,
+                                  self._client.secrets.kv.v2.read_secret_version,
+                                  path=path, mount_point=mount, raise_on_deleted_version=False)
+        if data is None:
             try:
                 versions = self.kv_metadata(mount, path)
             except VaultDenied:  # a policy without metadata read: the path counts as new, as before
@@ -269,8 +292,6 @@ class Vault:
             if versions is None or versions.current_version <= 0:
                 return None
             return KvSecret(version=versions.current_version, data=MappingProxyType({}))
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise _translate(exc, f"read {mount}/data/{path}", self.address) from None
         inner = data.get("data") or {}
         metadata = inner.get("metadata") or {}
         if metadata.get("deletion_time") or metadata.get("destroyed"):
@@ -285,12 +306,10 @@ class Vault:
         return int((result.get("data") or {}).get("version") or 0)
 
     def kv_metadata(self, mount: str, path: str) -> KvMetadata | None:
-        try:
-            data = self._client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)
-        except hvac.exceptions.InvalidPath:
+        data = self._call_or_none(f"read {mount}/metadata/{path}", _is_not_found,
+                                  self._client.secrets.kv.v2.read_secret_metadata, path=path, mount_point=mount)
+        if data is None:
             return None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise _translate(exc, f"read {mount}/metadata/{path}", self.address) from None
         inner = data.get("data") or {}
         return KvMetadata(current_version=int(inner.get("current_version") or 0),
                           updated_time=str(inner.get("updated_time") or ""))
@@ -331,12 +350,9 @@ class Vault:
 
     def read_policy(self, name: str) -> str | None:
         """The policy text, or None when there is no such policy."""
-        try:
-            data = self._client.sys.read_acl_policy(name)
-        except hvac.exceptions.InvalidPath:
+        data = self._call_or_none(f"read policy {name}", _is_not_found, self._client.sys.read_acl_policy, name)
+        if data is None:
             return None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise _translate(exc, f"read policy {name}", self.address) from None
         return str(((data or {}).get("data") or {}).get("policy") or "")
 
     def write_policy(self, name: str, text: str) -> None:
@@ -348,14 +364,9 @@ class Vault:
 
     def lookup_token(self, token: Secret) -> TokenInfo | None:
         """Look another token up (admin API, token in the POST body); None when it is expired, revoked or unknown."""
-        try:
-            data = self._client.auth.token.lookup(token.reveal())
-        except hvac.exceptions.Forbidden as exc:
-            if "bad token" in str(exc):
-                return None
-            raise _translate(exc, "token lookup", self.address) from None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise _translate(exc, "token lookup", self.address) from None
+        data = self._call_or_none("token lookup", _is_bad_token, self._client.auth.token.lookup, token.reveal())
+        if data is None:
+            return None
         return TokenInfo.from_lookup(data["data"])
 
     def lookup_token_self(self, token: Secret) -> TokenInfo | None:
@@ -380,14 +391,10 @@ class Vault:
 
     def lookup_accessor(self, accessor: str) -> TokenInfo | None:
         """The token behind an accessor; None when it no longer exists."""
-        try:
-            data = self._client.auth.token.lookup_accessor(accessor)
-        except hvac.exceptions.InvalidRequest as exc:
-            if "invalid accessor" in str(exc):
-                return None
-            raise _translate(exc, "token lookup-accessor", self.address) from None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise _translate(exc, "token lookup-accessor", self.address) from None
+        data = self._call_or_none("token lookup-accessor", _is_invalid_accessor,
+                                  self._client.auth.token.lookup_accessor, accessor)
+        if data is None:
+            return None
         return TokenInfo.from_lookup(data["data"])
 
     def create_orphan_token(self, *, policies: list[str], period: str, display_name: str,

@@ -36,7 +36,9 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
+from reconcile.accounts import Account
 from reconcile.durations import format_duration
+from reconcile.homefs import TOKEN_FILE, HomeFsError, read_private_file
 from reconcile.identity import token_display_name, vault_display_name
 from reconcile.model import Action, Change, Kind
 from reconcile.roster import Roster
@@ -223,6 +225,16 @@ class TokenFileUnreadable(Exception):
 
 
 TokenReader = Callable[[str], "bytes | None"]
+
+
+def token_reader(accounts: Mapping[str, Account]) -> TokenReader:
+    """Reads a person's token file as root, never following a planted link (homefs)."""
+    def read_token(user: str) -> bytes | None:
+        try:
+            return read_private_file(accounts[user], TOKEN_FILE)
+        except HomeFsError as exc:
+            raise TokenFileUnreadable(str(exc)) from None
+    return read_token
 
 
 def parse_token_file(raw: bytes) -> Secret | None:

@@ -45,15 +45,15 @@ from reconcile import local_state, render, statefile
 from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
 from reconcile.executor import ExecContext, Result, execute, failures, finish
 from reconcile.exitcodes import Exit
-from reconcile.homefs import TOKEN_FILE, HomeFsError, read_private_file, write_private_file
+from reconcile.homefs import TOKEN_FILE, write_private_file
 from reconcile.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
 from reconcile.roster import Roster
 from reconcile.roster_loader import RosterInvalid, load_roster
 from reconcile.systemd import SystemdError
 from reconcile.vault import Secret, Vault, VaultDenied, VaultError, resolve_address, resolve_token
-from reconcile.vault_state import (TokenFileUnreadable, VaultContext, desired_vault, next_pending,
-                                   next_records, observe_vault)
+from reconcile.vault_state import (VaultContext, desired_vault, next_pending, next_records, observe_vault,
+                                   token_reader)
 
 NO_ADMIN_ENV = "CLAUDE_AUTH_NO_ADMIN"
 CREATE_ORPHAN = "auth/token/create-orphan"
@@ -177,15 +177,6 @@ def _vault_failure(exc: VaultError, address: str) -> str:
 # --- reading the world ----------------------------------------------------------------------
 
 
-def _token_reader(accounts: dict[str, Account]) -> Any:
-    def read_token(user: str) -> bytes | None:
-        try:
-            return read_private_file(accounts[user], TOKEN_FILE)
-        except HomeFsError as exc:
-            raise TokenFileUnreadable(str(exc)) from None
-    return read_token
-
-
 def _token_writer(accounts: dict[str, Account]) -> Any:
     def write_token(user: str, data: bytes, durable: bool) -> None:
         write_private_file(accounts[user], TOKEN_FILE, data, mode=0o600, durable=durable)
@@ -256,7 +247,7 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
         local_future = pool.submit(local_state.observe_local, root, d_local, found)
         try:
             o_vault = observe_vault(vault, d_vault, admin=admin, records=records,
-                                    read_token=_token_reader(found_accounts),
+                                    read_token=token_reader(found_accounts),
                                     token_users=[user for user in d_vault.tokens if user in found_accounts],
                                     pending_revoke=state.pending_revoke)
         except VaultError as exc:
