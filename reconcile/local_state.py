@@ -519,11 +519,12 @@ def plan_local(desired: DesiredLocal, observed: ObservedLocal, *, prune: bool = 
     for unit in desired.units:
         current = observed.units.get(unit.name)
         if current is None:
-            changes.append(Change(Action.CREATE, Kind.UNIT, unit.name, "missing", desired=unit,
+            changes.append(Change(Action.CREATE, Kind.UNIT, unit.name, "missing", user=unit.user, desired=unit,
                                   before_text="", after_text=unit.text))
         elif current != unit.text.encode():
-            changes.append(Change(Action.UPDATE, Kind.UNIT, unit.name, "content differs", desired=unit,
-                                  before_text=current.decode("utf-8", errors="replace"), after_text=unit.text))
+            changes.append(Change(Action.UPDATE, Kind.UNIT, unit.name, "content differs", user=unit.user,
+                                  desired=unit, before_text=current.decode("utf-8", errors="replace"),
+                                  after_text=unit.text))
 
     problem_users = {problem.user for problem in observed.problems}
     for timer in desired.timers:

@@ -1,7 +1,9 @@
 """Pure composition of the domains: (desired, observed, prune) -> Plan.
 
 No I/O here: each domain's pure planner is called on values already read,
-and the changes are concatenated into one immutable, apply-ordered Plan.
+and the changes are concatenated into one immutable, apply-ordered Plan
+(model.sort_for_apply: what the executor needs). How it is shown to people,
+grouped by person, is model.sort_for_display, applied by reconcile.render.
 """
 
 from __future__ import annotations
