@@ -141,10 +141,10 @@ print(json.dumps({"code": os.waitstatus_to_exitcode(status), "timed_out": timed_
 """
 
 
-def run_validate(roster: Path, tmp: Path) -> Measured:
-    """`python -m reconcile validate --roster ROSTER` in a child, with the child's own rusage."""
+def run_validate(roster: Path, tmp: Path, *command_line: str) -> Measured:
+    """`python -m reconcile validate --roster ROSTER` (or COMMAND_LINE) in a child, with the child's own rusage."""
     out, err = tmp / "stdout", tmp / "stderr"
-    command = [sys.executable, "-m", "reconcile", "validate", "--roster", str(roster)]
+    command = [sys.executable, "-m", "reconcile", *(command_line or ("validate",)), "--roster", str(roster)]
     wrapper = subprocess.run([sys.executable, "-I", "-S", "-c", _MEASURE, str(ADDRESS_SPACE_LIMIT), str(WALL_GUARD_S),
                               str(out), str(err), *command], cwd=REPO, stdin=subprocess.DEVNULL,
                              capture_output=True, text=True, timeout=WALL_GUARD_S + 30, check=True)
@@ -168,6 +168,14 @@ def test_validate_refuses_each_bomb_within_1s_cpu_and_100_mib(bomb: Bomb, tmp_pa
     assert len(line) < 300
     assert measured.cpu_s < CPU_LIMIT_S, measured
     assert measured.maxrss_kib < RSS_LIMIT_KIB, measured
+
+
+@pytest.mark.parametrize("command", ["plan", "apply", "status"])
+def test_every_command_that_reads_the_roster_refuses_a_fifo(command: str, tmp_path: Path) -> None:
+    roster = fifo(tmp_path)
+    measured = run_validate(roster, tmp_path, command, "--root", str(tmp_path))
+    assert (measured.code, measured.out) == (1, "")
+    assert measured.err == f"{roster}: cannot read the roster: it is a named pipe (FIFO), not a regular file\n"
 
 
 # --- the limits, at their edges (small limits, so these run in-process and fast) ----------------
