@@ -498,7 +498,7 @@ def _translate(error: ValidationError, path: DocPath) -> Iterator[tuple[DocPath,
     elif kind == "required" and isinstance(error.instance, dict):
         for key in value:
             if key not in error.instance:
-                yield path, f"missing required field {excerpt(key)}"
+                yield path, f"missing required field {key!r}"
     elif kind == "uniqueItems" and isinstance(error.instance, list):
         yield from _duplicates(error.instance, path)
     elif kind == "minLength":
