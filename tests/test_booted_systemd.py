@@ -18,6 +18,7 @@ so no change can silently break the units on a real machine. Inside it:
   enable the timer of a person who has no token yet;
 - a timer fires (test drop-in: OnActiveSec=5s, AccuracySec=1s, no random delay);
 - `apply --prune` stops and disables a departed person's timer;
+- the README's uninstall steps leave no unit and no installation behind;
 - the container powers off cleanly and leaves no process behind.
 
 The first run builds the cached base tree (about 80 s); later runs take well under
@@ -204,7 +205,7 @@ def box(tmp_path_factory: pytest.TempPathFactory, claude_bin: Path) -> Iterator[
         result.machine.stop()  # also raises when a process is left behind
     finally:
         if machine is not None:
-            machine.stop()
+            machine.stop(check=False)  # after a failure above; a no-op after the clean stop
         overlay.unmount()
         shutil.rmtree(work / "upper", ignore_errors=True)
 
@@ -291,7 +292,7 @@ def test_units_under_a_booted_systemd(box: Box) -> None:
         return box.sh("systemctl", "show", "-p", "InvocationID", "--value", "claude-auth-sync@alice.service")[1]
 
     before = invocation()
-    box.write(f"{UNIT_DIR}/claude-auth-sync@.timer.d/test.conf", TIMER_TEST_DROP_IN)
+    box.write(f"{UNIT_DIR}/claude-auth-sync@alice.timer.d/test.conf", TIMER_TEST_DROP_IN)
     box.sh("systemctl", "daemon-reload")
     box.sh("systemctl", "restart", "claude-auth-sync@alice.timer")
     wait_for("the timer to fire", lambda: invocation() != before, timeout=30)
@@ -299,7 +300,7 @@ def test_units_under_a_booted_systemd(box: Box) -> None:
              lambda: box.state("claude-auth-sync@alice.service")[1] in ("inactive", "failed"), timeout=60)
     oks = [line for line in box.journal("claude-auth-sync@alice.service") if line.startswith("OK")]
     assert len(oks) == 2, oks  # the first hand-started one and the timer's
-    box.sh("rm", f"{UNIT_DIR}/claude-auth-sync@.timer.d/test.conf")
+    box.sh("rm", "-r", f"{UNIT_DIR}/claude-auth-sync@alice.timer.d")
     box.sh("systemctl", "daemon-reload")
 
     # --- apply --prune stops and disables a departed person's timer -------------------------------
@@ -309,6 +310,18 @@ def test_units_under_a_booted_systemd(box: Box) -> None:
     assert box.state("claude-auth-sync@bob.timer") == ("disabled", "inactive"), out
     code, out, err = box.sh("claude-auth", "plan", admin=True, check=False)
     assert (code, out.splitlines()[-1]) == (0, "No changes."), out + err
+
+    # --- the README's uninstall steps, word for word ----------------------------------------------
+    readme = (REPO / "README.md").read_text()
+    steps = readme.split("- **Uninstall:**", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    steps = "\n".join(line.strip() for line in steps.splitlines()).replace("cd - && ", "cd /root/src && ")
+    code, out, err = box.sh("bash", "-euo", "pipefail", "-c", steps, check=False)
+    assert code == 0, out + err
+    for what in ("--state=active", "--state=failed"):
+        assert box.sh("systemctl", "list-units", "--all", what, "--no-legend", "claude-auth*")[1].strip() == ""
+    assert box.sh("systemctl", "list-unit-files", "--no-legend", "claude-auth*", check=False)[1].strip() == ""
+    assert box.sh("test", "-e", PREFIX, check=False)[0] == 1
+    assert box.sh("test", "-L", "/usr/local/bin/claude-auth", check=False)[0] == 1
 
     # --- leave nothing behind, leak nothing --------------------------------------------------------
     box.remember_vault_tokens()

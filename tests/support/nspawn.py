@@ -186,30 +186,39 @@ class Machine:
     namespace: str | None = None
 
     def boot(self, timeout: float = 60) -> "Machine":
+        """Start nspawn and wait until systemd inside reports the boot done; on any failure, power off."""
         args = ["systemd-nspawn", "-q", "-D", str(self.root), f"--machine={MACHINE_NAME}", "--register=no",
-                "--keep-unit", "-b",
-                "--private-network", *_bind_args(self.binds, self.read_only)]
+                "--keep-unit", "-b", "--private-network", *_bind_args(self.binds, self.read_only)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + timeout
+            self._find_leader(deadline)
+            self._wait_booted(deadline)
+        except BaseException:
+            self.stop(check=False)
+            raise
+        return self
+
+    def _find_leader(self, deadline: float) -> None:
+        """The init is the first descendant of nspawn in a PID namespace of its own."""
+        assert self.process is not None
         own = _pid_namespace(os.getpid())
-        deadline = time.monotonic() + timeout
-        while self.leader is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"systemd-nspawn exited with {self.process.returncode}; see {self.log_path}")
-            # The init is the first descendant of nspawn in a PID namespace of its own.
             pending = [self.process.pid]
             while pending:
                 pid = pending.pop()
                 namespace = _pid_namespace(pid)
                 if namespace is not None and namespace != own:
                     self.leader, self.namespace = pid, namespace
-                    break
+                    return
                 pending += _children(pid)
-            else:
-                time.sleep(0.05)
-        if self.leader is None:
-            self.stop()
-            raise RuntimeError(f"no container init appeared within {timeout} s; see {self.log_path}")
+            time.sleep(0.05)
+        raise RuntimeError(f"no container init appeared in time; see {self.log_path}")
+
+    def _wait_booted(self, deadline: float) -> None:
         while True:
             # "offline" (or no answer) until systemd inside has its bus up; then --wait waits for the boot.
             state = self.sh(["systemctl", "is-system-running", "--wait"], check=False,
@@ -220,7 +229,6 @@ class Machine:
         if state.stdout.strip() not in ("running", "degraded"):
             failed = self.sh(["systemctl", "--failed", "--no-pager"], check=False).stdout
             raise RuntimeError(f"the container did not boot: {state.stdout.strip()} {state.stderr.strip()}\n{failed}")
-        return self
 
     def sh(self, command: Sequence[str], *, check: bool = True, timeout: float = 120,
            env: Mapping[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -236,8 +244,9 @@ class Machine:
             raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
-    def stop(self, timeout: float = 60) -> None:
-        """Clean poweroff (SIGTERM to nspawn); raises if the container does not go or leaves a process behind."""
+    def stop(self, timeout: float = 60, *, check: bool = True) -> None:
+        """Clean poweroff (SIGTERM to nspawn). With `check`, raises if the container does not go or leaves a
+        process behind; without, only makes sure it is gone (cleanup after another failure)."""
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -247,9 +256,10 @@ class Machine:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-                raise RuntimeError(f"the container did not power off within {timeout} s; killed")
+                if check:
+                    raise RuntimeError(f"the container did not power off within {timeout} s; killed") from None
         self.process = None
         if self.namespace is not None:
             left = processes_in_namespace(self.namespace)
-            if left:
+            if left and check:
                 raise RuntimeError(f"processes left behind by the container: {left}")
