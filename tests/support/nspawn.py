@@ -95,8 +95,6 @@ def base_rootfs(log: Path | None = None) -> Path:
         if result.returncode != 0:
             shutil.rmtree(work, ignore_errors=True)
             raise RuntimeError(f"debootstrap failed with status {result.returncode}; see {log}")
-        # No console login prompts; the machine is driven through nsenter.
-        (target / "etc/systemd/system/getty.target.wants").mkdir(parents=True, exist_ok=True)
         os.rename(target, final)  # atomic: the cache holds a complete tree or none
         shutil.rmtree(work, ignore_errors=True)
         return final
