@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconcile import local_state
-from reconcile.model import Action, Change, Plan, is_pending, sort_for_apply
+from reconcile.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
 from reconcile.vault_state import DesiredVault, ObservedVault, plan_vault
 
 
@@ -33,7 +33,10 @@ class Observed:
 def make_plan(desired: Desired, observed: Observed, *, prune: bool) -> Plan:
     changes: list[Change] = list(plan_vault(desired.vault, observed.vault, prune=prune))
     if desired.local is not None and observed.local is not None:
-        changes.extend(local_state.plan_local(desired.local, observed.local, prune=prune))
+        # A timer waits for its person's token file, unless this run mints the token (admin mode).
+        minting = {c.user for c in changes if c.kind is Kind.TOKEN and c.user is not None
+                   and c.action in (Action.CREATE, Action.UPDATE) and (observed.vault.admin or not c.needs_admin)}
+        changes.extend(local_state.plan_local(desired.local, observed.local, prune=prune, minting=minting))
     return sort_for_apply(changes)
 
 
