@@ -14,7 +14,7 @@ connection for minutes, silently; with it an outage prints
 `API Error: 500 ...` or `Unable to connect to API` within a second. And
 always `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`: a login probe needs no
 telemetry, and without it every run adds about 160 KB under
-~/.claude/telemetry (CLI 2.1.197, measured; tests/test_sync_lock_real.py).
+~/.claude/telemetry (CLI 2.1.197, measured; tests/test_sync_claude_cli.py).
 stdin is /dev/null; on timeout the whole process group is killed.
 
 The variables removed (OVERRIDING_VARIABLES; the flow prints a WARN line for
