@@ -739,3 +739,71 @@ def test_sync_path_imports_neither_jsonschema_nor_jinja2_nor_yaml(tmp_path: Path
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert "HEAVY [] 1" in done.stderr, done.stderr
+
+
+# --- bounded reading: files and JSON ------------------------------------------------------------------
+
+
+def test_deeply_nested_credentials_are_corrupt_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / ".credentials.json"
+    path.write_text('{"claudeAiOauth": ' + json.dumps(oauth()) + ', "other": ' + "[" * 3000 + "]" * 3000 + "}")
+    with pytest.raises(credentials.CredentialsError, match="nested deeper than 100 levels"):
+        credentials.read(path)
+
+
+@pytest.mark.parametrize("text,problem", [
+    ('{"a": [1, {"b": "x]}"}]}', None),
+    ("[" * 100 + "]" * 100, None),
+    ("[" * 101 + "]" * 101, "nested deeper than 100 levels"),
+    ('{"a": "never ends}', "a string that never ends"),
+    ('{"a": [1}', "mismatched bracket"),
+    ('{"a": 1} x', "text after the JSON value"),
+    ("[" * 3000, "nested deeper than 100 levels"),
+])
+def test_depth_scan(text: str, problem: str | None) -> None:
+    from reconcile import boundedjson
+
+    found = boundedjson.depth_problem(text.encode(), 100)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_object_members_are_byte_spans_of_undecoded_values() -> None:
+    from reconcile import boundedjson
+
+    nested = "[" * 5000 + "]" * 5000
+    body = ('{"data": {"data": {"deep": ' + nested + ', "s": "a\\"}b", "n": -1.5e3, "t": true}, '
+            '"metadata": {"version": 7}}}').encode()
+    data = boundedjson.object_members(body, boundedjson.object_members(body)["data"][0])
+    members = boundedjson.object_members(body, data["data"][0])
+    assert {k: body[a:b] for k, (a, b) in members.items()} == {
+        "deep": nested.encode(), "s": b'"a\\"}b"', "n": b"-1.5e3", "t": b"true"}
+    assert boundedjson.loads(body[slice(*data["metadata"])]) == {"version": 7}
+    with pytest.raises(boundedjson.JsonProblem, match="nested deeper"):
+        boundedjson.loads(nested)
+
+
+def test_safe_read_refuses_special_files_links_and_big_files_without_reading(tmp_path: Path) -> None:
+    from reconcile.sync import safefile
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to("/dev/zero")
+    big = tmp_path / "big"
+    with open(big, "wb") as handle:
+        handle.truncate(2 * 1024 * 1024)
+    regular = tmp_path / "regular"
+    regular.write_bytes(b"x" * 1024)
+    with pytest.raises(safefile.UnsafeFile, match="^F: is a FIFO, not a regular file"):
+        safefile.read_capped(fifo, 1024, "F")
+    with pytest.raises(safefile.UnsafeFile, match="^L: is a symbolic link"):
+        safefile.read_capped(link, 1024, "L")
+    with pytest.raises(safefile.UnsafeFile, match="^L: is a character device"):
+        safefile.read_capped(link, 1024, "L", follow_symlinks=True)
+    with pytest.raises(safefile.UnsafeFile, match="^B: is 2.0 MiB, larger than the 1 MiB cap"):
+        safefile.read_capped(big, 1024 * 1024, "B")
+    found = safefile.read_capped(regular, 1024, "R")
+    assert found is not None and found.data == b"x" * 1024
+    with pytest.raises(safefile.UnsafeFile, match="is 1024 bytes, larger than the 1023 bytes cap"):
+        safefile.read_capped(regular, 1023, "R")
+    assert safefile.read_capped(tmp_path / "missing", 1024, "M") is None

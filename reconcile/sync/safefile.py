@@ -68,7 +68,9 @@ def _size_text(size: int) -> str:
 
 
 def _limit_text(limit: int) -> str:
-    return f"{limit // MIB} MiB" if limit % MIB == 0 else f"{limit // KIB} KiB"
+    if limit % MIB == 0:
+        return f"{limit // MIB} MiB"
+    return f"{limit // KIB} KiB" if limit % KIB == 0 else f"{limit} bytes"
 
 
 def open_checked(path: Path, flags: int, shown: str, *, follow_symlinks: bool, mode: int = 0o600) -> int | None:
