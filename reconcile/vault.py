@@ -405,7 +405,7 @@ class Vault:
             return KvRawSecret(version=versions.current_version, fields=MappingProxyType({}))
         try:
             return _raw_secret(body)
-        except (boundedjson.JsonProblem, ValueError, TypeError):
+        except (boundedjson.JsonProblem, ValueError, TypeError, KeyError):
             raise VaultError(f"unexpected answer to {what} (not a KV v2 secret)") from None
 
     def kv_write_cas_raw(self, mount: str, path: str, fields: Mapping[str, bytes], cas: int) -> int:

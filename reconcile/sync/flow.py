@@ -219,6 +219,8 @@ class _Steps:
     def read_local_locked(self, when: str) -> LocalCredentials:
         """read_local under Claude's refresh lock: never the file of a refresh half done (Skip if it lasts)."""
         s = self.settings
+        if not s.credentials_file.parent.is_dir():
+            return self.read_local(when)  # no ~/.claude: no login to read, and no refresh to wait for
         try:
             with claudelock.held(s.credentials_file.parent, s.refresh_lock_wait, home=s.home):
                 return self.read_local(when)
@@ -334,6 +336,8 @@ class _Steps:
             except Fail as exc:
                 # Keep what was restored and where the replaced login went: what undoing it needs.
                 raise Fail(f"{first.reason}; {restored}; {exc}") from None
+            except Skip as exc:  # Claude began a refresh right after: the login is back, its backup waits
+                return Status.RECOVERED, f"{first.reason}; {restored}; {exc}"
             return Status.RECOVERED, f"{first.reason}; {restored}; login works; {backed_up}"
         if second.verdict is Verdict.AUTH:
             raise Fail(f"{first.reason}; {restored}, but it was rejected too ({second.reason}); {LOGIN_HINT}")
