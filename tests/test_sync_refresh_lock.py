@@ -277,3 +277,30 @@ def test_backup_read_waits_for_a_held_refresh_lock_then_skips(user: SyncUser) ->
     assert user.sync().status.value == "OK"  # and once Claude is done, the next run backs up
     assert current_version(user.root, user.kv_path) == 2
     assert KV_MOUNT in (user.outputs[-1])
+
+
+def test_a_refresh_starting_right_after_a_restore_keeps_recovered_and_skips_only_the_backup(
+        rejected_with_backup: tuple[SyncUser, dict[str, object], bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    user, good, _ = rejected_with_backup
+    holder = ForeignHolder(user.home / ".claude" / ".oauth_refresh.lock")
+    checks: list[object] = []
+    real_check = flow._Steps.live_check
+
+    def check_then_claude_refreshes(self: flow._Steps, env: object) -> object:
+        result = real_check(self, env)  # type: ignore[arg-type]
+        checks.append(result)
+        if len(checks) == 2:
+            holder.__enter__()  # a claude session starts a refresh just after the check of the restore
+        return result
+
+    monkeypatch.setattr(flow._Steps, "live_check", check_then_claude_refreshes)
+    try:
+        outcome = user.sync()
+    finally:
+        holder.release()
+
+    assert outcome.status.value == "RECOVERED", outcome.line
+    assert "restored the backup" in outcome.line
+    assert outcome.line.endswith("claude is refreshing the login (~/.claude/.oauth_refresh.lock held for more "
+                                 "than 2 s); the login works; nothing backed up")
+    assert json.loads(user.credentials.read_text())["claudeAiOauth"] == good
