@@ -17,6 +17,14 @@ The steps of SPEC.md "Sync, step by step", in order:
    an outage, a timeout or unexpected output: FAIL, the file untouched;
 8. exactly one status line on stdout and in the log.
 
+Every file read is bounded (safefile): a credentials file, token file,
+lock or log that is a FIFO, a device, a link where none belongs, or over
+its cap is one `FAIL <user>: <file>: <why>` line, before any restore and
+with nothing changed. The restore and the backup's read of the credentials
+hold Claude's own refresh lock (claudelock); when Claude holds it past the
+wait, the run is `SKIP <user>: claude is refreshing the login (...)` and
+writes nothing.
+
 Every failure is one `FAIL <user>: <reason>` line, never a traceback; an
 unforeseen exception shows only its type; Ctrl-C ends with
 `FAIL <user>: interrupted` (exit 1, lock released). A FAIL after a restore
@@ -33,12 +41,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping, TextIO
 
 from reconcile.exitcodes import Exit
-from reconcile.sync import backup, credentials, livecheck
+from reconcile.sync import backup, claudelock, credentials, livecheck
 from reconcile.sync import settings as config
-from reconcile.sync.credentials import CredentialsError, LocalCredentials
+from reconcile.sync.claudelock import ClaudeRefreshing
+from reconcile.sync.credentials import CredentialsError, LocalCredentials, LoginChanged
 from reconcile.sync.livecheck import LiveResult, Verdict
+from reconcile.sync.safefile import TOKEN_FILE_LIMIT, UnsafeFile, read_capped
 from reconcile.sync.settings import SettingsError, SyncSettings
-from reconcile.sync.statuslog import Lock, Redactor, Reporter, Status, ensure_private_dir, utc_timestamp
+from reconcile.sync.statuslog import (Lock, Redactor, Reporter, Status, ensure_private_dir, log_problem,
+                                      utc_timestamp)
 from reconcile.vault import Secret, Vault, VaultDenied, VaultError
 
 _SECRET_LEAF_LENGTH = 16
@@ -50,6 +61,10 @@ LOGIN_HINT = "an interactive SSO login is needed (claude auth login --claudeai -
 
 class Fail(Exception):
     """Ends the run with FAIL; the message is the reason (safe to show)."""
+
+
+class Skip(Exception):
+    """Ends the run with SKIP (nothing written); the message is the reason (safe to show)."""
 
 
 @dataclass(frozen=True)
@@ -88,11 +103,17 @@ def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None)
         home_settings = SyncSettings(user=name, home=config.home_folder(environ), vault_addr="")
         try:
             ensure_private_dir(home_settings.state_dir)
+            unsafe_log = log_problem(home_settings.log_file, home_settings.shown(home_settings.log_file))
+            if unsafe_log is not None:
+                return _finish(reporter, Status.FAIL, f"{unsafe_log}; nothing changed", None)
             reporter.log_path = home_settings.log_file
-            lock = Lock(home_settings.lock_file)
+            lock = Lock(home_settings.lock_file, home_settings.shown(home_settings.lock_file))
             if not lock.acquire():
                 lock = None
                 return _finish(reporter, Status.SKIP, "another sync run holds the lock", None)
+        except UnsafeFile as exc:
+            lock = None
+            return _finish(reporter, Status.FAIL, f"{exc}; nothing changed", None)
         except OSError as exc:
             return _finish(reporter, Status.FAIL,
                            f"cannot use the state folder {home_settings.state_dir}: "
@@ -106,6 +127,8 @@ def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None)
             status, reason = steps.execute()
         except Fail as exc:
             status, reason = Status.FAIL, str(exc)
+        except Skip as exc:
+            status, reason = Status.SKIP, str(exc)
         return _finish(reporter, status, reason, steps.vault)
     except KeyboardInterrupt:
         # Ctrl-C during a run by hand: still one status line, and the lock is released below.
@@ -185,29 +208,47 @@ class _Steps:
 
     def read_local(self, when: str) -> LocalCredentials:
         try:
-            local = credentials.read(self.settings.credentials_file)
+            local = credentials.read(self.settings.credentials_file, CREDENTIALS_SHOWN)
+        except UnsafeFile as exc:
+            raise Fail(f"{exc} ({when}); left untouched, nothing restored") from None
         except CredentialsError as exc:
             raise Fail(f"{exc} ({when}); left untouched, {LOGIN_HINT} or a manual repair") from None
         self.redact.add(*_secret_leaves(dict(local.document)))
         return local
+
+    def read_local_locked(self, when: str) -> LocalCredentials:
+        """read_local under Claude's refresh lock: never the file of a refresh half done (Skip if it lasts)."""
+        s = self.settings
+        if not s.credentials_file.parent.is_dir():
+            return self.read_local(when)  # no ~/.claude: no login to read, and no refresh to wait for
+        try:
+            with claudelock.held(s.credentials_file.parent, s.refresh_lock_wait, home=s.home):
+                return self.read_local(when)
+        except ClaudeRefreshing as exc:
+            raise Skip(f"claude is refreshing the login ({exc}); the login works; nothing backed up") from None
+        except OSError as exc:
+            raise Fail(f"cannot take claude's refresh lock in {s.shown(s.credentials_file.parent)}: "
+                       f"{exc.strerror or type(exc).__name__}; nothing backed up") from None
 
     # --- step 4: Vault token ---------------------------------------------------------
 
     def open_vault(self) -> Vault:
         path = self.settings.token_file
         try:
-            info = path.stat()
-            token = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            raise Fail(f"no Vault token file at {path}; run `claude-auth apply` as root") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise Fail(f"cannot read the Vault token file {path}: "
-                       f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+            found = read_capped(path, TOKEN_FILE_LIMIT, self.settings.shown(path))
+        except UnsafeFile as exc:
+            raise Fail(f"{exc}; run `claude-auth apply` as root; {CREDENTIALS_SHOWN} left untouched") from None
+        if found is None:
+            raise Fail(f"no Vault token file at {path}; run `claude-auth apply` as root")
+        try:
+            token = found.data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise Fail(f"the Vault token file {path} is not UTF-8 text; run `claude-auth apply` as root") from None
         if not token:
             raise Fail(f"the Vault token file {path} is empty; run `claude-auth apply` as root")
         self.redact.add(token)
-        if info.st_mode & 0o077:
-            self.reporter.warn(f"the Vault token file {path} has mode {info.st_mode & 0o777:04o}; expected 0600")
+        if found.mode & 0o077:
+            self.reporter.warn(f"the Vault token file {path} has mode {found.mode & 0o777:04o}; expected 0600")
         self.vault = Vault(self.settings.vault_addr, Secret(token))
         return self.vault
 
@@ -242,7 +283,7 @@ class _Steps:
 
     def back_up(self, vault: Vault) -> str:
         """Back the (possibly just refreshed) local login up; a phrase for the status line."""
-        local = self.read_local("after a successful check")
+        local = self.read_local_locked("after a successful check")
         oauth = local.oauth
         if oauth is None:
             raise Fail(f"the login works but {CREDENTIALS_SHOWN} holds no claudeAiOauth to back up")
@@ -271,7 +312,15 @@ class _Steps:
         if latest.oauth == local.oauth:
             raise Fail(f"{first.reason}; the backup holds this same login; {LOGIN_HINT}")
         try:
-            credentials.replace_oauth(s.credentials_file, latest.oauth, keep=self.keep)
+            credentials.replace_oauth(s.credentials_file, latest.oauth, keep=self.keep, expected=local.oauth,
+                                      lock_wait=s.refresh_lock_wait, shown=CREDENTIALS_SHOWN, home=s.home)
+        except ClaudeRefreshing as exc:
+            raise Skip(f"claude is refreshing the login ({exc}); {first.reason}; nothing restored, "
+                       "nothing written") from None
+        except LoginChanged as exc:
+            raise Skip(f"{first.reason}; {exc}, nothing restored; the next run checks the new login") from None
+        except UnsafeFile as exc:
+            raise Fail(f"{exc}; {first.reason}; left untouched, nothing restored") from None
         except CredentialsError as exc:
             raise Fail(f"{first.reason}; the restore was not made: {exc}") from None
         except OSError as exc:
@@ -287,6 +336,8 @@ class _Steps:
             except Fail as exc:
                 # Keep what was restored and where the replaced login went: what undoing it needs.
                 raise Fail(f"{first.reason}; {restored}; {exc}") from None
+            except Skip as exc:  # Claude began a refresh right after: the login is back, its backup waits
+                return Status.RECOVERED, f"{first.reason}; {restored}; {exc}"
             return Status.RECOVERED, f"{first.reason}; {restored}; login works; {backed_up}"
         if second.verdict is Verdict.AUTH:
             raise Fail(f"{first.reason}; {restored}, but it was rejected too ({second.reason}); {LOGIN_HINT}")
