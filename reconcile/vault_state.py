@@ -550,6 +550,13 @@ def _orphan(kind: Kind, name: str, user: str, prune: bool, roster_users: frozens
 # --- apply: handlers the executor calls ------------------------------------------------------
 
 
+def mint_users(plan: Iterable[Change]) -> list[str]:
+    """The users the plan mints a token for (each mint's intent is written ahead: statefile.Journal)."""
+    return [change.desired.token.user for change in plan
+            if change.kind is Kind.TOKEN and isinstance(change.desired, MintOrder)
+            and change.action is not Action.ORPHANED]
+
+
 TokenWriter = Callable[[str, bytes, bool], None]
 """Writes a user's token file (0600, owner the user, no link followed); raises on failure."""
 

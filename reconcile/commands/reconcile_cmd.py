@@ -52,8 +52,8 @@ from reconcile.roster import Roster
 from reconcile.roster_loader import RosterInvalid, load_roster
 from reconcile.systemd import SystemdError
 from reconcile.vault import Secret, Vault, VaultDenied, VaultError, resolve_address, resolve_token
-from reconcile.vault_state import (VaultContext, desired_vault, next_pending, next_records, observe_vault,
-                                   token_reader)
+from reconcile.vault_state import (VaultContext, desired_vault, mint_users, next_pending, next_records,
+                                   observe_vault, token_reader)
 
 NO_ADMIN_ENV = "CLAUDE_AUTH_NO_ADMIN"
 CREATE_ORPHAN = "auth/token/create-orphan"
@@ -361,6 +361,12 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
     vault_ctx = VaultContext(vault=session.vault, admin=session.admin,
                              write_token=_token_writer(session.accounts), mint_log=journal)
     _remove_stale_temps(session)
+    if session.admin:
+        try:
+            journal.prepare(mint_users(session.plan))
+        except statefile.StateFileError as exc:  # no intent on disk: no mint may be asked for
+            print(render.error_line("state", str(exc)), file=sys.stderr)
+            return Exit.ERROR
     ctx = ExecContext(vault=vault_ctx, local=local_state.LocalContext.create(session.root, session.accounts))
     results: tuple[Result, ...] = ()
     try:
@@ -385,7 +391,7 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
         strays = tuple(accessor for accessor, seen in observed.pending.items() if seen.interrupted)
         pending = next_pending(session.pending_revoke + strays, session.records, records, observed,
                                vault_ctx.outcomes)
-        intents = {nonce: user for nonce, user in journal.state.intents.items()
+        intents = {nonce: user for nonce, user in journal.outstanding().items()
                    if nonce not in observed.resolved_intents}
         try:
             journal.replace_all(statefile.State(records, pending, intents))
