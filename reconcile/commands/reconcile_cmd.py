@@ -43,7 +43,7 @@ from typing import Any
 
 from reconcile import atomicfile, local_state, render, statefile
 from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
-from reconcile.executor import ExecContext, Result, execute, failures, finish, not_attempted
+from reconcile.executor import ExecContext, Result, execute, failures, finish, lost_to_vault
 from reconcile.exitcodes import Exit
 from reconcile.homefs import TOKEN_FILE, remove_stale_temps, write_private_file
 from reconcile.model import Plan, UserProblem
@@ -347,8 +347,8 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
             text = render.warning_text(result.change)
             warnings.append(text)
             print(f"WARN {text}", file=sys.stderr)
-        elif result.not_attempted:
-            pass  # one line for all of them, below
+        elif result.vault_down and session.vault.unreachable:
+            pass  # Vault is gone for the rest of the run: one line for all such changes, below
         elif not result.ok:
             print(render.error_line(result.change.name, result.message), file=sys.stderr)
         elif not as_json:
@@ -371,11 +371,11 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
     results: tuple[Result, ...] = ()
     try:
         results = execute(session.plan, ctx, report=report)
-        skipped = not_attempted(results)
-        if skipped:
-            names = sorted({r.change.name for r in skipped})
+        lost = lost_to_vault(results) if session.vault.unreachable else ()
+        if lost:
+            names = sorted({r.change.name for r in lost})
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            text = f"{len(skipped)} Vault change(s) not attempted ({shown}): {session.vault.unreachable}"
+            text = f"{len(lost)} Vault change(s) not made ({shown}): {session.vault.unreachable}"
             errors.append(f"vault: {text}")
             print(render.error_line("vault", text), file=sys.stderr)
         finish_error = finish(results, ctx)
