@@ -238,12 +238,19 @@ class ObservedVault:
     outstanding intent minted that is in nobody's file."""
     resolved_intents: frozenset[str] = frozenset()
     """Nonces of the state file's intents this observation accounted for (adopted, or searched for)."""
+    unresolved_intents: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Nonce -> user of the intents an admin run could not account for (listing accessors was denied)."""
 
     @property
     def problems(self) -> list[UserProblem]:
-        """One per user whose token could not be observed (FAILED): only that user's token work waits."""
-        return [UserProblem(user, f"token: {token.detail}") for user, token in sorted(self.tokens.items())
-                if token.state is TokenState.FAILED]
+        """One per user whose token could not be observed (FAILED): only that user's token work waits;
+        one per mint of an interrupted run that an admin run could not account for."""
+        problems = [UserProblem(user, f"token: {token.detail}") for user, token in sorted(self.tokens.items())
+                    if token.state is TokenState.FAILED]
+        problems += [UserProblem(user, "a token minted by an interrupted run cannot be looked for: listing "
+                                       "auth/token/accessors was denied (the admin token needs list and sudo "
+                                       "there)") for user in sorted(set(self.unresolved_intents.values()))]
+        return problems
 
 
 class TokenFileUnreadable(Exception):
@@ -329,7 +336,11 @@ def _resolve_intents(vault: Vault, intents: Mapping[str, str], tokens: Mapping[s
         return frozenset(adopted), {}
     # Only the token itself knows its nonce: look every accessor up once (this run's cost of a crash).
     strays: dict[str, PendingRevoke] = {}
-    for accessor in vault.list_accessors():
+    try:
+        accessors = vault.list_accessors()
+    except VaultDenied:  # the intents stay; each of their users gets a problem line (ObservedVault)
+        return frozenset(adopted), {}
+    for accessor in accessors:
         info = vault.lookup_accessor(accessor)
         if info is not None and info.meta.get(NONCE_META) in outstanding:
             strays[accessor] = PendingRevoke(accessor, checked=True, info=info, interrupted=True)
@@ -361,9 +372,11 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     resolved, strays = _resolve_intents(vault, intents or {}, tokens, admin=admin)
     for accessor, stray in strays.items():
         pending.setdefault(accessor, stray)
+    unresolved = {nonce: user for nonce, user in (intents or {}).items() if nonce not in resolved} if admin else {}
     return ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
                          tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
-                         pending=MappingProxyType(pending), resolved_intents=resolved)
+                         pending=MappingProxyType(pending), resolved_intents=resolved,
+                         unresolved_intents=MappingProxyType(unresolved))
 
 
 # --- plan (pure) --------------------------------------------------------------------

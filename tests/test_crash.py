@@ -205,3 +205,25 @@ def test_apply_removes_stale_temporary_files_of_its_own_naming_only(world: World
     assert [path for path in ours if path.exists()] == []
     assert planted.is_symlink() and target.read_text() == "keep"
     assert all(path.exists() for path in not_ours)
+
+
+def test_an_intent_an_admin_token_cannot_search_for_is_kept_and_named(world: World,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    world.write_roster({"alice": {}, "bob": {}})
+    assert world.run("apply").code == Exit.OK
+    path = world.root / "var/lib/claude-auth/state.json"
+    document = json.loads(path.read_text())
+    document["intents"] = {"0123456789abcdef0123456789abcdef": {"user": "alice"}}
+    path.write_text(json.dumps(document))
+    monkeypatch.setenv("VAULT_TOKEN", world.admin_token(deny=("auth/token/accessors",)))
+    (world.root / "home/bob/.config/claude-auth-sync/vault-token").unlink()
+    applied = world.run("apply")
+    assert applied.code == Exit.ERROR
+    errors = [line for line in applied.err.splitlines() if line.startswith("ERROR")]
+    assert errors == ["ERROR alice: a token minted by an interrupted run cannot be looked for: listing "
+                      "auth/token/accessors was denied (the admin token needs list and sudo there)"]
+    assert world.token("bob")  # everyone else is still applied
+    assert json.loads(path.read_text())["intents"] == document["intents"]  # kept for a run that can look
+    monkeypatch.setenv("VAULT_TOKEN", world.server.root_token)
+    assert world.run("apply").code == Exit.OK
+    assert json.loads(path.read_text())["intents"] == {}
