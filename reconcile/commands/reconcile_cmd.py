@@ -41,19 +41,19 @@ from types import MappingProxyType
 from pathlib import Path
 from typing import Any
 
-from reconcile import local_state, render, statefile
+from reconcile import atomicfile, local_state, render, statefile
 from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
-from reconcile.executor import ExecContext, Result, execute, failures, finish
+from reconcile.executor import ExecContext, Result, execute, failures, finish, lost_to_vault
 from reconcile.exitcodes import Exit
-from reconcile.homefs import TOKEN_FILE, write_private_file
+from reconcile.homefs import TOKEN_FILE, remove_stale_temps, write_private_file
 from reconcile.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
 from reconcile.roster import Roster
 from reconcile.roster_loader import RosterInvalid, load_roster
 from reconcile.systemd import SystemdError
 from reconcile.vault import Secret, Vault, VaultDenied, VaultError, resolve_address, resolve_token
-from reconcile.vault_state import (VaultContext, desired_vault, next_pending, next_records, observe_vault,
-                                   token_reader)
+from reconcile.vault_state import (VaultContext, desired_vault, mint_users, next_pending, next_records,
+                                   observe_vault, token_reader)
 
 NO_ADMIN_ENV = "CLAUDE_AUTH_NO_ADMIN"
 CREATE_ORPHAN = "auth/token/create-orphan"
@@ -79,6 +79,8 @@ class Session:
     plan: Plan
     pending_revoke: tuple[str, ...] = ()
     """Accessors of replaced tokens the state file says are still to revoke."""
+    state: statefile.State = statefile.State()
+    """The state file as read (intents included)."""
     lock: statefile.ApplyLock | None = None
     """The apply lock (apply only), held until the run ends."""
 
@@ -249,7 +251,7 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
             o_vault = observe_vault(vault, d_vault, admin=admin, records=records,
                                     read_token=token_reader(found_accounts),
                                     token_users=[user for user in d_vault.tokens if user in found_accounts],
-                                    pending_revoke=state.pending_revoke)
+                                    pending_revoke=state.pending_revoke, intents=state.intents)
         except VaultError as exc:
             raise CommandFailed(_vault_failure(exc, vault.address)) from None
         finally:
@@ -263,6 +265,7 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
                 raise CommandFailed(_local_failure(exc)) from None
     problems: list[UserProblem] = [v for v in found.values() if isinstance(v, UserProblem)]
     problems.extend(o_local.problems)
+    problems.extend(o_vault.problems)
     accounts = {name: value for name, value in found_accounts.items() if name in o_local.accounts}
     o_vault = replace(o_vault, tokens=MappingProxyType(
         {user: token for user, token in o_vault.tokens.items() if user in accounts}))
@@ -273,7 +276,19 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
     return Session(roster=roster, roster_path=roster_path, root=root, admin=admin, vault=vault,
                    accounts=accounts, problems=_dedupe(problems), records=records,
                    desired=desired, observed=observed, plan=plan,
-                   pending_revoke=state.pending_revoke, lock=held)
+                   pending_revoke=state.pending_revoke, state=state, lock=held)
+
+
+def _remove_stale_temps(session: Session) -> None:
+    """Temporary files of this tool's own naming that a killed run left: a token file's may hold a live
+    token. Only apply removes them, holding the apply lock, so no run of ours is writing one now."""
+    for account in session.accounts.values():
+        remove_stale_temps(account, TOKEN_FILE)
+    unit_dir = session.root / local_state.UNIT_DIR
+    targets = [unit_dir / unit.name for unit in session.desired.local.units]
+    targets += [unit_dir / name for name in session.observed.local.stray_drop_ins]
+    targets.append(statefile.state_path(session.root))
+    atomicfile.remove_stale_temps(targets)
 
 
 def _start(args: argparse.Namespace, roster_path: str, *, lock: bool = False) -> Session | int:
@@ -332,6 +347,8 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
             text = render.warning_text(result.change)
             warnings.append(text)
             print(f"WARN {text}", file=sys.stderr)
+        elif result.vault_down and session.vault.unreachable:
+            pass  # Vault is gone for the rest of the run: one line for all such changes, below
         elif not result.ok:
             print(render.error_line(result.change.name, result.message), file=sys.stderr)
         elif not as_json:
@@ -340,12 +357,27 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
                 for line in render.diff_lines(result.change):
                     print(f"    {line}")
 
+    journal = statefile.Journal(session.root, session.state)
     vault_ctx = VaultContext(vault=session.vault, admin=session.admin,
-                             write_token=_token_writer(session.accounts))
+                             write_token=_token_writer(session.accounts), mint_log=journal)
+    _remove_stale_temps(session)
+    if session.admin:
+        try:
+            journal.prepare(mint_users(session.plan))
+        except statefile.StateFileError as exc:  # no intent on disk: no mint may be asked for
+            print(render.error_line("state", str(exc)), file=sys.stderr)
+            return Exit.ERROR
     ctx = ExecContext(vault=vault_ctx, local=local_state.LocalContext.create(session.root, session.accounts))
     results: tuple[Result, ...] = ()
     try:
         results = execute(session.plan, ctx, report=report)
+        lost = lost_to_vault(results) if session.vault.unreachable else ()
+        if lost:
+            names = sorted({r.change.name for r in lost})
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            text = f"{len(lost)} Vault change(s) not made ({shown}): {session.vault.unreachable}"
+            errors.append(f"vault: {text}")
+            print(render.error_line("vault", text), file=sys.stderr)
         finish_error = finish(results, ctx)
         if finish_error:
             errors.append(f"systemd: {finish_error}")
@@ -354,16 +386,18 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
         if any(result.ok for result in results) or vault_ctx.outcomes.minted:
             os.sync()  # unit files and first-mint token files were written without their own fsync
         # Even after an unexpected error: remember every token minted so far.
-        records = next_records(session.records, session.desired.vault, session.observed.vault,
+        observed = session.observed.vault
+        records = next_records(session.records, session.desired.vault, observed, vault_ctx.outcomes)
+        strays = tuple(accessor for accessor, seen in observed.pending.items() if seen.interrupted)
+        pending = next_pending(session.pending_revoke + strays, session.records, records, observed,
                                vault_ctx.outcomes)
-        pending = next_pending(session.pending_revoke, session.records, records, session.observed.vault,
-                               vault_ctx.outcomes)
-        if records != session.records or pending != session.pending_revoke:
-            try:
-                statefile.write_records(session.root, records, pending)
-            except statefile.StateFileError as exc:
-                errors.append(f"state: {exc}")
-                print(render.error_line("state", str(exc)), file=sys.stderr)
+        intents = {nonce: user for nonce, user in journal.outstanding().items()
+                   if nonce not in observed.resolved_intents}
+        try:
+            journal.replace_all(statefile.State(records, pending, intents))
+        except statefile.StateFileError as exc:
+            errors.append(f"state: {exc}")
+            print(render.error_line("state", str(exc)), file=sys.stderr)
 
     textfile = session.roster.status.prometheus_textfile
     if textfile:
