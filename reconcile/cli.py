@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sync", help="as the user: check the login, back it up, recover it")
     p.add_argument("--user", default=None, metavar="NAME", help="user name (default: the current OS user)")
 
+    p = sub.add_parser("setup-token",
+                       help="store a long-lived token from `claude setup-token` (read from stdin) for setup-token mode")
+    p.add_argument("--user", default=None, metavar="NAME", help="user name (default: the current OS user; root must name one)")
+    p.add_argument("--expires-at", default=None, metavar="DATE",
+                   help="the token's expiry as an ISO date (default: now + 365 days)")
+
     p = sub.add_parser("status", help="one row per user: policy, token, timer, last sync, backup")
     _add_roster(p)
     _add_root(p)
@@ -99,6 +105,11 @@ def _run_sync(args: argparse.Namespace) -> int:
     return flow.main(user=args.user)
 
 
+def _run_setup_token(args: argparse.Namespace) -> int:
+    from reconcile.commands import setup_token_cmd
+    return setup_token_cmd.run(args.user, args.expires_at)
+
+
 def _run_status(args: argparse.Namespace) -> int:
     from reconcile.commands import status_cmd
     return status_cmd.run(args, args.roster or _default_roster())
@@ -110,6 +121,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "apply": _run_apply,
     "sync": _run_sync,
     "status": _run_status,
+    "setup-token": _run_setup_token,
 }
 
 

@@ -80,17 +80,37 @@ def backup_fields(oauth: Mapping[str, Any], backed_up_at: str) -> dict[str, Any]
     }
 
 
-def merged_document(stored: Mapping[str, Any], oauth: Mapping[str, Any], backed_up_at: str) -> dict[str, Any]:
-    """Every key already at the path, with the three backup fields set."""
-    document = dict(stored)
-    document.update(backup_fields(oauth, backed_up_at))
-    return document
-
-
 def _pause(attempt: int) -> float:
     import random
 
     return random.uniform(0.01, min(0.5, 0.02 * (2 ** attempt)))
+
+
+def merge_write(store: KvStore, mount: str, path: str,
+                updates: Callable[[Mapping[str, Any]], Mapping[str, Any] | None],
+                *, attempts: int = CAS_ATTEMPTS, sleep: Callable[[float], None] = time.sleep) -> BackupResult:
+    """Merge `updates(stored)` into the map at the path with check-and-set, keeping every other key.
+
+    `updates` sees what is stored now and returns the fields to set, or None
+    when the path already holds what is wanted (nothing is written). A CAS
+    conflict reads again and retries. Vault errors pass through; running out
+    of attempts raises BackupError. Used by the backup and by the setup-token store.
+    """
+    for attempt in range(1, attempts + 1):
+        current = store.kv_read(mount, path)
+        stored = dict(current.data) if current is not None else {}
+        version = int(current.version) if current is not None else 0
+        fields = updates(stored)
+        if fields is None:
+            return BackupResult(written=False, version=version, attempts=attempt)
+        try:
+            new_version = store.kv_write_cas(mount, path, {**stored, **fields}, cas=version)
+        except CasConflict:
+            if attempt < attempts:
+                sleep(_pause(attempt))
+            continue
+        return BackupResult(written=True, version=new_version, attempts=attempt)
+    raise BackupError(f"another writer kept changing {mount}/data/{path} ({attempts} check-and-set conflicts)")
 
 
 def back_up(store: KvStore, mount: str, path: str, oauth: Mapping[str, Any], backed_up_at: str,
@@ -100,20 +120,10 @@ def back_up(store: KvStore, mount: str, path: str, oauth: Mapping[str, Any], bac
     Vault errors (reconcile.vault.VaultError) pass through; running out of
     CAS attempts raises BackupError.
     """
-    for attempt in range(1, attempts + 1):
-        current = store.kv_read(mount, path)
-        stored = dict(current.data) if current is not None else {}
-        version = int(current.version) if current is not None else 0
-        if stored_oauth(stored) == oauth:
-            return BackupResult(written=False, version=version, attempts=attempt)
-        try:
-            new_version = store.kv_write_cas(mount, path, merged_document(stored, oauth, backed_up_at), cas=version)
-        except CasConflict:
-            if attempt < attempts:
-                sleep(_pause(attempt))
-            continue
-        return BackupResult(written=True, version=new_version, attempts=attempt)
-    raise BackupError(f"another writer kept changing {mount}/data/{path} ({attempts} check-and-set conflicts)")
+    def updates(stored: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        return None if stored_oauth(stored) == oauth else backup_fields(oauth, backed_up_at)
+
+    return merge_write(store, mount, path, updates, attempts=attempts, sleep=sleep)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, TextIO
 
 from reconcile.exitcodes import Exit
-from reconcile.sync import backup, credentials, livecheck
+from reconcile.loginmode import Login
+from reconcile.sync import backup, credentials, livecheck, setup_token_sync
 from reconcile.sync import settings as config
 from reconcile.sync.credentials import CredentialsError, LocalCredentials
 from reconcile.sync.livecheck import LiveResult, Verdict
@@ -160,10 +161,20 @@ class _Steps:
 
     def execute(self) -> tuple[Status, str]:
         env = self.child_environment()
-        self.read_local("before the check")
+        local = self.read_local("before the check")
         vault = self.open_vault()
         self.check_identity(vault)
         self.renew(vault)
+        # claude_login: setup-token mode has its own steps (reconcile.sync.setup_token_sync);
+        # oauth mode over an installed setup token restores the OAuth backup (switch back).
+        if setup_token_sync.mode(self.settings.login, local.oauth) is Login.SETUP_TOKEN:
+            try:
+                return setup_token_sync.run(vault, self.settings, env, local, warn=self.reporter.warn,
+                                            redact=self.redact.add, keep=self.keep)
+            except setup_token_sync.Failed as exc:
+                raise Fail(str(exc)) from None
+        if credentials.is_setup_token_object(local.oauth):
+            return self.recover(vault, env, setup_token_sync.SWITCHED_BACK)
         first = self.live_check(env)
         if first.is_ok:
             return Status.OK, f"login works; {self.back_up(vault)}"
@@ -246,6 +257,9 @@ class _Steps:
         oauth = local.oauth
         if oauth is None:
             raise Fail(f"the login works but {CREDENTIALS_SHOWN} holds no claudeAiOauth to back up")
+        if credentials.is_setup_token_object(oauth):  # never over the refreshable OAuth backup
+            raise Fail(f"the login works but {CREDENTIALS_SHOWN} holds a setup token, not a refreshable "
+                       f"login; not backed up over the OAuth backup")
         s = self.settings
         try:
             result = backup.back_up(vault, s.kv_mount, s.kv_path, dict(oauth), utc_timestamp())

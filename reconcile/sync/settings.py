@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Mapping
 
 from reconcile.identity import shown_display_name
+from reconcile.loginmode import ENV_VAR as LOGIN_ENV_VAR
+from reconcile.loginmode import Login
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 """POSIX account names, as the roster accepts them."""
@@ -38,6 +40,8 @@ class SyncSettings:
     policy_prefix: str = DEFAULT_POLICY_PREFIX
     model: str = DEFAULT_MODEL
     claude_timeout: float = DEFAULT_CLAUDE_TIMEOUT
+    login: Login | None = None
+    """The roster's claude_login, from the drop-in's CLAUDE_AUTH_LOGIN; None when unset (a run by hand)."""
 
     @property
     def kv_path(self) -> str:
@@ -116,6 +120,17 @@ def _timeout(environ: Mapping[str, str]) -> float:
     return value
 
 
+def _login(environ: Mapping[str, str]) -> Login | None:
+    raw = environ.get(LOGIN_ENV_VAR, "").strip()
+    if not raw:
+        return None
+    try:
+        return Login(raw)
+    except ValueError:
+        choices = " or ".join(mode.value for mode in Login)
+        raise SettingsError(f"{LOGIN_ENV_VAR}={raw!r} must be {choices} (the roster's claude_login)") from None
+
+
 def load(user: str, environ: Mapping[str, str]) -> SyncSettings:
     """The settings for `user` (already checked by check_user) from `environ`."""
     vault_addr = environ.get("VAULT_ADDR", "").strip()
@@ -134,4 +149,5 @@ def load(user: str, environ: Mapping[str, str]) -> SyncSettings:
         policy_prefix=_text(environ, "CLAUDE_AUTH_POLICY_PREFIX", DEFAULT_POLICY_PREFIX),
         model=_text(environ, "CLAUDE_AUTH_MODEL", DEFAULT_MODEL),
         claude_timeout=_timeout(environ),
+        login=_login(environ),
     )

@@ -1,0 +1,128 @@
+"""`claude-auth sync` in setup-token mode: install the stored setup token, prove it works.
+
+Which mode: the drop-in's CLAUDE_AUTH_LOGIN (the roster's claude_login, rendered
+by `apply`). When it is unset (a run by hand outside the unit), the installed
+login decides: a setup token installed stays in setup-token mode, anything else
+is oauth, so a run by hand never undoes the roster's choice.
+
+After the lock, the environment, the local read and the Vault identity checks
+(shared with oauth mode, reconcile.sync.flow):
+
+1. read the person's own path; no usable `claude_setup_token` -> FAIL, nothing
+   touched (a Vault error likewise);
+2. fewer than 30 days left -> a WARN line;
+3. not installed yet (first run, or the token in Vault changed): probe it alone
+   (reconcile.sync.setup_token.probe); rejected -> the FAIL line the runbook
+   names, nothing touched; then merge it into ~/.claude/.credentials.json with
+   the restore's own function (credentials.replace_oauth: atomic, every other
+   key kept, the replaced login kept in the state folder);
+4. the same live check as oauth mode, through the file: OK ->
+   `OK <user>: setup token works (expires YYYY-MM-DD)`. Should it fail right
+   after an install, the previous login is put back, so a failed run leaves the
+   file as it found it.
+
+Nothing here writes to Vault: the OAuth backup (`claude_ai_oauth_json`) stays
+as the last oauth-mode sync left it, for a switch back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from reconcile.loginmode import Login
+from reconcile.sync import credentials, livecheck
+from reconcile.sync import setup_token as st
+from reconcile.sync.credentials import CredentialsError, LocalCredentials
+from reconcile.sync.livecheck import LiveResult, Verdict
+from reconcile.sync.settings import SyncSettings
+from reconcile.sync.statuslog import Status
+from reconcile.vault import Vault, VaultError
+
+CREDENTIALS_SHOWN = "~/.claude/.credentials.json"
+
+
+class Failed(Exception):
+    """Ends the run with FAIL; the message is the reason (safe to show)."""
+
+
+def mode(configured: Login | None, local_oauth: object) -> Login:
+    """The login mode of this run: the roster's (via the drop-in), else what is installed."""
+    if configured is not None:
+        return configured
+    return Login.SETUP_TOKEN if local_oauth is not None and credentials.is_setup_token_object(local_oauth) \
+        else Login.OAUTH
+
+
+SWITCHED_BACK = LiveResult(
+    Verdict.AUTH, f"claude_login is oauth, but {CREDENTIALS_SHOWN} holds a setup token (switched back)")
+"""How oauth mode names the reason it restores the OAuth backup over an installed setup token."""
+
+
+def run(vault: Vault, settings: SyncSettings, env: Mapping[str, str], local: LocalCredentials, *,
+        warn: Callable[[str], None], redact: Callable[..., None],
+        keep: Callable[[Mapping[str, Any]], None]) -> tuple[Status, str]:
+    """Steps 1-4 above; raises Failed with the reason."""
+    stored = _read_stored(vault, settings)
+    token = stored.token.reveal()
+    redact(token)
+    date = st.expiry_date(stored.expires_at_ms)
+    left = st.days_left(stored.expires_at_ms)
+    if left < 0:
+        warn(f"the setup token expired on {date}; {st.HINT}")
+    elif left < st.WARN_DAYS:
+        warn(f"the setup token expires on {date} ({int(left)} days left); {st.HINT}")
+    replaced: LocalCredentials | None = None
+    if not st.is_installed(local.oauth, token, stored.expires_at_ms):
+        proof = st.probe(stored.token, env, settings.model, settings.claude_timeout)
+        if not proof.is_ok:
+            raise Failed(_failure(proof, f"the setup token from {settings.kv_display} was not installed; "
+                                         f"{CREDENTIALS_SHOWN} left untouched"))
+        replaced = _install(settings, st.installed_object(token, stored.expires_at_ms), keep)
+    check = livecheck.run(settings.model, env, settings.claude_timeout, cwd=str(settings.state_dir))
+    if check.is_ok:
+        return Status.OK, f"setup token works (expires {date})"
+    if replaced is not None:
+        _put_back(settings, replaced)
+    raise Failed(_failure(check, f"{CREDENTIALS_SHOWN} left as it was"))
+
+
+def _read_stored(vault: Vault, settings: SyncSettings) -> st.StoredToken:
+    try:
+        current = vault.kv_read(settings.kv_mount, settings.kv_path)
+    except VaultError as exc:
+        raise Failed(f"{exc}; the installed login in {CREDENTIALS_SHOWN} left untouched") from None
+    data = dict(current.data) if current is not None else {}
+    stored = st.stored_token(data, current.version if current else 0, settings.kv_display)
+    if isinstance(stored, str):
+        raise Failed(f"{stored}; {st.HINT}; {CREDENTIALS_SHOWN} left untouched")
+    return stored
+
+
+def _failure(result: LiveResult, untouched: str) -> str:
+    if result.verdict is Verdict.AUTH:
+        return st.rejected_reason(result)
+    return f"{result.reason}; {untouched}"
+
+
+def _install(settings: SyncSettings, oauth: Mapping[str, Any],
+             keep: Callable[[Mapping[str, Any]], None]) -> LocalCredentials:
+    # The restore's own merge (atomic, every other key kept, the replaced login kept in the
+    # state folder, and Claude's refresh lock wherever the restore takes it).
+    try:
+        return credentials.replace_oauth(settings.credentials_file, oauth, keep=keep)
+    except CredentialsError as exc:
+        raise Failed(f"the setup token was not installed: {exc}") from None
+    except OSError as exc:
+        raise Failed(f"the setup token was not installed: cannot write {settings.credentials_file}: "
+                     f"{exc.strerror or type(exc).__name__}") from None
+
+
+def _put_back(settings: SyncSettings, replaced: LocalCredentials) -> None:
+    """Undo this run's install after a failed check (best effort; a login that was never
+    there cannot be put back, and the FAIL line says what to do either way)."""
+    if replaced.oauth is None:
+        return
+    try:
+        credentials.replace_oauth(settings.credentials_file, replaced.oauth)
+    except (CredentialsError, OSError):
+        pass
