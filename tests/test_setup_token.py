@@ -371,3 +371,28 @@ def test_oauth_mode_never_backs_a_setup_token_up(person: SyncUser) -> None:
     assert person.credentials.read_bytes() == raw
     _, data = read_kv(person.root, person.kv_path) or (0, {})
     assert "claude_ai_oauth_json" not in data
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_a_login_refreshed_since_the_last_backup_is_backed_up_before_the_switch_only_if_it_works(
+        person: SyncUser, works: bool) -> None:
+    first = new_oauth("first")
+    person.login(first)
+    person.extra_env["CLAUDE_AUTH_LOGIN"] = "oauth"
+    assert person.sync().status.value == "OK"
+    refreshed = new_oauth("refreshed")  # claude refreshed the login after that backup
+    person.login(refreshed, accepted=works)
+    store(person, new_setup_token())
+    person.extra_env["CLAUDE_AUTH_LOGIN"] = "setup-token"
+
+    outcome = person.sync()
+
+    assert outcome.line.startswith(f"OK {person.name}: setup token works"), outcome.line
+    expected = refreshed if works else first
+    _, data = read_kv(person.root, person.kv_path) or (0, {})
+    assert json.loads(data["claude_ai_oauth_json"]) == expected
+    warnings = [line for line in person.outputs[-1].splitlines() if line.startswith("WARN")]
+    assert bool(warnings) is not works
+    person.extra_env["CLAUDE_AUTH_LOGIN"] = "oauth"
+    back = person.sync()
+    assert back.status.value == "RECOVERED" and installed(person) == expected

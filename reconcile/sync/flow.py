@@ -170,7 +170,8 @@ class _Steps:
         if setup_token_sync.mode(self.settings.login, local.oauth) is Login.SETUP_TOKEN:
             try:
                 return setup_token_sync.run(vault, self.settings, env, local, warn=self.reporter.warn,
-                                            redact=self.redact.add, keep=self.keep)
+                                            redact=self.redact.add, keep=self.keep,
+                                            preserve=lambda: self.preserve_oauth(vault, env))
             except setup_token_sync.Failed as exc:
                 raise Fail(str(exc)) from None
         if credentials.is_setup_token_object(local.oauth):
@@ -268,6 +269,19 @@ class _Steps:
         if result.written:
             return f"backed up to {s.kv_display} (version {result.version})"
         return f"backup unchanged ({s.kv_display} version {result.version})"
+
+    def preserve_oauth(self, vault: Vault, env: Mapping[str, str]) -> None:
+        """Setup-token mode, before the setup token replaces a refreshable login newer than the
+        backup: check it and back it up (never a broken one), so a switch back finds it."""
+        check = self.live_check(env)
+        if not check.is_ok:
+            self.reporter.warn(f"the OAuth login being replaced failed its check ({check.reason}); "
+                               f"the OAuth backup keeps the last good one")
+            return
+        try:
+            self.back_up(vault)
+        except Fail as exc:
+            self.reporter.warn(f"the OAuth login being replaced was not backed up: {exc}")
 
     # --- step 7: recovery ---------------------------------------------------------------
 

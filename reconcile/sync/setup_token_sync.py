@@ -13,7 +13,9 @@ After the lock, the environment, the local read and the Vault identity checks
 2. fewer than 30 days left -> a WARN line;
 3. not installed yet (first run, or the token in Vault changed): probe it alone
    (reconcile.sync.setup_token.probe); rejected -> the FAIL line the runbook
-   names, nothing touched; then merge it into ~/.claude/.credentials.json with
+   names, nothing touched; a refreshable login it replaces that is newer than
+   the OAuth backup is checked and backed up first (oauth mode's own steps), so
+   a switch back finds the newest one; then merge it into ~/.claude/.credentials.json with
    the restore's own function (credentials.replace_oauth: atomic, every other
    key kept, the replaced login kept in the state folder);
 4. the same live check as oauth mode, through the file: OK ->
@@ -21,8 +23,8 @@ After the lock, the environment, the local read and the Vault identity checks
    after an install, the previous login is put back, so a failed run leaves the
    file as it found it.
 
-Nothing here writes to Vault: the OAuth backup (`claude_ai_oauth_json`) stays
-as the last oauth-mode sync left it, for a switch back.
+The setup token never reaches the OAuth backup (`claude_ai_oauth_json`): only
+a working refreshable login is ever written there, for a switch back.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from reconcile.loginmode import Login
-from reconcile.sync import credentials, livecheck
+from reconcile.sync import backup, credentials, livecheck
 from reconcile.sync import setup_token as st
 from reconcile.sync.credentials import CredentialsError, LocalCredentials
 from reconcile.sync.livecheck import LiveResult, Verdict
@@ -60,9 +62,14 @@ SWITCHED_BACK = LiveResult(
 
 def run(vault: Vault, settings: SyncSettings, env: Mapping[str, str], local: LocalCredentials, *,
         warn: Callable[[str], None], redact: Callable[..., None],
-        keep: Callable[[Mapping[str, Any]], None]) -> tuple[Status, str]:
-    """Steps 1-4 above; raises Failed with the reason."""
-    stored = _read_stored(vault, settings)
+        keep: Callable[[Mapping[str, Any]], None], preserve: Callable[[], None]) -> tuple[Status, str]:
+    """Steps 1-4 above; raises Failed with the reason.
+
+    `preserve` is called once before a setup token replaces a refreshable login that differs
+    from the OAuth backup (claude refreshed it since the last oauth-mode sync): it backs that
+    login up if it works, so a switch back finds the newest one.
+    """
+    stored, data = _read_stored(vault, settings)
     token = stored.token.reveal()
     redact(token)
     date = st.expiry_date(stored.expires_at_ms)
@@ -77,6 +84,9 @@ def run(vault: Vault, settings: SyncSettings, env: Mapping[str, str], local: Loc
         if not proof.is_ok:
             raise Failed(_failure(proof, f"the setup token from {settings.kv_display} was not installed; "
                                          f"{CREDENTIALS_SHOWN} left untouched"))
+        if local.oauth is not None and not credentials.is_setup_token_object(local.oauth) \
+                and backup.stored_oauth(data) != local.oauth:
+            preserve()
         replaced = _install(settings, st.installed_object(token, stored.expires_at_ms), keep)
     check = livecheck.run(settings.model, env, settings.claude_timeout, cwd=str(settings.state_dir))
     if check.is_ok:
@@ -86,7 +96,8 @@ def run(vault: Vault, settings: SyncSettings, env: Mapping[str, str], local: Loc
     raise Failed(_failure(check, f"{CREDENTIALS_SHOWN} left as it was"))
 
 
-def _read_stored(vault: Vault, settings: SyncSettings) -> st.StoredToken:
+def _read_stored(vault: Vault, settings: SyncSettings) -> tuple[st.StoredToken, dict[str, Any]]:
+    """The stored setup token, and everything at the path (for the OAuth backup's comparison)."""
     try:
         current = vault.kv_read(settings.kv_mount, settings.kv_path)
     except VaultError as exc:
@@ -95,7 +106,7 @@ def _read_stored(vault: Vault, settings: SyncSettings) -> st.StoredToken:
     stored = st.stored_token(data, current.version if current else 0, settings.kv_display)
     if isinstance(stored, str):
         raise Failed(f"{stored}; {st.HINT}; {CREDENTIALS_SHOWN} left untouched")
-    return stored
+    return stored, data
 
 
 def _failure(result: LiveResult, untouched: str) -> str:
