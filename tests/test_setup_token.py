@@ -396,3 +396,39 @@ def test_a_login_refreshed_since_the_last_backup_is_backed_up_before_the_switch_
     person.extra_env["CLAUDE_AUTH_LOGIN"] = "oauth"
     back = person.sync()
     assert back.status.value == "RECOVERED" and installed(person) == expected
+
+
+def test_from_a_terminal_it_prompts_without_echo(person: SyncUser) -> None:
+    """A real pseudo-terminal: the prompt shows, the typed token does not."""
+    import pty
+
+    token = new_setup_token()
+    person.remember(token)
+    person.api.accept(token)
+    env = {**person.environment(), "VAULT_TOKEN": person.root.token, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "reconcile", "setup-token", "--user", person.name]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its stdin, stdout and stderr are the terminal
+        os.chdir(REPO)
+        os.execve(argv[0], argv, env)
+    seen = b""
+    deadline = time.monotonic() + 120
+    while setup_token_cmd.PROMPT.encode() not in seen and time.monotonic() < deadline:
+        seen += os.read(fd, 1024)
+    os.write(fd, token.encode() + b"\n")
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = seen.decode(errors="replace")
+    person.outputs.append(text)
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert setup_token_cmd.PROMPT in text and f"OK {person.name}: setup token works" in text
+    _, data = read_kv(person.root, person.kv_path) or (0, {})
+    assert data[st.FIELD_TOKEN] == token
