@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None, metavar="NAME", help="user name (default: the current OS user; root must name one)")
     p.add_argument("--expires-at", default=None, metavar="DATE",
                    help="the token's expiry as an ISO date (default: now + 365 days)")
+    _add_roster(p)
 
     p = sub.add_parser("status", help="one row per user: policy, token, timer, last sync, backup")
     _add_roster(p)
@@ -107,7 +108,7 @@ def _run_sync(args: argparse.Namespace) -> int:
 
 def _run_setup_token(args: argparse.Namespace) -> int:
     from reconcile.commands import setup_token_cmd
-    return setup_token_cmd.run(args.user, args.expires_at)
+    return setup_token_cmd.run(args.user, args.expires_at, roster_path=args.roster, default_roster=_default_roster())
 
 
 def _run_status(args: argparse.Namespace) -> int:

@@ -432,3 +432,29 @@ def test_from_a_terminal_it_prompts_without_echo(person: SyncUser) -> None:
     assert setup_token_cmd.PROMPT in text and f"OK {person.name}: setup token works" in text
     _, data = read_kv(person.root, person.kv_path) or (0, {})
     assert data[st.FIELD_TOKEN] == token
+
+
+def test_vault_settings_come_from_the_roster_when_given(person: SyncUser, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    roster = tmp_path / "roster.yaml"
+    roster.write_text(f"vault:\n  address: {person.address}\n  path_prefix: {person.path_prefix}\n"
+                      f"users:\n  {person.name}: {{claude_login: setup-token}}\n")
+    token = new_setup_token()
+    person.remember(token)
+    person.api.accept(token)
+    env = {k: v for k, v in person.environment().items() if k not in ("VAULT_ADDR", "CLAUDE_AUTH_PATH_PREFIX")}
+    monkeypatch.setenv("VAULT_TOKEN", person.root.token)
+    out, err = io.StringIO(), io.StringIO()
+
+    code = setup_token_cmd.run(person.name, None, roster_path=str(roster), environ=env,
+                               stdin=io.StringIO(token), out=out, err=err, is_root=True)
+
+    person.outputs += [out.getvalue(), err.getvalue()]
+    assert code == 0, err.getvalue()
+    _, data = read_kv(person.root, person.kv_path) or (0, {})
+    assert data[st.FIELD_TOKEN] == token
+    roster.write_text("users:\n  x: {claude_login: nope}\n")
+    assert setup_token_cmd.run(person.name, None, roster_path=str(roster), environ=env, stdin=io.StringIO(token),
+                               out=out, err=err, is_root=True) == 1
+    assert "is not valid (" in err.getvalue() and "users.x.claude_login" in err.getvalue()
+    person.outputs.append(err.getvalue())

@@ -9,9 +9,10 @@ by check-and-set merge at the person's KV path (every other key kept):
 
 Who may: the person, with their own scoped token file (their policy allows only
 their own path), or root for anyone, with an admin VAULT_TOKEN (else
-~/.vault-token). Vault settings come from the environment the sync uses
-(VAULT_ADDR, CLAUDE_AUTH_KV_MOUNT, CLAUDE_AUTH_PATH_PREFIX; the defaults are the
-roster's). One line: `OK <user>: ...` on stdout, or `FAIL <user>: ...` on
+~/.vault-token). Vault settings come from the roster when it can be read
+(--roster, else $CLAUDE_AUTH_ROSTER, else /etc/claude-auth/roster.yaml), else
+from the environment the sync uses (VAULT_ADDR, CLAUDE_AUTH_KV_MOUNT,
+CLAUDE_AUTH_PATH_PREFIX; the defaults are the roster's). One line: `OK <user>: ...` on stdout, or `FAIL <user>: ...` on
 stderr; exit 0, 1, or 64 for a usage error. Nothing is stored unless every
 check passed.
 """
@@ -43,7 +44,8 @@ class _Stop(Exception):
         self.code = code
 
 
-def run(user: str | None, expires_at: str | None, *, environ: Mapping[str, str] | None = None,
+def run(user: str | None, expires_at: str | None, *, roster_path: str | None = None,
+        default_roster: str | None = None, environ: Mapping[str, str] | None = None,
         stdin: TextIO | None = None, out: TextIO | None = None, err: TextIO | None = None,
         is_root: bool | None = None) -> int:
     environ = os.environ if environ is None else environ
@@ -52,7 +54,7 @@ def run(user: str | None, expires_at: str | None, *, environ: Mapping[str, str] 
     name = user or "?"
     try:
         as_root = os.geteuid() == 0 if is_root is None else is_root
-        name, settings, expires_ms = _arguments(user, expires_at, environ, as_root)
+        name, settings, expires_ms = _arguments(user, expires_at, environ, as_root, roster_path, default_roster)
         token = _read_token(stdin or sys.stdin, err)
         redact.add(token)
         vault = _vault(settings, environ, redact, is_root=as_root)
@@ -75,7 +77,8 @@ def _current_user() -> str | None:
 
 
 def _arguments(user: str | None, expires_at: str | None, environ: Mapping[str, str],
-               is_root: bool) -> tuple[str, SyncSettings, int | None]:
+               is_root: bool, roster_path: str | None,
+               default_roster: str | None) -> tuple[str, SyncSettings, int | None]:
     current = _current_user()
     if user is None:
         if is_root:
@@ -101,10 +104,31 @@ def _arguments(user: str | None, expires_at: str | None, environ: Mapping[str, s
         if expires_ms <= time.time() * 1000:
             raise _Stop(f"--expires-at {expires_at} lies in the past", Exit.USAGE)
     try:
-        settings = config.load(name, environ)
+        settings = config.load(name, _with_roster(environ, roster_path, default_roster))
     except SettingsError as exc:
         raise _Stop(str(exc)) from None
     return name, settings, expires_ms
+
+
+def _with_roster(environ: Mapping[str, str], roster_path: str | None,
+                 default_roster: str | None) -> Mapping[str, str]:
+    """`environ` with the Vault settings of the roster (as the units get them), so neither the person
+    nor root has to repeat them: the --roster given, else the default one when it can be read,
+    else the environment alone."""
+    path = roster_path or default_roster
+    if path is None or (roster_path is None and not os.access(path, os.R_OK)):
+        return environ
+    from reconcile.roster_loader import RosterInvalid, load_roster
+
+    try:
+        roster = load_roster(path)
+    except RosterInvalid as exc:
+        raise _Stop(f"the roster {path} is not valid ({exc.issues[0].format()}); nothing stored") from None
+    settings = {"CLAUDE_AUTH_KV_MOUNT": roster.vault.kv_mount, "CLAUDE_AUTH_PATH_PREFIX": roster.vault.path_prefix,
+                "CLAUDE_AUTH_POLICY_PREFIX": roster.vault.policy_prefix, "CLAUDE_AUTH_MODEL": roster.sync.model}
+    if roster.vault.address:
+        settings["VAULT_ADDR"] = roster.vault.address
+    return {**environ, **settings}
 
 
 def _read_token(stdin: TextIO, err: TextIO) -> str:

@@ -17,6 +17,12 @@ The steps of SPEC.md "Sync, step by step", in order:
    an outage, a timeout or unexpected output: FAIL, the file untouched;
 8. exactly one status line on stdout and in the log.
 
+The roster's claude_login reaches the sync as CLAUDE_AUTH_LOGIN (the person's
+drop-in). In setup-token mode, after step 4, reconcile.sync.setup_token_sync
+takes over (install the stored setup token, prove it; no OAuth backup). In
+oauth mode, a setup token found installed is replaced by the OAuth backup
+through step 7's restore (a switch back), and a setup token is never backed up.
+
 Every failure is one `FAIL <user>: <reason>` line, never a traceback; an
 unforeseen exception shows only its type; Ctrl-C ends with
 `FAIL <user>: interrupted` (exit 1, lock released). A FAIL after a restore
