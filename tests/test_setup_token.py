@@ -99,6 +99,11 @@ def store(person: SyncUser, token: str | None, *, expires_at: str | None = None,
     return code, out.getvalue(), err.getvalue()
 
 
+def stored(result: tuple[int, str, str]) -> None:
+    code, out, err = result
+    assert code == 0, out + err
+
+
 def installed(person: SyncUser) -> dict[str, Any]:
     return dict(json.loads(person.credentials.read_text())["claudeAiOauth"])
 
@@ -255,15 +260,15 @@ def test_sync_installs_the_token_keeping_every_other_key_and_never_touches_the_o
 
 def test_a_new_token_in_vault_is_installed_by_the_next_sync(person: SyncUser) -> None:
     first, second = new_setup_token("a"), new_setup_token("b")
-    store(person, first)
+    stored(store(person, first))
     assert person.sync().status.value == "OK"
     assert installed(person)["accessToken"] == first
-    store(person, second)
+    stored(store(person, second))
     person.api.revoke(first)
 
     outcome = person.sync()
 
-    assert outcome.status.value == "OK", outcome.line
+    assert outcome.status.value == "OK", person.outputs
     assert installed(person)["accessToken"] == second
     assert "refreshToken" not in installed(person)
 
@@ -272,7 +277,7 @@ def test_a_new_token_in_vault_is_installed_by_the_next_sync(person: SyncUser) ->
 def test_a_rejected_token_is_the_documented_fail_line_and_the_file_is_left_as_it_was(
         person: SyncUser, already_installed: bool) -> None:
     token = new_setup_token()
-    store(person, token)
+    stored(store(person, token))
     if already_installed:
         assert person.sync().status.value == "OK"
     else:
@@ -305,7 +310,7 @@ def test_vault_down_is_one_fail_line_and_the_installed_token_stays(
     root = hvac.Client(url=fresh_openbao.address, token=fresh_openbao.root_token)
     someone = make_user(tmp_path, fresh_openbao.address, root, messages_api, claude_on_path)
     someone.extra_env["CLAUDE_AUTH_LOGIN"] = "setup-token"
-    store(someone, new_setup_token())
+    stored(store(someone, new_setup_token()))
     assert someone.sync().status.value == "OK"
     raw = someone.credentials.read_bytes()
     fresh_openbao.stop()
@@ -320,7 +325,7 @@ def test_vault_down_is_one_fail_line_and_the_installed_token_stays(
 
 def test_under_30_days_left_is_a_warning(person: SyncUser) -> None:
     soon = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 10 * 86400))
-    store(person, new_setup_token(), expires_at=soon)
+    stored(store(person, new_setup_token(), expires_at=soon))
 
     outcome = person.sync()
 
@@ -337,7 +342,7 @@ def test_switching_to_setup_token_and_back_finds_the_oauth_backup_intact(person:
     person.extra_env["CLAUDE_AUTH_LOGIN"] = "oauth"
     assert person.sync().status.value == "OK"
     version, data = read_kv(person.root, person.kv_path) or (0, {})
-    store(person, new_setup_token())
+    stored(store(person, new_setup_token()))
     person.extra_env["CLAUDE_AUTH_LOGIN"] = "setup-token"
     assert person.sync().status.value == "OK"
     # A run by hand without the drop-in's variable keeps the installed setup token.
@@ -359,7 +364,7 @@ def test_switching_to_setup_token_and_back_finds_the_oauth_backup_intact(person:
 
 def test_oauth_mode_never_backs_a_setup_token_up(person: SyncUser) -> None:
     """Switched back with no OAuth backup: FAIL asking for a login, and the setup token is not backed up."""
-    store(person, new_setup_token())
+    stored(store(person, new_setup_token()))
     assert person.sync().status.value == "OK"
     person.extra_env["CLAUDE_AUTH_LOGIN"] = "oauth"
     raw = person.credentials.read_bytes()
@@ -382,7 +387,7 @@ def test_a_login_refreshed_since_the_last_backup_is_backed_up_before_the_switch_
     assert person.sync().status.value == "OK"
     refreshed = new_oauth("refreshed")  # claude refreshed the login after that backup
     person.login(refreshed, accepted=works)
-    store(person, new_setup_token())
+    stored(store(person, new_setup_token()))
     person.extra_env["CLAUDE_AUTH_LOGIN"] = "setup-token"
 
     outcome = person.sync()
