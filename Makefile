@@ -15,7 +15,13 @@ CLAUDE_BIN := $(NODE_DIR)/node_modules/.bin/claude
 TOOLS_DIR := .tools
 PROMTOOL := $(TOOLS_DIR)/promtool
 
-.PHONY: test demo bench setup clean
+# `make install`: an administrator's installation (README, "Install on a workstation").
+# A venv from Debian's python3 in PREFIX, readable and executable by every user (each
+# person's sync runs the installed `claude-auth` as that person), linked into BINDIR.
+PREFIX ?= /opt/claude-auth
+BINDIR ?= /usr/local/bin
+
+.PHONY: test demo bench setup clean install uninstall
 
 setup: $(STAMP) $(CLAUDE_BIN) $(PROMTOOL)
 
@@ -50,6 +56,27 @@ demo: setup
 bench: setup
 	$(PY) bench/vault_bench.py --users 1000 --rounds 3
 	$(PY) bench/sync_bench.py --runs 15
+
+# Idempotent: run again after `git pull` to upgrade in place. Installs from this
+# checkout (not editable), so the checkout may live anywhere, /root included.
+install:
+	@case "$(PREFIX)" in /*) ;; *) echo "PREFIX must be an absolute path" >&2; exit 1;; esac
+	umask 022; test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
+	umask 022; $(PREFIX)/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir \
+		--upgrade --force-reinstall --no-deps .
+	umask 022; $(PREFIX)/bin/python -m pip install -q --disable-pip-version-check .
+	chmod -R u+rwX,go+rX,go-w $(PREFIX)
+	mkdir -p $(BINDIR)
+	ln -sfn $(PREFIX)/bin/claude-auth $(BINDIR)/claude-auth
+	$(BINDIR)/claude-auth --help >/dev/null
+	@echo "installed $(PREFIX); $(BINDIR)/claude-auth -> $(PREFIX)/bin/claude-auth"
+
+# Removes the program only: stop and remove the units first (README), and the roster,
+# /var/lib/claude-auth and the Vault data stay.
+uninstall:
+	@case "$(PREFIX)" in /*) ;; *) echo "PREFIX must be an absolute path" >&2; exit 1;; esac
+	if [ "$$(readlink $(BINDIR)/claude-auth)" = "$(PREFIX)/bin/claude-auth" ]; then rm -f $(BINDIR)/claude-auth; fi
+	if [ -f $(PREFIX)/pyvenv.cfg ]; then rm -rf $(PREFIX); fi
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR) $(TOOLS_DIR) .demo build *.egg-info

@@ -13,12 +13,16 @@ Owns, in the observe / plan / apply shape:
   and the timers' enablement with ONE batched `systemctl is-enabled` (plus,
   on the live root only, one batched `is-active`). A user without an account
   or home folder, or with a planted link, becomes a UserProblem for that user
-  only.
+  only; so does a person with a sync timer who cannot run the units'
+  ExecStart= program (reconcile.execaccess: folders on the way, the file, its
+  `#!` interpreter), whose timer is then not enabled.
 - `plan_local(desired, observed)`: pure; the Changes (Kind.DIRECTORY,
   TOKEN_FILE, UNIT, TIMER). No folder or token-file change is planned for a
   user with a problem, and their timer is never enabled (a timer that must be
   disabled still is: a parked user's timer really stops even when the home
-  folder is gone). Enabled `claude-auth-sync@X.timer` links of users no longer
+  folder is gone). Nor is a timer enabled or started before the person's
+  token file exists, unless this run mints the token (`minting`): a sync
+  without a token can only FAIL. Enabled `claude-auth-sync@X.timer` links of users no longer
   in the roster are Action.ORPHANED, or Action.DELETE (disable, stop) when
   planned with `prune=True` (`apply --prune`).
 - `apply_local_change(change, ctx)` / `finish_local(changed_kinds, ctx)`:
@@ -51,9 +55,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from functools import partial
-from typing import Callable, Iterable, Mapping, Sequence, cast
+from typing import Callable, Collection, Iterable, Mapping, Sequence, cast
 
-from reconcile import homefs, systemd
+from reconcile import execaccess, homefs, systemd
 from reconcile.atomicfile import write_atomically
 from reconcile.accounts import Account, lookup_accounts, names_by_uid
 from reconcile.durations import format_duration
@@ -142,6 +146,9 @@ class DesiredLocal:
     token_files: tuple[DesiredTokenFile, ...]
     units: tuple[DesiredUnit, ...]
     timers: tuple[DesiredTimer, ...]
+    exec_path: str | None = None
+    """The program the units' ExecStart= runs; each person with a sync timer must be able to run it.
+    None: not checked."""
 
 
 def systemd_exec_word(word: str) -> str:
@@ -272,7 +279,7 @@ def desired_local(roster: Roster, exec_path: str, roster_path: str,
     drop_ins = tuple(render_drop_in(name, known_homes[name], roster.users[name].claude_login)
                      for name in home_users if name in known_homes)
     return DesiredLocal(home_users, directories, token_files,
-                        render_units(roster, exec_path, roster_path) + drop_ins, tuple(timers))
+                        render_units(roster, exec_path, roster_path) + drop_ins, tuple(timers), exec_path)
 
 
 # --- observed -------------------------------------------------------------
@@ -415,6 +422,8 @@ def observe_local(root: Path, desired: DesiredLocal,
     active = systemd.is_active(timer_names) if live else {}
     timers = {name: ObservedTimer(states[name], active.get(name)) for name in timer_names}
 
+    problems += _unrunnable(root, desired, good)
+
     wrong_owners = {state.uid for (user, _), state in entries.items()
                     if state.kind != "missing" and state.uid != good[user].uid}
     owner_names = names_by_uid(root, wrong_owners) if wrong_owners else {}
@@ -424,6 +433,30 @@ def observe_local(root: Path, desired: DesiredLocal,
         problems=tuple(problems), stray_timers=_stray_timers(root, roster_users),
         stray_drop_ins=_stray_drop_ins(root, units),
         owner_names=owner_names, live=live)
+
+
+def _unrunnable(root: Path, desired: DesiredLocal, accounts: Mapping[str, Account]) -> list[UserProblem]:
+    """A problem for each person with a sync timer who cannot run the units' ExecStart= program.
+
+    Their timer is then not enabled (a sync that can only fail with 203/EXEC);
+    their folders and token are still set up. The program is looked up on this
+    machine's file system (it is the running installation, see
+    default_exec_path), the person in the user database under `root`.
+    """
+    users = [timer.user for timer in desired.timers
+             if timer.enabled and timer.user is not None and timer.user in accounts]
+    if desired.exec_path is None or not users:
+        return []
+    program = execaccess.observe_program(desired.exec_path)
+    people = execaccess.people(root, [accounts[user] for user in users])
+    problems = []
+    for user in users:
+        why = execaccess.denial(program, people[user])
+        if why is not None:
+            problems.append(UserProblem(user, f"{why}; their sync timer is not enabled "
+                                              "(install where every person can reach it: README, "
+                                              "\"Install on a workstation\")"))
+    return problems
 
 
 def _plainly(root: Path, timer: DesiredTimer) -> str | None:
@@ -488,11 +521,21 @@ def _drift(state: EntryState, account: Account, mode: int, names: Mapping[int, s
     return reasons
 
 
-def plan_local(desired: DesiredLocal, observed: ObservedLocal, *, prune: bool = False) -> list[Change]:
+def _has_token(observed: ObservedLocal, user: str) -> bool:
+    entry = observed.entries.get((user, TOKEN_FILE))
+    return entry is not None and entry.kind == "file"
+
+
+def plan_local(desired: DesiredLocal, observed: ObservedLocal, *, prune: bool = False,
+               minting: Collection[str] = ()) -> list[Change]:
     """The local changes apply would make (pure).
 
     Timers of users no longer in the roster are Action.ORPHANED, or
-    Action.DELETE (disable and stop) with `prune`.
+    Action.DELETE (disable and stop) with `prune`. A person's timer is enabled
+    and started only once their token file exists, or when `minting` (the
+    people this same run mints a token for) names them: before that every sync
+    could only FAIL, so the hourly run (which cannot mint) leaves it for the
+    admin run.
     """
     changes: list[Change] = []
     for directory in desired.directories:
@@ -526,11 +569,12 @@ def plan_local(desired: DesiredLocal, observed: ObservedLocal, *, prune: bool = 
     for unit in desired.units:
         current = observed.units.get(unit.name)
         if current is None:
-            changes.append(Change(Action.CREATE, Kind.UNIT, unit.name, "missing", desired=unit,
+            changes.append(Change(Action.CREATE, Kind.UNIT, unit.name, "missing", user=unit.user, desired=unit,
                                   before_text="", after_text=unit.text))
         elif current != unit.text.encode():
-            changes.append(Change(Action.UPDATE, Kind.UNIT, unit.name, "content differs", desired=unit,
-                                  before_text=current.decode("utf-8", errors="replace"), after_text=unit.text))
+            changes.append(Change(Action.UPDATE, Kind.UNIT, unit.name, "content differs", user=unit.user,
+                                  desired=unit, before_text=current.decode("utf-8", errors="replace"),
+                                  after_text=unit.text))
 
     problem_users = {problem.user for problem in observed.problems}
     for timer in desired.timers:
@@ -539,6 +583,8 @@ def plan_local(desired: DesiredLocal, observed: ObservedLocal, *, prune: bool = 
         if timer.enabled:
             if timer.user in problem_users:
                 continue  # never start a sync for a user we could not set up
+            if timer.user is not None and not _has_token(observed, timer.user) and timer.user not in minting:
+                continue  # waiting for an admin run to mint the token
             if not seen.is_enabled:
                 changes.append(Change(Action.CREATE, Kind.TIMER, timer.unit, f"{enablement}, want enabled",
                                       user=timer.user, desired=timer, observed=seen))

@@ -75,8 +75,28 @@ def is_pending(change: Change) -> bool:
     return change.action is not Action.ORPHANED
 
 
+DISPLAY_KINDS: tuple[Kind, ...] = (Kind.POLICY, Kind.TOKEN, Kind.TOKEN_RENEWAL, Kind.DIRECTORY, Kind.TOKEN_FILE,
+                                   Kind.UNIT, Kind.TIMER)
+"""A person's changes as people read them: Vault (policy, token), the home (folders, token file), systemd."""
+
+
+def display_key(change: Change) -> tuple[bool, str, int, str]:
+    """People in name order, each with all of their changes, then what everyone shares (user None).
+
+    Within each group: by DISPLAY_KINDS (a kind not listed there goes after them, in
+    Kind order), then by name. Like terraform's plan by resource address: the order
+    depends only on the changes, never on the order the planners produced them in.
+    """
+    if change.kind in DISPLAY_KINDS:
+        rank = DISPLAY_KINDS.index(change.kind)
+    else:
+        rank = len(DISPLAY_KINDS) + KIND_ORDER[change.kind]
+    return (change.user is None, change.user or "", rank, change.name)
+
+
 def sort_for_display(changes: tuple[Change, ...] | list[Change]) -> Plan:
-    return tuple(sorted(changes, key=lambda c: (c.name, KIND_ORDER[c.kind])))
+    """The order `plan` prints and `--json` lists (sorted is stable: equal keys keep apply order)."""
+    return tuple(sorted(changes, key=display_key))
 
 
 def sort_for_apply(changes: tuple[Change, ...] | list[Change]) -> Plan:

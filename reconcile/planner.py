@@ -1,7 +1,9 @@
 """Pure composition of the domains: (desired, observed, prune) -> Plan.
 
 No I/O here: each domain's pure planner is called on values already read,
-and the changes are concatenated into one immutable, apply-ordered Plan.
+and the changes are concatenated into one immutable, apply-ordered Plan
+(model.sort_for_apply: what the executor needs). How it is shown to people,
+grouped by person, is model.sort_for_display, applied by reconcile.render.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconcile import local_state
-from reconcile.model import Action, Change, Plan, is_pending, sort_for_apply
+from reconcile.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
 from reconcile.vault_state import DesiredVault, ObservedVault, plan_vault
 
 
@@ -31,7 +33,10 @@ class Observed:
 def make_plan(desired: Desired, observed: Observed, *, prune: bool) -> Plan:
     changes: list[Change] = list(plan_vault(desired.vault, observed.vault, prune=prune))
     if desired.local is not None and observed.local is not None:
-        changes.extend(local_state.plan_local(desired.local, observed.local, prune=prune))
+        # A timer waits for its person's token file, unless this run mints the token (admin mode).
+        minting = {c.user for c in changes if c.kind is Kind.TOKEN and c.user is not None
+                   and c.action in (Action.CREATE, Action.UPDATE) and (observed.vault.admin or not c.needs_admin)}
+        changes.extend(local_state.plan_local(desired.local, observed.local, prune=prune, minting=minting))
     return sort_for_apply(changes)
 
 

@@ -5,10 +5,20 @@ outcome messages, and with --diff the before/after text of policies and
 units. Changes carry no secret in these fields (tokens live in fields never
 rendered here), so nothing needs scrubbing at this point.
 
-Human plan: one line per change, `<symbol> <kind> <name>: <reason>`, sorted by
-name, then `Plan: A to add, C to change, R to remove.` or exactly
-`No changes.` when nothing is pending (orphaned items, `!`, are shown but are
-not pending). JSON plan: a list of {"action", "kind", "name", "reason"}.
+Human plan: one line per change, `<symbol> <kind> <name>: <reason>`, then
+`Plan: A to add, C to change, R to remove.` or exactly `No changes.` when
+nothing is pending (orphaned items, `!`, are shown but are not pending). JSON
+plan: a list of {"action", "kind", "name", "reason"}. Both list the changes in
+model.sort_for_display's order: people in name order, each with all of their
+changes (policy, token, folders, token file, drop-in, timer), then the units
+everyone shares.
+
+Human apply prints each result as the executor reports it, so a long or
+interrupted run shows how far it got: that is the order changes must be made in
+(model.sort_for_apply: every policy, then every folder, token, token file,
+unit, timer), like terraform's progress lines, while its plan is by address.
+Nothing of JSON apply is printed before the end, so both its "changes" and its
+"results" come in the plan's order.
 
 JSON apply: {"changes": [...as the plan...], "results": [{"name", "kind",
 "action", "ok", "error"}], "warnings": ["<user>: needs an admin run: ..."],
@@ -25,7 +35,7 @@ import json
 from typing import Iterable
 
 from reconcile.executor import Result
-from reconcile.model import Change, Plan, UserProblem, is_pending, sort_for_display
+from reconcile.model import Change, Plan, UserProblem, display_key, is_pending, sort_for_display
 from reconcile.planner import counts, has_pending
 
 NO_CHANGES = "No changes."
@@ -107,7 +117,7 @@ def apply_json(plan: Plan, results: Iterable[Result], *, warnings: Iterable[str]
                errors: Iterable[str]) -> str:
     document = {
         "changes": [change.as_json() for change in sort_for_display(plan)],
-        "results": [result.as_json() for result in results],
+        "results": [result.as_json() for result in sorted(results, key=lambda r: display_key(r.change))],
         "warnings": list(warnings),
         "errors": list(errors),
     }

@@ -6,6 +6,13 @@ and only `true`/`false` are booleans), the JSON Schema in
 schema/roster.schema.json, and the rules a schema cannot say. All problems of
 one file are collected and raised together as RosterInvalid, sorted by line.
 Nothing here talks to Vault or touches the disk beyond reading the one file.
+
+The file is read as something its author may have got badly wrong, or worse:
+only a regular file (opened without blocking, so a FIFO cannot hang the run),
+at most MAX_BYTES, at most MAX_DEPTH levels deep and MAX_NODES values, and
+aliases may repeat at most MAX_ALIAS_VALUES values in all (a "billion laughs"
+document expands to billions). Messages quote at most EXCERPT_CHARS of a
+value. Each limit is one located error line, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import functools
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,6 +41,37 @@ if TYPE_CHECKING:
 PathPart = str | int
 DocPath = tuple[PathPart, ...]
 
+MAX_BYTES = 4 * 1024 * 1024
+"""A roster is a few KiB per hundred people; anything above this is refused unread."""
+MAX_DEPTH = 32
+"""Nesting levels; a roster needs five (users.alice.repos[0] is the deepest value)."""
+MAX_NODES = 50_000
+"""YAML values, keys included: 25,000 people with every default, 2,500 with every field set."""
+MAX_ALIAS_VALUES = 10_000
+"""Values read again through aliases, each use of an alias counting its whole value."""
+EXCERPT_CHARS = 40
+"""How much of a value an error line quotes."""
+MAX_ISSUES = 100
+"""Problems reported for one file; the rest are counted in one last line."""
+_MAX_MESSAGE = 400
+_MAX_PATH = 200
+_READ_CHUNK = 1024 * 1024
+_LIMIT_TEXT = f"{MAX_BYTES // (1024 * 1024)} MiB ({MAX_BYTES:,} bytes)"
+
+
+def excerpt(value: object) -> str:
+    """`repr(value)`, cut to a short excerpt so an error line never repeats a huge value.
+
+    `excerpt("x" * 50)` is `'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'… (50 characters)`.
+    """
+    if isinstance(value, str) and len(value) > EXCERPT_CHARS:
+        return f"{value[:EXCERPT_CHARS]!r}… ({len(value):,} characters)"
+    return _clip(repr(value), EXCERPT_CHARS * 4)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
 
 @dataclass(frozen=True)
 class RosterIssue:
@@ -42,6 +81,11 @@ class RosterIssue:
     line: int | None
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        # The last guard against a message quoting a huge value: the quoting sites use excerpt().
+        object.__setattr__(self, "path", _clip(self.path, _MAX_PATH))
+        object.__setattr__(self, "message", _clip(self.message, _MAX_MESSAGE))
 
     def format(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
@@ -58,12 +102,26 @@ class RosterInvalid(Exception):
     """The roster cannot be used; `issues` holds every problem found, sorted by line."""
 
     def __init__(self, issues: tuple[RosterIssue, ...] | list[RosterIssue]) -> None:
-        self.issues = tuple(sorted(issues, key=RosterIssue.sort_key))
+        ordered = sorted(issues, key=RosterIssue.sort_key)
+        if len(ordered) > MAX_ISSUES:
+            more = len(ordered) - MAX_ISSUES
+            ordered = [*ordered[:MAX_ISSUES],
+                       RosterIssue(ordered[0].file, None, "", f"{more:,} more problems not shown")]
+        self.issues = tuple(ordered)
         super().__init__("\n".join(issue.format() for issue in self.issues))
 
 
 def load_roster(path: str) -> Roster:
     """Read, check and return the roster at `path`; raise RosterInvalid otherwise."""
+    try:
+        return _load(path)
+    except (RecursionError, MemoryError):
+        # The limits below should make this unreachable; should they not, still one line, no traceback.
+        raise RosterInvalid([RosterIssue(path, None, "", "the roster is too large or too deeply nested to read")]) \
+            from None
+
+
+def _load(path: str) -> Roster:
     text = _read_text(path)
     document = _compose(path, text)
     if not isinstance(document.data, dict):
@@ -78,21 +136,67 @@ def load_roster(path: str) -> Roster:
 
 
 def _read_text(path: str) -> str:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        raise RosterInvalid([RosterIssue(path, None, "", "cannot read the roster: no such file")]) from None
-    except IsADirectoryError:
-        raise RosterInvalid([RosterIssue(path, None, "", "cannot read the roster: it is a directory, not a file")]) from None
-    except OSError as exc:
-        raise RosterInvalid([RosterIssue(path, None, "", f"cannot read the roster: {exc.strerror or exc}")]) from None
+    raw = _read_bytes(path)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         bad = raw[exc.start : exc.start + 1].hex()
         raise RosterInvalid([RosterIssue(path, line, "", f"not valid UTF-8 text (byte 0x{bad})")]) from None
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes: a regular file of at most MAX_BYTES, read without ever blocking.
+
+    O_NONBLOCK makes opening a FIFO return at once (no writer needed); the
+    type is then checked on the open descriptor, so a FIFO, a device (a link
+    to /dev/zero) or a folder is refused without a single read. The read is
+    bounded too: a file that grows after fstat cannot make it read more.
+    """
+    def refuse(why: str) -> RosterInvalid:
+        return RosterInvalid([RosterIssue(path, None, "", f"cannot read the roster: {why}")])
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise refuse("no such file") from None
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise refuse(f"it is {_file_type(info.st_mode)}, not a regular file") from None
+        if info.st_size > MAX_BYTES:
+            raise refuse(f"it is {info.st_size:,} bytes; a roster may be at most {_LIMIT_TEXT}")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, min(_READ_CHUNK, MAX_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if size > MAX_BYTES:  # it grew after fstat
+        raise refuse(f"it is larger than {_LIMIT_TEXT}, the most a roster may be")
+    return b"".join(chunks)
+
+
+def _file_type(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return f"of type 0o{stat.S_IFMT(mode):o}"
 
 
 # --- YAML --------------------------------------------------------------------
@@ -110,6 +214,40 @@ class _CoreLoader(yaml.SafeLoader):
 
     # A class variable in PyYAML itself; its stubs declare it as an instance variable.
     yaml_implicit_resolvers: ClassVar[dict[Any, list[tuple[str, re.Pattern[str]]]]] = {}  # type: ignore[misc]
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+        self.nodes = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        # PyYAML composes recursively: without a cap, 5,000 nested brackets end in a RecursionError.
+        self.depth += 1
+        self.nodes += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _LimitExceeded(self._line(), f"nested more than {MAX_DEPTH} levels deep; "
+                                     "a roster needs five")
+            if self.nodes > MAX_NODES:
+                raise _LimitExceeded(self._line(), f"more than {MAX_NODES:,} values; "
+                                     "the roster is too large to be one")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def _line(self) -> int:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        return int(event.start_mark.line) + 1
+
+
+class _LimitExceeded(Exception):
+    """The document passes a limit of this module: one located line."""
+
+    def __init__(self, line: int, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+        self.path = path
 
 
 for _tag, _pattern in (
@@ -151,10 +289,15 @@ def _compose(file: str, text: str) -> _Document:
         line = text[: exc.position].count("\n") + 1
         message = f"invalid YAML: control character 0x{exc.character:02x} is not allowed"
         raise RosterInvalid([RosterIssue(file, line, "", message)]) from None
+    except _LimitExceeded as exc:
+        raise RosterInvalid([RosterIssue(file, exc.line, exc.path, exc.message)]) from None
     if root is None:
         what = "empty" if not text.strip() else "only comments"
         raise RosterInvalid([RosterIssue(file, 1, "", f"the roster is {what}; it needs at least a 'users' mapping")])
-    document.data = _NodeReader(document).read(root, (), _line_of(root))
+    try:
+        document.data = _NodeReader(document).read(root, (), _line_of(root))
+    except _LimitExceeded as exc:
+        raise RosterInvalid([RosterIssue(file, exc.line, exc.path, exc.message)]) from None
     return document
 
 
@@ -173,7 +316,8 @@ def _yaml_error_issue(file: str, exc: yaml.MarkedYAMLError) -> RosterIssue:
     detail = exc.problem or exc.context or "syntax error"
     if exc.context and exc.problem and exc.context_mark is not None:
         detail = f"{exc.context} on line {exc.context_mark.line + 1}, {exc.problem}"
-    return RosterIssue(file, line, "", f"invalid YAML: {detail}")
+    # PyYAML quotes anchors, aliases and tags whole: keep the start only.
+    return RosterIssue(file, line, "", _clip(f"invalid YAML: {detail}", 2 * EXCERPT_CHARS + 80))
 
 
 def _line_of(node: Node) -> int:
@@ -191,12 +335,29 @@ class _NodeReader:
     def __init__(self, document: _Document) -> None:
         self.document = document
         self.active: set[int] = set()
+        self.seen: set[int] = set()
+        self.repeated = 0
+        self.alias_use: tuple[DocPath, int] | None = None
+        """Where the outermost alias being read is used: named when aliases repeat too much."""
 
     def read(self, node: Node, path: DocPath, line: int) -> object:
         self.document.lines.setdefault(path, line)
         if id(node) in self.active:
             self._problem(path, "an alias refers to its own parent; recursive data is not allowed")
             return None
+        # The composer shares an anchored node between its uses, so a node read before is
+        # read again through an alias; nine aliases of nine aliases of ... expand to billions.
+        outermost = False
+        if id(node) in self.seen:
+            if self.alias_use is None:
+                self.alias_use, outermost = (path, line), True
+            self.repeated += 1
+            if self.repeated > MAX_ALIAS_VALUES:
+                use_path, use_line = self.alias_use
+                raise _LimitExceeded(use_line, f"aliases repeat more than {MAX_ALIAS_VALUES:,} values; "
+                                     "a roster needs few if any", format_path(use_path))
+        else:
+            self.seen.add(id(node))
         self.active.add(id(node))
         try:
             if isinstance(node, MappingNode):
@@ -206,6 +367,8 @@ class _NodeReader:
             return self._scalar(node, path)
         finally:
             self.active.discard(id(node))
+            if outermost:
+                self.alias_use = None
 
     def _mapping(self, node: MappingNode, path: DocPath) -> dict[str, object]:
         self._check_tag(node, "map", path)
@@ -221,7 +384,7 @@ class _NodeReader:
             if key in first_line:
                 self.document.issues.append(RosterIssue(
                     self.document.file, line, format_path((*path, key)),
-                    f"duplicate key {key!r}: defined on line {first_line[key]} and again on line {line}"))
+                    f"duplicate key {excerpt(key)}: defined on line {first_line[key]} and again on line {line}"))
                 continue
             first_line[key] = line
             result[key] = self.read(value_node, (*path, key), line)
@@ -239,7 +402,12 @@ class _NodeReader:
         if tag == _YAML + "bool":
             return value.lower() == "true"
         if tag == _YAML + "int":
-            return _to_int(value)
+            try:
+                return _to_int(value)
+            except ValueError:
+                # Python converts at most 4,300 digits; no roster field wants more, so the text as
+                # written goes on for the schema or the rules to refuse in their own words.
+                return value
         if tag == _YAML + "float":
             return _to_float(value)
         self._check_tag(node, "str", path)
@@ -248,7 +416,7 @@ class _NodeReader:
     def _check_tag(self, node: Node, expected: str, path: DocPath) -> None:
         if node.tag != _YAML + expected:
             shown = node.tag.replace(_YAML, "!!")
-            self._problem(path, f"unsupported YAML tag {shown!r}")
+            self._problem(path, f"unsupported YAML tag {excerpt(shown)}")
 
     def _problem(self, path: DocPath, message: str) -> None:
         self.document.issues.append(self.document.issue(path, message))
@@ -277,6 +445,8 @@ def format_path(path: DocPath) -> str:
     for part in path:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif len(part) > EXCERPT_CHARS:  # a key pasted by mistake, or a bomb: its start only
+            text += f"[{json.dumps(part[:EXCERPT_CHARS], ensure_ascii=False)}…]"
         elif _PLAIN_KEY.fullmatch(part):
             text += f".{part}" if text else part
         else:
@@ -340,8 +510,8 @@ def _translate(error: ValidationError, path: DocPath) -> Iterator[tuple[DocPath,
 def _unknown_field(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     if close:
-        return f"unknown field {key!r} (did you mean {close[0]!r}?)"
-    return f"unknown field {key!r} (known fields: {', '.join(known)})"
+        return f"unknown field {excerpt(key)} (did you mean {close[0]!r}?)"
+    return f"unknown field {excerpt(key)} (known fields: {', '.join(known)})"
 
 
 def _duplicates(items: list[object], path: DocPath) -> Iterator[tuple[DocPath, str]]:
@@ -380,7 +550,7 @@ def _show(value: object) -> str:
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
-    return repr(value)
+    return excerpt(value)
 
 
 # --- rules the schema cannot say ---------------------------------------------------
@@ -421,19 +591,26 @@ def _rule_issues(document: _Document) -> Iterator[RosterIssue]:
         yield from _user_issues(document, users)
 
 
+_MAX_DURATION_CHARS = 32
+
+
 def _duration_issues(document: _Document, data: Mapping[str, object]) -> Iterator[RosterIssue]:
     for path, minimum in _DURATION_MINIMUMS.items():
         section = data.get(str(path[0]))
         value = section.get(str(path[1])) if isinstance(section, dict) else None
         if value is None or isinstance(value, bool) or not isinstance(value, (str, int)):
             continue
+        text = str(value)
+        if len(text) > _MAX_DURATION_CHARS:  # also spares parse_duration Python's own digit limit
+            yield document.issue(path, f"{excerpt(text)} is not a duration: too long")
+            continue
         try:
-            seconds = parse_duration(str(value), allow_zero=minimum == 0)
+            seconds = parse_duration(text, allow_zero=minimum == 0)
         except ValueError as exc:
-            yield document.issue(path, str(exc))
+            yield document.issue(path, str(exc).replace(repr(text), excerpt(text)))
             continue
         if seconds < minimum:
-            yield document.issue(path, f"{value!r} is too short; at least {format_duration(minimum)}")
+            yield document.issue(path, f"{excerpt(value)} is too short; at least {format_duration(minimum)}")
 
 
 def _address_problem(value: str) -> str | None:
@@ -441,17 +618,17 @@ def _address_problem(value: str) -> str | None:
     try:
         parts = urlsplit(value)
     except ValueError as exc:  # such as an unclosed IPv6 bracket: http://[::1
-        return f"{expected}; {value!r} is not a valid URL ({exc})"
+        return f"{expected}; {excerpt(value)} is not a valid URL ({exc})"
     if parts.scheme not in ("http", "https") or any(char.isspace() for char in value):
-        return f"{expected}, got {value!r}"
+        return f"{expected}, got {excerpt(value)}"
     if not parts.hostname:
-        return f"{expected}; {value!r} has no host"
+        return f"{expected}; {excerpt(value)} has no host"
     if not _has_valid_port(value):
-        return f"{expected}; {value!r} has an invalid port"
+        return f"{expected}; {excerpt(value)} has an invalid port"
     if parts.username is not None or parts.password is not None:
         return "the Vault address must not contain credentials"
     if parts.query or parts.fragment:
-        return f"{expected}; {value!r} has a query or fragment"
+        return f"{expected}; {excerpt(value)} has a query or fragment"
     return None
 
 
@@ -466,7 +643,7 @@ def _has_valid_port(url: str) -> bool:
 def _kv_mount_problem(value: str) -> str | None:
     if _SEGMENT.fullmatch(value):
         return None
-    return (f"invalid mount {value!r}: one path segment of letters, digits, '.', '_' and '-', "
+    return (f"invalid mount {excerpt(value)}: one path segment of letters, digits, '.', '_' and '-', "
             "starting with a letter or digit")
 
 
@@ -474,35 +651,35 @@ def _path_prefix_problem(value: str) -> str | None:
     rule = ("slash-separated segments of letters, digits, '.', '_' and '-', each starting with a "
             "letter or digit, with no leading or trailing slash")
     if value.startswith("/") or value.endswith("/"):
-        return f"invalid path {value!r}: no leading or trailing slash; {rule}"
+        return f"invalid path {excerpt(value)}: no leading or trailing slash; {rule}"
     for segment in value.split("/"):
         if not segment:
-            return f"invalid path {value!r}: empty segment; {rule}"
+            return f"invalid path {excerpt(value)}: empty segment; {rule}"
         if segment == "..":
-            return f"invalid path {value!r}: '..' is not allowed; {rule}"
+            return f"invalid path {excerpt(value)}: '..' is not allowed; {rule}"
         if not _SEGMENT.fullmatch(segment):
-            return f"invalid path {value!r}: bad segment {segment!r}; {rule}"
+            return f"invalid path {excerpt(value)}: bad segment {excerpt(segment)}; {rule}"
     return None
 
 
 def _policy_prefix_problem(value: str) -> str | None:
     if _POLICY_PREFIX.fullmatch(value):
         return None
-    return (f"invalid policy prefix {value!r}: lower-case letters, digits, '.', '_' and '-', starting "
+    return (f"invalid policy prefix {excerpt(value)}: lower-case letters, digits, '.', '_' and '-', starting "
             "with a letter or digit (Vault lower-cases policy names, so upper case would never match)")
 
 
 def _model_problem(value: str) -> str | None:
     if _MODEL.fullmatch(value):
         return None
-    return (f"invalid model {value!r}: letters, digits, '.', '_', ':' and '-', "
+    return (f"invalid model {excerpt(value)}: letters, digits, '.', '_', ':' and '-', "
             "starting with a letter or digit")
 
 
 def _textfile_problem(value: str) -> str | None:
     if os.path.isabs(value) and value.endswith(".prom") and "\0" not in value:
         return None
-    return f"expected an absolute path ending in .prom (node_exporter's textfile collector), got {value!r}"
+    return f"expected an absolute path ending in .prom (node_exporter's textfile collector), got {excerpt(value)}"
 
 
 _SETTING_RULES: dict[tuple[str, str], Callable[[str], str | None]] = {
@@ -533,7 +710,7 @@ def _user_issues(document: _Document, users: Mapping[str, object]) -> Iterator[R
                 other = authentik_owner[authentik]
                 yield document.issue(
                     (*path, "authentik_user"),
-                    f"authentik_user {authentik!r} is also used by user {other!r} "
+                    f"authentik_user {excerpt(authentik)} is also used by user {excerpt(other)} "
                     f"(line {document.line(('users', other, 'authentik_user'))})")
             else:
                 authentik_owner[authentik] = name
@@ -551,7 +728,7 @@ def _user_name_problem(name: str) -> str | None:
     else:
         bad = next(char for char in name if not re.fullmatch(r"[a-z0-9_-]", char))
         reason = f"it contains {bad!r}"
-    return f"invalid user name {name!r}: {reason}; {_USER_NAME_RULE}"
+    return f"invalid user name {excerpt(name)}: {reason}; {_USER_NAME_RULE}"
 
 
 def _tier_issues(document: _Document, path: DocPath, fields: Mapping[str, object]) -> Iterator[RosterIssue]:
@@ -590,14 +767,14 @@ def _list_item_issues(document: _Document, path: DocPath, items: object,
 def _repo_problem(name: str) -> str | None:
     if _SEGMENT.fullmatch(name) and name not in (".", ".."):
         return None
-    return (f"invalid repository name {name!r}: letters, digits, '.', '_' and '-', "
+    return (f"invalid repository name {excerpt(name)}: letters, digits, '.', '_' and '-', "
             "starting with a letter or digit")
 
 
 def _namespace_problem(name: str) -> str | None:
     if _DNS_LABEL.fullmatch(name):
         return None
-    return (f"invalid namespace {name!r}: a DNS label of at most 63 lower-case letters, digits "
+    return (f"invalid namespace {excerpt(name)}: a DNS label of at most 63 lower-case letters, digits "
             "and '-', starting and ending with a letter or digit")
 
 

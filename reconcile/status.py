@@ -223,12 +223,12 @@ def _setup_token_expiry(world: _World, roster: Roster, user: str,
     client, why = _path_reader(world, token)
     if client is None:
         return None, why
-    try:
-        secret = client.kv_read(roster.vault.kv_mount, roster.kv_path(user))
+    try:  # undecoded, as the sync reads it: a hostile sibling key is never decoded
+        secret = client.kv_read_raw(roster.vault.kv_mount, roster.kv_path(user))
     except VaultError as exc:
         return None, str(exc)
     where = f"{roster.vault.kv_mount}/data/{roster.kv_path(user)}"
-    stored = setup_token.stored_token(dict(secret.data) if secret else {}, secret.version if secret else 0, where)
+    stored = setup_token.stored_token_raw(secret.fields if secret else {}, secret.version if secret else 0, where)
     if isinstance(stored, str):
         return None, stored
     return stored.expires_at_ms / 1000, None

@@ -7,6 +7,7 @@ holds a token: hvac's exceptions are translated here, with their chain cut
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,8 +17,12 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 import hvac
+import hvac.adapters
 import hvac.exceptions
+import hvac.utils
 import requests
+
+from reconcile import boundedjson
 
 
 class VaultError(Exception):
@@ -95,6 +100,49 @@ class TokenInfo:
 class KvSecret:
     version: int
     data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class KvRawSecret:
+    version: int
+    fields: Mapping[str, bytes]
+    """Each key's value as the JSON text Vault sent (empty for a deleted or destroyed version)."""
+
+
+KV_BODY_LIMIT = 64 * 1024 * 1024
+"""Largest KV answer read (Vault's default max_request_size is 32 MiB; its answer escapes some bytes)."""
+
+
+def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise VaultError(f"the answer to {what} is larger than {limit // (1024 * 1024)} MiB; not read")
+    body = bytearray()
+    for chunk in response.iter_content(chunk_size=1024 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise VaultError(f"the answer to {what} is larger than {limit // (1024 * 1024)} MiB; not read")
+    return bytes(body)
+
+
+def _raw_secret(body: bytes) -> KvRawSecret:
+    """The version and the undecoded values of a KV v2 read answer."""
+    outer = boundedjson.object_members(body)
+    data = boundedjson.object_members(body, outer["data"][0])
+    metadata = boundedjson.object_members(body, data["metadata"][0])
+
+    def scalar(name: str) -> Any:
+        span = metadata.get(name)
+        return boundedjson.loads(body[span[0]:span[1]], max_depth=4) if span else None
+
+    version = int(scalar("version") or 0)
+    if scalar("deletion_time") or scalar("destroyed") or "data" not in data:
+        return KvRawSecret(version=version, fields=MappingProxyType({}))
+    d_start, d_end = data["data"]
+    if body[d_start:d_end] == b"null":
+        return KvRawSecret(version=version, fields=MappingProxyType({}))
+    fields = {key: body[a:b] for key, (a, b) in boundedjson.object_members(body, d_start).items()}
+    return KvRawSecret(version=version, fields=MappingProxyType(fields))
 
 
 @dataclass(frozen=True)
@@ -313,6 +361,61 @@ class Vault:
         inner = data.get("data") or {}
         return KvMetadata(current_version=int(inner.get("current_version") or 0),
                           updated_time=str(inner.get("updated_time") or ""))
+
+    # --- KV v2, undecoded (for data other people control) -----------------------
+    # hvac decodes every answer with the stdlib json, which raises RecursionError on a
+    # value nested a few thousand levels deep and holds a huge answer several times
+    # over. These two read and write the map's values as JSON text instead; see
+    # reconcile.boundedjson. Both go through _call like every other request.
+
+    def kv_read_raw(self, mount: str, path: str, limit: int = KV_BODY_LIMIT) -> KvRawSecret | None:
+        """As kv_read, but each value is its JSON text as Vault sent it (decoded by the caller).
+
+        The answer is streamed and refused (VaultError) past `limit` bytes;
+        its structure is read without recursion. One request, or two (the
+        metadata) for a destroyed latest version, as kv_read.
+        """
+        what = f"read {mount}/data/{path}"
+        url = hvac.utils.format_url("/v1/{mount}/data/{path}", mount=mount, path=path)
+
+        def fetch() -> KvRawSecret | bytes | None:
+            self.requests["GET"] += 1
+            try:
+                # RawAdapter's request, not the client's: hvac's JSON adapter would decode the answer.
+                response = hvac.adapters.RawAdapter.request(self._client.adapter, "GET", url, stream=True)
+            except hvac.exceptions.InvalidPath as exc:  # 404: no data; a deleted version still names itself
+                answer = exc.json if isinstance(exc.json, dict) else {}
+                metadata = (answer.get("data") or {}).get("metadata")
+                if isinstance(metadata, dict) and metadata.get("deletion_time"):
+                    return KvRawSecret(version=int(metadata.get("version") or 0), fields=MappingProxyType({}))
+                return None
+            with response:
+                return _read_limited(response, limit, what)
+
+        body = self._call(what, fetch)
+        if isinstance(body, KvRawSecret):
+            return body
+        if body is None:
+            try:
+                versions = self.kv_metadata(mount, path)
+            except VaultDenied:  # a policy without metadata read: the path counts as new, as in kv_read
+                return None
+            if versions is None or versions.current_version <= 0:
+                return None
+            return KvRawSecret(version=versions.current_version, fields=MappingProxyType({}))
+        try:
+            return _raw_secret(body)
+        except (boundedjson.JsonProblem, ValueError, TypeError, KeyError):
+            raise VaultError(f"unexpected answer to {what} (not a KV v2 secret)") from None
+
+    def kv_write_cas_raw(self, mount: str, path: str, fields: Mapping[str, bytes], cas: int) -> int:
+        """kv_write_cas with each value given as JSON text (written as is). Returns the new version."""
+        members = b",".join(json.dumps(key).encode() + b":" + value for key, value in fields.items())
+        body = b'{"options":{"cas":%d},"data":{%s}}' % (int(cas), members)
+        url = hvac.utils.format_url("/v1/{mount}/data/{path}", mount=mount, path=path)
+        result = self._call(f"write {mount}/data/{path}", self._client.adapter.post, url, data=body,
+                            headers={"Content-Type": "application/json"})
+        return int(((result or {}).get("data") or {}).get("version") or 0)
 
     # --- admin: policies and tokens (needs an admin token unless noted) --------
     # Added for `plan`/`apply` (reconcile.vault_state). Read-only POSTs (token

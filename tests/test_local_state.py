@@ -124,6 +124,19 @@ CASES = [
                  [(U, Kind.TIMER, "claude-auth-sync@alice.timer", "enabled but inactive, want running"),
                   (U, Kind.TIMER, "claude-auth-sync@bob.timer", "disabled but active, want stopped (parked)")],
                  id="live root: enabled timer not running, parked timer still running"),
+    pytest.param(DESIRED, observed(entries={("alice", TOKEN_FILE): MISSING}, timers={
+        "claude-auth-sync@alice.timer": ObservedTimer("not-found"),
+        "claude-auth-sync@bob.timer": ObservedTimer("not-found")}), {}, [],
+                 id="no token file and none minted (the hourly run): the timer waits"),
+    pytest.param(DESIRED, observed(entries={("alice", TOKEN_FILE): MISSING}, timers={
+        "claude-auth-sync@alice.timer": ObservedTimer("not-found"),
+        "claude-auth-sync@bob.timer": ObservedTimer("not-found")}), {"minting": {"alice"}},
+                 [(A, Kind.TIMER, "claude-auth-sync@alice.timer", "not enabled, want enabled")],
+                 id="no token file, but this run mints it: the timer is enabled after the token"),
+    pytest.param(DESIRED, observed(entries={("alice", TOKEN_FILE): MISSING}, live=True, timers={
+        "claude-auth-sync@alice.timer": ObservedTimer("enabled", "inactive"),
+        "claude-auth-sync@bob.timer": ObservedTimer("disabled", "inactive")}), {}, [],
+                 id="live root, no token file: an enabled timer is not started either"),
     pytest.param(DESIRED, observed(stray_timers=("claude-auth-sync@zoe.timer",)), {},
                  [(O, Kind.TIMER, "claude-auth-sync@zoe.timer",
                    "enabled, user not in the roster; `apply --prune` disables it")],
@@ -135,7 +148,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("desired", "seen", "options", "expected"), CASES)
-def test_plan_local(desired: DesiredLocal, seen: ObservedLocal, options: dict[str, bool],
+def test_plan_local(desired: DesiredLocal, seen: ObservedLocal, options: dict[str, Any],
                     expected: list[tuple[Action, Kind, str, str]]) -> None:
     changes = plan_local(desired, seen, **options)
     assert [(c.action, c.kind, c.name, c.reason) for c in changes] == expected
@@ -173,7 +186,8 @@ assert os.geteuid() == 0 and shutil.which("systemctl"), "tests/test_local_state.
 
 IDS = {"alice": 5001, "bob": 5002, "carol": 5003}
 ROSTER = Roster(users={"alice": User("alice"), "bob": User("bob"), "carol": User("carol", parked=True)})
-EXEC = "/usr/local/bin/claude-auth"
+# A program every uid can run (the exec check of observe_local looks at the real file).
+EXEC = "/usr/bin/true"
 
 
 def passwd_line(name: str, uid: int) -> str:
@@ -198,11 +212,15 @@ def accounts(root: Path, roster: Roster = ROSTER) -> dict[str, Account | UserPro
     return lookup_accounts(root, roster.users)
 
 
-def plan(root: Path, roster: Roster = ROSTER, *, prune: bool = False) -> tuple[list[Change], ObservedLocal]:
+def plan(root: Path, roster: Roster = ROSTER, *, prune: bool = False,
+         minting: set[str] | None = None) -> tuple[list[Change], ObservedLocal]:
+    """Observe and plan the local domain. `minting`: whose token the run mints (default: everyone's,
+    as an admin run would, so timers need no token files here; the gating has tests of its own)."""
     found = accounts(root, roster)
     desired = desired_local(roster, EXEC, "/etc/claude-auth/roster.yaml", local_state.homes_of(found))
     seen = observe_local(root, desired, found)
-    return plan_local(desired, seen, prune=prune), seen
+    return plan_local(desired, seen, prune=prune,
+                      minting=set(roster.users) if minting is None else minting), seen
 
 
 def apply(root: Path, changes: list[Change], roster: Roster = ROSTER) -> dict[str, str]:

@@ -53,7 +53,7 @@ BAD = [
     Bad("top-level-list", "- alice\n- bob\n", 1, "", "must be a mapping with a 'users' key at the top level, got a list"),
     Bad("top-level-scalar", "hello\n", 1, "", "got 'hello'"),
     Bad("missing-file", None, None, "", "cannot read the roster: no such file", setup="missing"),
-    Bad("directory", None, None, "", "it is a directory, not a file", setup="directory"),
+    Bad("directory", None, None, "", "cannot read the roster: it is a directory, not a regular file", setup="directory"),
     # --- duplicate keys
     Bad("duplicate-top-level", "users:\n  alice: {}\nusers:\n  bob: {}\n", 3, "users",
         "duplicate key 'users': defined on line 1 and again on line 3"),

@@ -66,6 +66,17 @@ def read_kv(client: hvac.Client, path: str) -> tuple[int, dict[str, Any]] | None
     return int(data["data"]["metadata"]["version"]), dict(data["data"]["data"])
 
 
+def decoded(fields: dict[str, bytes]) -> dict[str, Any]:
+    """Fields as JSON text (what backup writes) decoded, for writing them with hvac."""
+    return {key: json.loads(value) for key, value in fields.items()}
+
+
+def stored_object(data: dict[str, Any]) -> Any:
+    """The backed-up object in a path's data as hvac decoded it (JSON text, or the object itself)."""
+    value = data.get("claude_ai_oauth_json")
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def current_version(client: hvac.Client, path: str) -> int:
     try:
         meta = client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=KV_MOUNT)
@@ -191,7 +202,7 @@ class SyncUser:
 
     def stored_oauth(self) -> Any:
         current = self.stored()
-        return backup.stored_oauth(current[1]) if current else None
+        return stored_object(current[1]) if current else None
 
     def kept_copies(self) -> list[Path]:
         return sorted(self.state_dir.glob("credentials-backup-*.json"))
@@ -331,7 +342,7 @@ def test_concurrent_sibling_writer_and_repeated_backups_both_survive(user: SyncU
     assert last, "the writer never wrote"
     _, data = user.stored() or (0, {})
     assert data[SIBLING] == last[-1]
-    assert backup.stored_oauth(data) == oauth
+    assert stored_object(data) == oauth
     user.secrets_used.extend(last)
 
 
@@ -499,7 +510,7 @@ def test_backup_failing_after_a_restore_keeps_the_restore_details(user: SyncUser
     user.api.accept(good["accessToken"])
     user.remember(good)
     user.root.secrets.kv.v2.create_or_update_secret(path=user.kv_path, mount_point=KV_MOUNT,
-                                                    secret=backup.backup_fields(good, "2025-01-01T00:00:00Z"))
+                                                    secret=decoded(backup.backup_fields(good, "2025-01-01T00:00:00Z")))
     # The token may read its path but no longer write it.
     user.root.sys.create_or_update_acl_policy(
         name=f"{POLICY_PREFIX}{user.name}",
@@ -845,7 +856,7 @@ def test_malformed_credentials_are_fail_and_untouched(user: SyncUser, content: b
     done = user.sync_subprocess()
 
     assert done.returncode == 1
-    assert done.stdout.startswith(f"FAIL {user.name}: {user.credentials}")
+    assert done.stdout.startswith(f"FAIL {user.name}: ~/.claude/.credentials.json")
     assert done.stdout.count("\n") == 1 and done.stderr == ""
     assert user.credentials.read_bytes() == content
     assert user.kept_copies() == []

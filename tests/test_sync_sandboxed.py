@@ -116,6 +116,7 @@ def test_sync_runs_confined_as_its_unit_says(sandbox_root: Path, openbao: OpenBa
         key, _, value = shlex.split(assignment)[0].partition("=")
         environment[key] = value
     assert environment["VAULT_ADDR"] == openbao.address
+    assert environment["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"  # the unit's own, not only the probe's
 
     # PrivateTmp=yes (its /tmp half). A checkout under /tmp (where the installed tool and claude
     # live in this test) is carried over the fresh /tmp, as an installation outside /tmp would be.
@@ -155,5 +156,9 @@ def test_sync_runs_confined_as_its_unit_says(sandbox_root: Path, openbao: OpenBa
     assert re.search(rf"^\S+Z OK {USER}: ", log.read_text(), re.M)
     assert log.stat().st_uid == UID
     assert not (home / "probe").exists()
+    assert not (home / ".claude" / "telemetry").exists()
+    # Claude's refresh lock was taken and let go; its legacy lock beside ~/.claude cannot be made under
+    # ProtectHome=read-only, and the sync goes on without it, as claude itself does.
+    assert not (home / ".claude" / ".oauth_refresh.lock").exists() and not (home / ".claude.lock").exists()
     token = (home / ".config/claude-auth-sync/vault-token").read_text().strip()
     assert_no_secrets([result.stdout, result.stderr, log.read_text()], [access, refresh, token])

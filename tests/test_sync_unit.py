@@ -22,7 +22,7 @@ import pytest
 
 from reconcile.sync import backup, credentials, livecheck, settings, statuslog
 from reconcile.sync.livecheck import Verdict
-from reconcile.vault import CasConflict, KvSecret
+from reconcile.vault import CasConflict, KvRawSecret
 from tests.conftest import assert_no_secrets
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,7 +119,7 @@ def test_child_environment_drops_overriding_credentials_only() -> None:
     assert removed == ["CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"]
     assert env == {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "ANTHROPIC_MODEL": "haiku",
                    "HTTPS_PROXY": "http://proxy:3128", "PATH": "/usr/bin", "HOME": "/home/a",
-                   "CLAUDE_CODE_MAX_RETRIES": "0"}
+                   "CLAUDE_CODE_MAX_RETRIES": "0", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
     assert environ["CLAUDE_CODE_OAUTH_TOKEN"] == "env-oauth-secret"  # the caller's mapping is not changed
 
 
@@ -133,7 +133,8 @@ def test_child_environment_drops_variables_that_switch_the_login_or_provider() -
                  "CLAUDE_CODE_SESSION_ACCESS_TOKEN": "sk-ant-oat01-env-session-secret"}
     env, removed = livecheck.child_environment({**switching, "CLAUDE_CODE_ENTRYPOINT": "cli", "PATH": "/usr/bin"})
     assert sorted(removed) == sorted(switching)
-    assert env == {"CLAUDE_CODE_ENTRYPOINT": "cli", "PATH": "/usr/bin", "CLAUDE_CODE_MAX_RETRIES": "0"}
+    assert env == {"CLAUDE_CODE_ENTRYPOINT": "cli", "PATH": "/usr/bin", "CLAUDE_CODE_MAX_RETRIES": "0",
+                   "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
     assert set(switching) <= set(livecheck.OVERRIDING_VARIABLES)
     for name in ("CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR"):
         assert "not the ~/.claude login this sync backs up" in livecheck.why_removed(name)
@@ -152,7 +153,7 @@ def test_removed_variables_are_warned_and_only_credentials_are_redacted(
     sync_settings = settings.SyncSettings(user="alice", home=tmp_path, vault_addr="http://127.0.0.1:9")
     env = flow._Steps(sync_settings, environ, reporter, redact).child_environment()
     out = capsys.readouterr().out
-    assert env == {"CLAUDE_CODE_MAX_RETRIES": "0"}
+    assert env == {"CLAUDE_CODE_MAX_RETRIES": "0", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
     assert out.splitlines() == [
         "WARN alice: CLAUDE_CODE_OAUTH_REFRESH_TOKEN is set; not passed to claude "
         "(it would override this user's own login)",
@@ -165,8 +166,11 @@ def test_removed_variables_are_warned_and_only_credentials_are_redacted(
 
 
 def test_child_environment_keeps_an_explicit_retry_setting() -> None:
-    env, removed = livecheck.child_environment({"CLAUDE_CODE_MAX_RETRIES": "3"})
-    assert env == {"CLAUDE_CODE_MAX_RETRIES": "3"} and removed == []
+    env, removed = livecheck.child_environment({"CLAUDE_CODE_MAX_RETRIES": "3",
+                                                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "0"})
+    # The retry setting is the person's to choose; nonessential traffic is always off for a probe.
+    assert env == {"CLAUDE_CODE_MAX_RETRIES": "3", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+    assert removed == []
 
 
 # --- live check: running a stub claude ----------------------------------------------------------
@@ -406,7 +410,11 @@ def test_keep_previous_never_overwrites_a_copy_of_the_same_second(tmp_path: Path
 
 @dataclass
 class FakeKv:
-    """An in-memory KV v2 path with check-and-set, and a scripted number of conflicts."""
+    """An in-memory KV v2 path with check-and-set, and a scripted number of conflicts.
+
+    It keeps each value as JSON text, as Vault.kv_read_raw hands it over; `data`
+    is set and read as decoded values for readable tests.
+    """
 
     data: dict[str, Any] | None = None
     version: int = 0
@@ -414,24 +422,33 @@ class FakeKv:
     sibling_writes: int = 0
     reads: int = 0
     writes: int = 0
+    raw: dict[str, bytes] | None = None
 
-    def kv_read(self, mount: str, path: str) -> KvSecret | None:
+    def __post_init__(self) -> None:
+        if self.data is not None and self.raw is None:
+            self.raw = {key: json.dumps(value).encode() for key, value in self.data.items()}
+
+    def decoded(self) -> dict[str, Any]:
+        return {key: json.loads(value) for key, value in (self.raw or {}).items()}
+
+    def kv_read_raw(self, mount: str, path: str) -> KvRawSecret | None:
         self.reads += 1
-        if self.data is None:
+        if self.raw is None:
             return None
-        return KvSecret(version=self.version, data=dict(self.data))
+        return KvRawSecret(version=self.version, fields=dict(self.raw))
 
-    def kv_write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int) -> int:
+    def kv_write_cas_raw(self, mount: str, path: str, fields: Mapping[str, bytes], cas: int) -> int:
         if self.conflicts:
             # Another tool writes its own key between our read and our write.
             self.conflicts -= 1
             self.sibling_writes += 1
-            self.data = {**(self.data or {}), "vaultwarden_master_password": f"pw-{self.sibling_writes}"}
+            self.raw = {**(self.raw or {}), "vaultwarden_master_password": f'"pw-{self.sibling_writes}"'.encode()}
             self.version += 1
         if cas != self.version:
             raise CasConflict("check-and-set conflict (write)")
         self.writes += 1
-        self.data = dict(data)
+        self.raw = dict(fields)
+        self.data = self.decoded()
         self.version += 1
         return self.version
 
@@ -470,7 +487,7 @@ def test_backup_retries_cas_conflicts_and_keeps_the_concurrent_write() -> None:
     result = backup.back_up(kv, "secret", "p/alice", oauth(), "2025-01-01T00:00:00Z", sleep=pauses.append)
     assert result.written and result.attempts == 4
     assert kv.data is not None and kv.data["vaultwarden_master_password"] == "pw-3"
-    assert backup.stored_oauth(kv.data) == oauth()
+    assert kv.raw is not None and backup.decode_stored_oauth(kv.raw) == (oauth(), None)
     assert len(pauses) == 3 and all(0 < p <= 0.5 for p in pauses)
 
 
@@ -482,7 +499,7 @@ def test_backup_gives_up_after_bounded_conflicts() -> None:
 
 
 def test_backup_on_a_deleted_latest_version_uses_that_version() -> None:
-    kv = FakeKv(data={}, version=5)  # what kv_read returns for a soft-deleted latest version
+    kv = FakeKv(data={}, version=5)  # what kv_read_raw returns for a soft-deleted latest version
     result = backup.back_up(kv, "secret", "p/alice", oauth(), "t")
     assert result.written and result.version == 6
 
@@ -492,7 +509,7 @@ def test_backup_on_a_deleted_latest_version_uses_that_version() -> None:
     ({"claude_ai_oauth_json": json.dumps(oauth(), indent=4), "credential_expires_at_ms": "1"}, True, ""),
     ({"claude_ai_oauth_json": oauth()}, True, ""),
     ({"vaultwarden_master_password": "x"}, False, "holds no claude_ai_oauth_json"),
-    ({"claude_ai_oauth_json": "{not json"}, False, "not JSON"),
+    ({"claude_ai_oauth_json": "{not json"}, False, "is not usable JSON"),
     ({"claude_ai_oauth_json": json.dumps({"accessToken": "a"})}, False, "refreshToken"),
 ])
 def test_latest_backup_is_validated(data: dict[str, Any], usable: bool, phrase: str) -> None:
@@ -724,3 +741,71 @@ def test_sync_path_imports_neither_jsonschema_nor_jinja2_nor_yaml(tmp_path: Path
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert "HEAVY [] 1" in done.stderr, done.stderr
+
+
+# --- bounded reading: files and JSON ------------------------------------------------------------------
+
+
+def test_deeply_nested_credentials_are_corrupt_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / ".credentials.json"
+    path.write_text('{"claudeAiOauth": ' + json.dumps(oauth()) + ', "other": ' + "[" * 3000 + "]" * 3000 + "}")
+    with pytest.raises(credentials.CredentialsError, match="nested deeper than 100 levels"):
+        credentials.read(path)
+
+
+@pytest.mark.parametrize("text,problem", [
+    ('{"a": [1, {"b": "x]}"}]}', None),
+    ("[" * 100 + "]" * 100, None),
+    ("[" * 101 + "]" * 101, "nested deeper than 100 levels"),
+    ('{"a": "never ends}', "a string that never ends"),
+    ('{"a": [1}', "mismatched bracket"),
+    ('{"a": 1} x', "text after the JSON value"),
+    ("[" * 3000, "nested deeper than 100 levels"),
+])
+def test_depth_scan(text: str, problem: str | None) -> None:
+    from reconcile import boundedjson
+
+    found = boundedjson.depth_problem(text.encode(), 100)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_object_members_are_byte_spans_of_undecoded_values() -> None:
+    from reconcile import boundedjson
+
+    nested = "[" * 5000 + "]" * 5000
+    body = ('{"data": {"data": {"deep": ' + nested + ', "s": "a\\"}b", "n": -1.5e3, "t": true}, '
+            '"metadata": {"version": 7}}}').encode()
+    data = boundedjson.object_members(body, boundedjson.object_members(body)["data"][0])
+    members = boundedjson.object_members(body, data["data"][0])
+    assert {k: body[a:b] for k, (a, b) in members.items()} == {
+        "deep": nested.encode(), "s": b'"a\\"}b"', "n": b"-1.5e3", "t": b"true"}
+    assert boundedjson.loads(body[slice(*data["metadata"])]) == {"version": 7}
+    with pytest.raises(boundedjson.JsonProblem, match="nested deeper"):
+        boundedjson.loads(nested)
+
+
+def test_safe_read_refuses_special_files_links_and_big_files_without_reading(tmp_path: Path) -> None:
+    from reconcile.sync import safefile
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to("/dev/zero")
+    big = tmp_path / "big"
+    with open(big, "wb") as handle:
+        handle.truncate(2 * 1024 * 1024)
+    regular = tmp_path / "regular"
+    regular.write_bytes(b"x" * 1024)
+    with pytest.raises(safefile.UnsafeFile, match="^F: is a FIFO, not a regular file"):
+        safefile.read_capped(fifo, 1024, "F")
+    with pytest.raises(safefile.UnsafeFile, match="^L: is a symbolic link"):
+        safefile.read_capped(link, 1024, "L")
+    with pytest.raises(safefile.UnsafeFile, match="^L: is a character device"):
+        safefile.read_capped(link, 1024, "L", follow_symlinks=True)
+    with pytest.raises(safefile.UnsafeFile, match="^B: is 2.0 MiB, larger than the 1 MiB cap"):
+        safefile.read_capped(big, 1024 * 1024, "B")
+    found = safefile.read_capped(regular, 1024, "R")
+    assert found is not None and found.data == b"x" * 1024
+    with pytest.raises(safefile.UnsafeFile, match="is 1024 bytes, larger than the 1023 bytes cap"):
+        safefile.read_capped(regular, 1023, "R")
+    assert safefile.read_capped(tmp_path / "missing", 1024, "M") is None

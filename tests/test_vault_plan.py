@@ -415,10 +415,10 @@ def test_human_plan_view() -> None:
     plan = _plan(converged(policies=_policies(alice="old\n", bob=None),
                            tokens={"alice": valid("alice", ttl=10), "bob": ObservedToken("bob", TokenState.DEAD)}))
     assert render.plan_text(plan).splitlines() == [
-        "~ token-renewal devvm-claude-auth-alice: TTL 10s is below half the period (32d); renew",
-        "~ token devvm-claude-auth-bob: token is expired, revoked or unknown; re-mint",
         "~ policy workstation-claude-alice: text differs from the template",
+        "~ token-renewal devvm-claude-auth-alice: TTL 10s is below half the period (32d); renew",
         "+ policy workstation-claude-bob: no policy yet for user bob",
+        "~ token devvm-claude-auth-bob: token is expired, revoked or unknown; re-mint",
         "Plan: 1 to add, 3 to change, 0 to remove.",
     ]
 

@@ -29,6 +29,7 @@ from reconcile.exitcodes import Exit
 from reconcile.sync import backup, settings as config
 from reconcile.sync import setup_token as st
 from reconcile.sync.livecheck import Verdict
+from reconcile.sync.safefile import TOKEN_FILE_LIMIT, UnsafeFile, read_capped
 from reconcile.sync.settings import SettingsError, SyncSettings
 from reconcile.sync.statuslog import Redactor, Status, status_line, utc_timestamp
 from reconcile.vault import Secret, Vault, VaultError, resolve_token
@@ -153,12 +154,16 @@ def _vault(settings: SyncSettings, environ: Mapping[str, str], redact: Redactor,
             raise _Stop("no admin Vault token: set VAULT_TOKEN (or ~/.vault-token); nothing stored")
         where = "VAULT_TOKEN"
     else:
-        path = config.home_folder(environ) / ".config" / "claude-auth-sync" / "vault-token"
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _Stop(f"cannot read your Vault token file {path}: "
-                        f"{getattr(exc, 'strerror', None) or type(exc).__name__}; nothing stored") from None
+        path = settings.token_file
+        try:  # as the sync reads it: non-blocking, a regular file only, capped (a FIFO must not hang us)
+            found = read_capped(path, TOKEN_FILE_LIMIT, str(path))
+            if found is None:
+                raise _Stop(f"no Vault token file at {path}; ask for `claude-auth apply`; nothing stored")
+            value = found.data.decode("utf-8").strip()
+        except UnsafeFile as exc:
+            raise _Stop(f"cannot read your Vault token file {exc}; nothing stored") from None
+        except UnicodeDecodeError:
+            raise _Stop(f"your Vault token file {path} is not UTF-8 text; nothing stored") from None
         if not value:
             raise _Stop(f"your Vault token file {path} is empty; ask for `claude-auth apply`; nothing stored")
         token, where = Secret(value), str(path)
@@ -180,8 +185,9 @@ def _store(vault: Vault, settings: SyncSettings, token: Secret, expires_ms: int 
         raise _Stop(f"the setup token could not be proven: {proof.reason}; nothing stored")
     now = time.time()
     expires = expires_ms if expires_ms is not None else st.default_expiry_ms(now)
-    fields = st.store_fields(token.reveal(), utc_timestamp(now), expires)
+    fields = backup.json_fields(st.store_fields(token.reveal(), utc_timestamp(now), expires))
     try:
+        # Through the raw reader and writer: every other key at the path goes back byte for byte.
         result = backup.merge_write(vault, settings.kv_mount, settings.kv_path, lambda stored: fields)
     except (VaultError, backup.BackupError) as exc:
         raise _Stop(f"{exc}; nothing stored") from None

@@ -14,6 +14,14 @@ UTC). Stored and local objects are compared parsed, so formatting does not
 count; `backed_up_at` is not compared, so an unchanged login writes nothing.
 Recovery reads only the latest version, never older ones (providers
 invalidate rotated refresh tokens).
+
+The path is read undecoded (Vault.kv_read_raw: each value as JSON text, the
+answer capped at 64 MiB) because other tools and the person write there too:
+only `claude_ai_oauth_json` is decoded, with a size cap (1 MiB) and a depth
+cap, and every other key is written back as the very bytes Vault sent, even
+one no decoder here could read. So hostile data never wedges a person: a
+restore says `no usable backup: <why>`, and a working login is written over
+it by check-and-set.
 """
 
 from __future__ import annotations
@@ -23,14 +31,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
-from reconcile.sync.credentials import oauth_problem
-from reconcile.vault import CasConflict
+from reconcile import boundedjson
+from reconcile.sync.credentials import MAX_DEPTH, oauth_problem
+from reconcile.sync.safefile import CREDENTIALS_LIMIT
+from reconcile.vault import CasConflict, KvRawSecret
 
 FIELD_OAUTH_JSON = "claude_ai_oauth_json"
 FIELD_EXPIRES_AT = "credential_expires_at_ms"
 FIELD_BACKED_UP_AT = "backed_up_at"
 CAS_ATTEMPTS = 10
 """Reads plus CAS writes before giving up against a busy concurrent writer."""
+OAUTH_FIELD_LIMIT = CREDENTIALS_LIMIT
+"""The stored object's JSON text is refused past this size (it has to fit in .credentials.json)."""
 
 
 class BackupError(Exception):
@@ -40,9 +52,9 @@ class BackupError(Exception):
 class KvStore(Protocol):
     """What backup needs from reconcile.vault.Vault (a fake fits it in unit tests)."""
 
-    def kv_read(self, mount: str, path: str) -> Any: ...
+    def kv_read_raw(self, mount: str, path: str) -> KvRawSecret | None: ...
 
-    def kv_write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int) -> int: ...
+    def kv_write_cas_raw(self, mount: str, path: str, fields: Mapping[str, bytes], cas: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -59,25 +71,57 @@ def encode_oauth(oauth: Mapping[str, Any]) -> str:
     return json.dumps(oauth, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def stored_oauth(data: Mapping[str, Any]) -> Any:
-    """The object stored at the path (as parsed JSON), or None when there is none or it is unreadable."""
-    value = data.get(FIELD_OAUTH_JSON)
-    if isinstance(value, dict):  # tolerate a tool that stored the object itself
-        return value
-    if not isinstance(value, str) or not value.strip():
-        return None
+def decode_stored_oauth(fields: Mapping[str, bytes]) -> tuple[Any, str | None]:
+    """(the object stored at the path, None), (None, None) when there is none, or (None, why it is unreadable).
+
+    The reason reads after the field's name: "is larger than 1 MiB".
+
+    `fields` are the path's values as JSON text. The object is usually JSON
+    text inside a JSON string; a tool that stored the object itself is
+    tolerated. Size and depth are capped before anything is decoded.
+    """
+    raw = fields.get(FIELD_OAUTH_JSON)
+    if raw is None:
+        return None, None
+    if len(raw) > OAUTH_FIELD_LIMIT:
+        return None, f"is larger than {OAUTH_FIELD_LIMIT // (1024 * 1024)} MiB"
     try:
-        return json.loads(value)
-    except ValueError:
-        return None
+        value = boundedjson.loads(raw, MAX_DEPTH)
+        if isinstance(value, str):
+            if not value.strip():
+                return None, "is empty"
+            value = boundedjson.loads(value, MAX_DEPTH)
+        elif not isinstance(value, dict):
+            return None, f"is {_json_kind(value)}, not JSON text"
+    except boundedjson.JsonProblem as exc:
+        return None, f"is not usable JSON ({exc})"
+    return value, None
 
 
-def backup_fields(oauth: Mapping[str, Any], backed_up_at: str) -> dict[str, Any]:
-    return {
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def json_fields(values: Mapping[str, Any]) -> dict[str, bytes]:
+    """`values` as the JSON text merge_write and Vault.kv_write_cas_raw take."""
+    return {key: json.dumps(value, ensure_ascii=False).encode("utf-8") for key, value in values.items()}
+
+
+def backup_fields(oauth: Mapping[str, Any], backed_up_at: str) -> dict[str, bytes]:
+    """The three fields a backup sets, as JSON text."""
+    return json_fields({
         FIELD_OAUTH_JSON: encode_oauth(oauth),
         FIELD_EXPIRES_AT: int(oauth["expiresAt"]),
         FIELD_BACKED_UP_AT: backed_up_at,
-    }
+    })
 
 
 def _pause(attempt: int) -> float:
@@ -87,24 +131,27 @@ def _pause(attempt: int) -> float:
 
 
 def merge_write(store: KvStore, mount: str, path: str,
-                updates: Callable[[Mapping[str, Any]], Mapping[str, Any] | None],
+                updates: Callable[[Mapping[str, bytes]], Mapping[str, bytes] | None],
                 *, attempts: int = CAS_ATTEMPTS, sleep: Callable[[float], None] = time.sleep) -> BackupResult:
     """Merge `updates(stored)` into the map at the path with check-and-set, keeping every other key.
 
-    `updates` sees what is stored now and returns the fields to set, or None
-    when the path already holds what is wanted (nothing is written). A CAS
-    conflict reads again and retries. Vault errors pass through; running out
-    of attempts raises BackupError. Used by the backup and by the setup-token store.
+    The path is read undecoded (kv_read_raw): `updates` sees what is stored
+    now, each value as the JSON text Vault sent, and returns the fields to
+    set (JSON text too), or None when the path already holds what is wanted
+    (nothing is written). Every other key is written back as the very bytes
+    read. A CAS conflict reads again and retries. Vault errors pass through;
+    running out of attempts raises BackupError. Used by the backup and by
+    the setup-token store.
     """
     for attempt in range(1, attempts + 1):
-        current = store.kv_read(mount, path)
-        stored = dict(current.data) if current is not None else {}
+        current = store.kv_read_raw(mount, path)
+        stored = dict(current.fields) if current is not None else {}
         version = int(current.version) if current is not None else 0
         fields = updates(stored)
         if fields is None:
             return BackupResult(written=False, version=version, attempts=attempt)
         try:
-            new_version = store.kv_write_cas(mount, path, {**stored, **fields}, cas=version)
+            new_version = store.kv_write_cas_raw(mount, path, {**stored, **fields}, cas=version)
         except CasConflict:
             if attempt < attempts:
                 sleep(_pause(attempt))
@@ -117,11 +164,13 @@ def back_up(store: KvStore, mount: str, path: str, oauth: Mapping[str, Any], bac
             *, attempts: int = CAS_ATTEMPTS, sleep: Callable[[float], None] = time.sleep) -> BackupResult:
     """Make the path hold `oauth`, keeping every other key; write nothing when it already does.
 
-    Vault errors (reconcile.vault.VaultError) pass through; running out of
-    CAS attempts raises BackupError.
+    A stored object that cannot be read (too deep, too large, the wrong
+    type) counts as different, so a working login heals the backup. Vault
+    errors (reconcile.vault.VaultError) pass through; running out of CAS
+    attempts raises BackupError.
     """
-    def updates(stored: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        return None if stored_oauth(stored) == oauth else backup_fields(oauth, backed_up_at)
+    def updates(stored: Mapping[str, bytes]) -> Mapping[str, bytes] | None:
+        return None if decode_stored_oauth(stored)[0] == oauth else backup_fields(oauth, backed_up_at)
 
     return merge_write(store, mount, path, updates, attempts=attempts, sleep=sleep)
 
@@ -136,17 +185,16 @@ class LatestBackup:
 
 def latest_backup(store: KvStore, mount: str, path: str) -> LatestBackup:
     """The latest version's object, validated; never an older version."""
-    current = store.kv_read(mount, path)
+    current = store.kv_read_raw(mount, path)
     if current is None:
         return LatestBackup(version=0, oauth=None, problem=f"no backup at {mount}/data/{path}")
-    data = dict(current.data)
-    if FIELD_OAUTH_JSON not in data:
+    oauth, problem = decode_stored_oauth(current.fields)
+    if problem is not None:
         return LatestBackup(version=current.version, oauth=None,
-                            problem=f"the latest version of {mount}/data/{path} holds no {FIELD_OAUTH_JSON}")
-    oauth = stored_oauth(data)
+                            problem=f"{FIELD_OAUTH_JSON} at {mount}/data/{path} {problem}")
     if oauth is None:
         return LatestBackup(version=current.version, oauth=None,
-                            problem=f"{FIELD_OAUTH_JSON} at {mount}/data/{path} is not JSON")
+                            problem=f"the latest version of {mount}/data/{path} holds no {FIELD_OAUTH_JSON}")
     problem = oauth_problem(oauth)
     if problem:
         return LatestBackup(version=current.version, oauth=None,

@@ -9,6 +9,14 @@ rename) and starts over when the file changed on disk in between. Before a
 replacement, the replaced object is kept in the state folder (0600, the last
 three kept) so a restore can be undone.
 
+The file is read through safefile (non-blocking, a regular file only, at
+most CREDENTIALS_LIMIT, 1 MiB; a link to a regular file is followed, since
+the person may keep the file elsewhere) and decoded with a depth cap
+(boundedjson). Every replacement holds Claude's own refresh lock
+(claudelock) from its read to its rename, so anything that installs a login
+through replace_oauth cannot race a refresh. A linked file is replaced by a
+regular file (the rename replaces the link, never writes through it).
+
 Error messages name files and problems, never a value from the file.
 """
 
@@ -21,14 +29,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from reconcile import boundedjson
+from reconcile.sync import claudelock, safefile
+from reconcile.sync.safefile import CREDENTIALS_LIMIT
+
 OAUTH_KEY = "claudeAiOauth"
 KEEP_PREFIX = "credentials-backup-"
 KEEP_COUNT = 3
 MERGE_ATTEMPTS = 5
+MAX_DEPTH = boundedjson.DEFAULT_MAX_DEPTH
+"""Deepest nesting accepted in the file (a login nests 3 levels)."""
+_UNCHECKED: Any = object()
 
 
 class CredentialsError(Exception):
     """The credentials file cannot be used or written; the message is safe to show."""
+
+
+class LoginChanged(CredentialsError):
+    """The file no longer holds the login the caller decided on (Claude refreshed it meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -85,12 +104,19 @@ def local_oauth_problem(obj: object) -> str | None:
 def parse(raw: bytes, where: str) -> dict[str, Any]:
     """The top-level object of a credentials file, or CredentialsError (corrupt)."""
     try:
-        document = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CredentialsError(f"{where} is not UTF-8 text") from None
+    problem = boundedjson.depth_problem(raw, MAX_DEPTH)
+    if problem is not None and "nested deeper" in problem:
+        raise CredentialsError(f"{where} is not usable JSON ({problem})")
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         # Position only: the message must not quote the file.
         raise CredentialsError(f"{where} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:  # a guard only: the depth scan above refuses such text first
+        raise CredentialsError(f"{where} is not usable JSON (nested too deeply)") from None
     if not isinstance(document, dict):
         raise CredentialsError(f"{where} is not a JSON object")
     if OAUTH_KEY in document:
@@ -100,15 +126,21 @@ def parse(raw: bytes, where: str) -> dict[str, Any]:
     return document
 
 
-def read(path: Path) -> LocalCredentials:
-    """Read and validate the file; a missing file is an empty document (no login)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+def read_raw(path: Path, shown: str | None = None) -> bytes | None:
+    """The file's bytes (None when missing); safefile.UnsafeFile for a FIFO, a device, a file over the cap."""
+    found = safefile.read_capped(path, CREDENTIALS_LIMIT, shown or str(path), follow_symlinks=True)
+    return found.data if found is not None else None
+
+
+def read(path: Path, shown: str | None = None) -> LocalCredentials:
+    """Read and validate the file; a missing file is an empty document (no login).
+
+    Raises safefile.UnsafeFile (not a regular file, over the cap) or CredentialsError (corrupt).
+    """
+    raw = read_raw(path, shown)
+    if raw is None:
         return LocalCredentials(raw=None, document={})
-    except OSError as exc:
-        raise CredentialsError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    return LocalCredentials(raw=raw, document=parse(raw, str(path)))
+    return LocalCredentials(raw=raw, document=parse(raw, shown or str(path)))
 
 
 def merged(document: Mapping[str, Any], oauth: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,13 +152,6 @@ def merged(document: Mapping[str, Any], oauth: Mapping[str, Any]) -> dict[str, A
 
 def encode(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _read_raw(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -169,37 +194,49 @@ def _unlink_quietly(path: Path) -> None:
 
 def replace_oauth(path: Path, oauth: Mapping[str, Any],
                   keep: Callable[[Mapping[str, Any]], None] | None = None,
-                  attempts: int = MERGE_ATTEMPTS) -> LocalCredentials:
-    """Merge `oauth` into the file atomically; returns what was replaced.
+                  attempts: int = MERGE_ATTEMPTS, *, expected: Mapping[str, Any] | None = _UNCHECKED,
+                  lock_wait: float = claudelock.DEFAULT_WAIT_SECONDS, shown: str | None = None,
+                  home: Path | None = None) -> LocalCredentials:
+    """Install `oauth` as the file's login, atomically, under Claude's refresh lock; returns what was replaced.
+
+    The lock (claudelock.held on the file's folder) is held from the first
+    read to the rename; ClaudeRefreshing when Claude holds it for
+    `lock_wait` seconds (nothing written). With `expected`, the file must
+    still hold that login (None: no login) once the lock is held, else
+    LoginChanged: Claude refreshed it after the caller decided.
 
     Each attempt reads the file, merges, writes a temp file (0600, fsync) and
     renames it over the file only if the file still holds the bytes read;
     otherwise it reads and merges again. `keep` is called with the object
     about to be replaced (once per distinct object) before the rename. A
-    corrupt file is never overwritten (CredentialsError).
+    corrupt or unsafe file is never overwritten (CredentialsError, safefile.UnsafeFile).
     """
-    kept: list[Mapping[str, Any]] = []
-    for _ in range(attempts):
-        current = read(path)
-        previous = current.oauth
-        if keep is not None and previous is not None and previous not in kept:
-            keep(previous)
-            kept.append(previous)
-        data = encode(merged(current.document, oauth))
-        if not current.exists:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = _write_temp(path, data)
-        try:
-            if _read_raw(path) != current.raw:
+    shown = shown or str(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with claudelock.held(path.parent, lock_wait, home=home):
+        kept: list[Mapping[str, Any]] = []
+        for _ in range(attempts):
+            current = read(path, shown)
+            previous = current.oauth
+            if expected is not _UNCHECKED and previous != expected:
+                raise LoginChanged(f"{shown} changed since it was checked (claude refreshed the login?); "
+                                   "left as is")
+            if keep is not None and previous is not None and previous not in kept:
+                keep(previous)
+                kept.append(previous)
+            data = encode(merged(current.document, oauth))
+            tmp = _write_temp(path, data)
+            try:
+                if read_raw(path, shown) != current.raw:
+                    _unlink_quietly(tmp)
+                    continue  # changed on disk since we read it: read and merge again
+                os.rename(tmp, path)
+            except BaseException:
                 _unlink_quietly(tmp)
-                continue  # changed on disk since we read it: read and merge again
-            os.rename(tmp, path)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        _fsync_dir(path.parent)
-        return current
-    raise CredentialsError(f"{path} kept changing while the backup was merged in ({attempts} attempts); left as is")
+                raise
+            _fsync_dir(path.parent)
+            return current
+    raise CredentialsError(f"{shown} kept changing while the backup was merged in ({attempts} attempts); left as is")
 
 
 def keep_previous(state_dir: Path, oauth: Mapping[str, Any], stamp: str, count: int = KEEP_COUNT) -> Path:
@@ -233,8 +270,8 @@ def kept_copies(state_dir: Path) -> list[Path]:
         return []
 
     def age(p: Path) -> tuple[int, str]:
-        try:
-            return (p.stat().st_mtime_ns, p.name)
+        try:  # lstat: a planted link to a FIFO or device is only ever looked at, never followed
+            return (p.lstat().st_mtime_ns, p.name)
         except FileNotFoundError:
             return (0, p.name)
 

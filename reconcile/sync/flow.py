@@ -23,6 +23,15 @@ takes over (install the stored setup token, prove it; no OAuth backup). In
 oauth mode, a setup token found installed is replaced by the OAuth backup
 through step 7's restore (a switch back), and a setup token is never backed up.
 
+Every file read is bounded (safefile): a credentials file, token file,
+lock or log that is a FIFO, a device, a link where none belongs, or over
+its cap is one `FAIL <user>: <file>: <why>` line, before any restore and
+with nothing changed. The restore and the backup's read of the credentials
+hold Claude's own refresh lock (claudelock); when Claude holds it past the
+wait, the run is `SKIP <user>: claude is refreshing the login (...)` and
+writes nothing. So does the setup-token install, which goes through the
+restore's own credentials.replace_oauth.
+
 Every failure is one `FAIL <user>: <reason>` line, never a traceback; an
 unforeseen exception shows only its type; Ctrl-C ends with
 `FAIL <user>: interrupted` (exit 1, lock released). A FAIL after a restore
@@ -40,12 +49,15 @@ from typing import Any, Mapping, TextIO
 
 from reconcile.exitcodes import Exit
 from reconcile.loginmode import Login
-from reconcile.sync import backup, credentials, livecheck, setup_token_sync
+from reconcile.sync import backup, claudelock, credentials, livecheck, setup_token_sync
 from reconcile.sync import settings as config
-from reconcile.sync.credentials import CredentialsError, LocalCredentials
+from reconcile.sync.claudelock import ClaudeRefreshing
+from reconcile.sync.credentials import CredentialsError, LocalCredentials, LoginChanged
 from reconcile.sync.livecheck import LiveResult, Verdict
+from reconcile.sync.safefile import TOKEN_FILE_LIMIT, UnsafeFile, read_capped
 from reconcile.sync.settings import SettingsError, SyncSettings
-from reconcile.sync.statuslog import Lock, Redactor, Reporter, Status, ensure_private_dir, utc_timestamp
+from reconcile.sync.statuslog import (Lock, Redactor, Reporter, Status, ensure_private_dir, log_problem,
+                                      utc_timestamp)
 from reconcile.vault import Secret, Vault, VaultDenied, VaultError
 
 _SECRET_LEAF_LENGTH = 16
@@ -57,6 +69,10 @@ LOGIN_HINT = "an interactive SSO login is needed (claude auth login --claudeai -
 
 class Fail(Exception):
     """Ends the run with FAIL; the message is the reason (safe to show)."""
+
+
+class Skip(Exception):
+    """Ends the run with SKIP (nothing written); the message is the reason (safe to show)."""
 
 
 @dataclass(frozen=True)
@@ -95,11 +111,17 @@ def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None)
         home_settings = SyncSettings(user=name, home=config.home_folder(environ), vault_addr="")
         try:
             ensure_private_dir(home_settings.state_dir)
+            unsafe_log = log_problem(home_settings.log_file, home_settings.shown(home_settings.log_file))
+            if unsafe_log is not None:
+                return _finish(reporter, Status.FAIL, f"{unsafe_log}; nothing changed", None)
             reporter.log_path = home_settings.log_file
-            lock = Lock(home_settings.lock_file)
+            lock = Lock(home_settings.lock_file, home_settings.shown(home_settings.lock_file))
             if not lock.acquire():
                 lock = None
                 return _finish(reporter, Status.SKIP, "another sync run holds the lock", None)
+        except UnsafeFile as exc:
+            lock = None
+            return _finish(reporter, Status.FAIL, f"{exc}; nothing changed", None)
         except OSError as exc:
             return _finish(reporter, Status.FAIL,
                            f"cannot use the state folder {home_settings.state_dir}: "
@@ -113,6 +135,8 @@ def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None)
             status, reason = steps.execute()
         except Fail as exc:
             status, reason = Status.FAIL, str(exc)
+        except Skip as exc:
+            status, reason = Status.SKIP, str(exc)
         return _finish(reporter, status, reason, steps.vault)
     except KeyboardInterrupt:
         # Ctrl-C during a run by hand: still one status line, and the lock is released below.
@@ -180,6 +204,8 @@ class _Steps:
                                             preserve=lambda: self.preserve_oauth(vault, env))
             except setup_token_sync.Failed as exc:
                 raise Fail(str(exc)) from None
+            except setup_token_sync.Skipped as exc:
+                raise Skip(str(exc)) from None
         if credentials.is_setup_token_object(local.oauth):
             return self.recover(vault, env, setup_token_sync.SWITCHED_BACK)
         first = self.live_check(env)
@@ -203,29 +229,47 @@ class _Steps:
 
     def read_local(self, when: str) -> LocalCredentials:
         try:
-            local = credentials.read(self.settings.credentials_file)
+            local = credentials.read(self.settings.credentials_file, CREDENTIALS_SHOWN)
+        except UnsafeFile as exc:
+            raise Fail(f"{exc} ({when}); left untouched, nothing restored") from None
         except CredentialsError as exc:
             raise Fail(f"{exc} ({when}); left untouched, {LOGIN_HINT} or a manual repair") from None
         self.redact.add(*_secret_leaves(dict(local.document)))
         return local
+
+    def read_local_locked(self, when: str) -> LocalCredentials:
+        """read_local under Claude's refresh lock: never the file of a refresh half done (Skip if it lasts)."""
+        s = self.settings
+        if not s.credentials_file.parent.is_dir():
+            return self.read_local(when)  # no ~/.claude: no login to read, and no refresh to wait for
+        try:
+            with claudelock.held(s.credentials_file.parent, s.refresh_lock_wait, home=s.home):
+                return self.read_local(when)
+        except ClaudeRefreshing as exc:
+            raise Skip(f"claude is refreshing the login ({exc}); the login works; nothing backed up") from None
+        except OSError as exc:
+            raise Fail(f"cannot take claude's refresh lock in {s.shown(s.credentials_file.parent)}: "
+                       f"{exc.strerror or type(exc).__name__}; nothing backed up") from None
 
     # --- step 4: Vault token ---------------------------------------------------------
 
     def open_vault(self) -> Vault:
         path = self.settings.token_file
         try:
-            info = path.stat()
-            token = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            raise Fail(f"no Vault token file at {path}; run `claude-auth apply` as root") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise Fail(f"cannot read the Vault token file {path}: "
-                       f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+            found = read_capped(path, TOKEN_FILE_LIMIT, self.settings.shown(path))
+        except UnsafeFile as exc:
+            raise Fail(f"{exc}; run `claude-auth apply` as root; {CREDENTIALS_SHOWN} left untouched") from None
+        if found is None:
+            raise Fail(f"no Vault token file at {path}; run `claude-auth apply` as root")
+        try:
+            token = found.data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise Fail(f"the Vault token file {path} is not UTF-8 text; run `claude-auth apply` as root") from None
         if not token:
             raise Fail(f"the Vault token file {path} is empty; run `claude-auth apply` as root")
         self.redact.add(token)
-        if info.st_mode & 0o077:
-            self.reporter.warn(f"the Vault token file {path} has mode {info.st_mode & 0o777:04o}; expected 0600")
+        if found.mode & 0o077:
+            self.reporter.warn(f"the Vault token file {path} has mode {found.mode & 0o777:04o}; expected 0600")
         self.vault = Vault(self.settings.vault_addr, Secret(token))
         return self.vault
 
@@ -260,7 +304,7 @@ class _Steps:
 
     def back_up(self, vault: Vault) -> str:
         """Back the (possibly just refreshed) local login up; a phrase for the status line."""
-        local = self.read_local("after a successful check")
+        local = self.read_local_locked("after a successful check")
         oauth = local.oauth
         if oauth is None:
             raise Fail(f"the login works but {CREDENTIALS_SHOWN} holds no claudeAiOauth to back up")
@@ -276,18 +320,24 @@ class _Steps:
             return f"backed up to {s.kv_display} (version {result.version})"
         return f"backup unchanged ({s.kv_display} version {result.version})"
 
-    def preserve_oauth(self, vault: Vault, env: Mapping[str, str]) -> None:
+    def preserve_oauth(self, vault: Vault, env: Mapping[str, str]) -> LocalCredentials:
         """Setup-token mode, before the setup token replaces a refreshable login newer than the
-        backup: check it and back it up (never a broken one), so a switch back finds it."""
+        backup: check it and back it up (never a broken one), so a switch back finds it.
+
+        Returns the file as read afterwards: the check may have refreshed the login, and the
+        install must replace only the login that was backed up (else it SKIPs)."""
         check = self.live_check(env)
         if not check.is_ok:
             self.reporter.warn(f"the OAuth login being replaced failed its check ({check.reason}); "
                                f"the OAuth backup keeps the last good one")
-            return
-        try:
-            self.back_up(vault)
-        except Fail as exc:
-            self.reporter.warn(f"the OAuth login being replaced was not backed up: {exc}")
+        else:
+            try:
+                self.back_up(vault)
+            except Fail as exc:
+                self.reporter.warn(f"the OAuth login being replaced was not backed up: {exc}")
+            except Skip as exc:
+                raise Skip(f"{exc}; the setup token was not installed") from None
+        return self.read_local("before the setup token is installed")
 
     # --- step 7: recovery ---------------------------------------------------------------
 
@@ -305,7 +355,15 @@ class _Steps:
         if latest.oauth == local.oauth:
             raise Fail(f"{first.reason}; the backup holds this same login; {LOGIN_HINT}")
         try:
-            credentials.replace_oauth(s.credentials_file, latest.oauth, keep=self.keep)
+            credentials.replace_oauth(s.credentials_file, latest.oauth, keep=self.keep, expected=local.oauth,
+                                      lock_wait=s.refresh_lock_wait, shown=CREDENTIALS_SHOWN, home=s.home)
+        except ClaudeRefreshing as exc:
+            raise Skip(f"claude is refreshing the login ({exc}); {first.reason}; nothing restored, "
+                       "nothing written") from None
+        except LoginChanged as exc:
+            raise Skip(f"{first.reason}; {exc}, nothing restored; the next run checks the new login") from None
+        except UnsafeFile as exc:
+            raise Fail(f"{exc}; {first.reason}; left untouched, nothing restored") from None
         except CredentialsError as exc:
             raise Fail(f"{first.reason}; the restore was not made: {exc}") from None
         except OSError as exc:
@@ -321,6 +379,8 @@ class _Steps:
             except Fail as exc:
                 # Keep what was restored and where the replaced login went: what undoing it needs.
                 raise Fail(f"{first.reason}; {restored}; {exc}") from None
+            except Skip as exc:  # Claude began a refresh right after: the login is back, its backup waits
+                return Status.RECOVERED, f"{first.reason}; {restored}; {exc}"
             return Status.RECOVERED, f"{first.reason}; {restored}; login works; {backed_up}"
         if second.verdict is Verdict.AUTH:
             raise Fail(f"{first.reason}; {restored}, but it was rejected too ({second.reason}); {LOGIN_HINT}")

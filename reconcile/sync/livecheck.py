@@ -11,7 +11,10 @@ variable that would make the check prove a different login than the file the
 sync backs up (~/.claude/.credentials.json), plus `CLAUDE_CODE_MAX_RETRIES=0`
 unless already set: without it claude retries a 5xx answer or a refused
 connection for minutes, silently; with it an outage prints
-`API Error: 500 ...` or `Unable to connect to API` within a second.
+`API Error: 500 ...` or `Unable to connect to API` within a second. And
+always `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`: a login probe needs no
+telemetry, and without it every run adds about 160 KB under
+~/.claude/telemetry (CLI 2.1.197, measured; tests/test_sync_claude_cli.py).
 stdin is /dev/null; on timeout the whole process group is killed.
 
 The variables removed (OVERRIDING_VARIABLES; the flow prints a WARN line for
@@ -60,6 +63,8 @@ PROVIDER_VARIABLES = ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAU
 OVERRIDING_VARIABLES = CREDENTIAL_VARIABLES + CONFIG_DIR_VARIABLES + PROVIDER_VARIABLES
 """Never handed to claude: each would make the check prove another login than the one backed up."""
 EXCERPT_LENGTH = 120
+NONESSENTIAL_TRAFFIC_VARIABLE = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"
+"""Set to 1 for every probe (and in the sync unit): no telemetry, no update checks."""
 
 
 class Verdict(str, Enum):
@@ -102,6 +107,7 @@ def child_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[
     env = {k: v for k, v in environ.items() if k not in OVERRIDING_VARIABLES}
     removed = [name for name in OVERRIDING_VARIABLES if name in environ]
     env.setdefault("CLAUDE_CODE_MAX_RETRIES", "0")
+    env[NONESSENTIAL_TRAFFIC_VARIABLE] = "1"
     return env, removed
 
 

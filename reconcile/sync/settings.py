@@ -26,6 +26,11 @@ DEFAULT_PATH_PREFIX = "workstation/claude-users"
 DEFAULT_POLICY_PREFIX = "workstation-claude-"
 DEFAULT_MODEL = "haiku"
 DEFAULT_CLAUDE_TIMEOUT = 120.0
+DEFAULT_REFRESH_LOCK_WAIT = 15.0
+"""Seconds to wait for Claude's refresh lock (claudelock.DEFAULT_WAIT_SECONDS, repeated here so this
+module does not import the lock code)."""
+
+
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names it (never a secret)."""
 
@@ -40,6 +45,7 @@ class SyncSettings:
     policy_prefix: str = DEFAULT_POLICY_PREFIX
     model: str = DEFAULT_MODEL
     claude_timeout: float = DEFAULT_CLAUDE_TIMEOUT
+    refresh_lock_wait: float = DEFAULT_REFRESH_LOCK_WAIT
     login: Login | None = None
     """The roster's claude_login, from the drop-in's CLAUDE_AUTH_LOGIN; None when unset (a run by hand)."""
 
@@ -80,6 +86,13 @@ class SyncSettings:
     def credentials_file(self) -> Path:
         return self.home / ".claude" / ".credentials.json"
 
+    def shown(self, path: Path) -> str:
+        """`path` as people name it: `~/.claude/.credentials.json` for a path below the home folder."""
+        try:
+            return "~/" + str(path.relative_to(self.home))
+        except ValueError:
+            return str(path)
+
 
 def current_user() -> str:
     import pwd
@@ -107,16 +120,16 @@ def _text(environ: Mapping[str, str], name: str, default: str) -> str:
     return value or default
 
 
-def _timeout(environ: Mapping[str, str]) -> float:
-    raw = environ.get("CLAUDE_AUTH_CLAUDE_TIMEOUT", "").strip()
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_CLAUDE_TIMEOUT
+        return default
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"CLAUDE_AUTH_CLAUDE_TIMEOUT={raw!r} is not a number of seconds") from None
+        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
     if not 0 < value < 86400:
-        raise SettingsError(f"CLAUDE_AUTH_CLAUDE_TIMEOUT={raw!r} must be between 0 and 86400 seconds")
+        raise SettingsError(f"{name}={raw!r} must be between 0 and 86400 seconds")
     return value
 
 
@@ -148,6 +161,7 @@ def load(user: str, environ: Mapping[str, str]) -> SyncSettings:
         path_prefix=path_prefix,
         policy_prefix=_text(environ, "CLAUDE_AUTH_POLICY_PREFIX", DEFAULT_POLICY_PREFIX),
         model=_text(environ, "CLAUDE_AUTH_MODEL", DEFAULT_MODEL),
-        claude_timeout=_timeout(environ),
+        claude_timeout=_seconds(environ, "CLAUDE_AUTH_CLAUDE_TIMEOUT", DEFAULT_CLAUDE_TIMEOUT),
+        refresh_lock_wait=_seconds(environ, "CLAUDE_AUTH_REFRESH_LOCK_WAIT", DEFAULT_REFRESH_LOCK_WAIT),
         login=_login(environ),
     )

@@ -2,7 +2,8 @@
 
 Shared by `claude-auth setup-token` (which stores it) and the sync in
 setup-token mode (which installs it). Stored at the person's KV path, merged
-with check-and-set beside every other key (reconcile.sync.backup.merge_write):
+with check-and-set beside every other key, which are carried over byte for byte
+(reconcile.sync.backup.merge_write over Vault.kv_read_raw/kv_write_cas_raw):
 
 - `claude_setup_token`: the token (`sk-ant-oat01-…`);
 - `claude_setup_token_stored_at`: ISO 8601 UTC;
@@ -13,9 +14,13 @@ Installed into `~/.claude/.credentials.json` as `claudeAiOauth`
 nothing for concurrent sessions to refresh, so nothing to race. The OAuth
 backup (`claude_ai_oauth_json`) is never written from here.
 
+Read back undecoded as well (stored_token_raw): only these three fields are
+decoded, size and depth capped, so a hostile value there is a reason to FAIL.
+
 The probe hands the token to one `claude -p` only, through its environment
 (CLAUDE_CODE_OAUTH_TOKEN, never argv), in a private throw-away HOME, so it
-proves the token alone and touches nobody's files.
+proves the token alone and touches nobody's files; like every probe it runs
+with CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 (livecheck.child_environment).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from reconcile import boundedjson
 from reconcile.sync import livecheck
 from reconcile.sync.credentials import is_setup_token_object
 from reconcile.sync.livecheck import LiveResult
@@ -45,6 +51,10 @@ WARN_DAYS = 30
 """The sync prints a WARN line when fewer days are left."""
 DAY_MS = 86_400_000
 MAX_LENGTH = 4096
+FIELD_LIMIT = MAX_LENGTH + 64
+"""Largest JSON text of a stored setup-token field decoded (a token of MAX_LENGTH, quoted, fits)."""
+FIELD_MAX_DEPTH = 2
+"""The stored fields are a string and numbers: deeper nesting is refused before decoding."""
 _TOKEN_SHAPE = re.compile(r"sk-ant-oat01-[A-Za-z0-9_-]{20,}")
 HINT = "run claude setup-token, then claude-auth setup-token"
 
@@ -97,6 +107,24 @@ def stored_token(data: Mapping[str, Any], version: int, where: str) -> StoredTok
         return f"{FIELD_EXPIRES_AT_MS} at {where} is missing or not a number"
     stored_at = data.get(FIELD_STORED_AT)
     return StoredToken(Secret(token), int(expires), stored_at if isinstance(stored_at, str) else "", version)
+
+
+def stored_token_raw(fields: Mapping[str, bytes], version: int, where: str) -> StoredToken | str:
+    """As stored_token, from the path's undecoded values (Vault.kv_read_raw): only the three
+    setup-token fields are decoded, each capped in size and depth first, so a huge or deeply
+    nested value is a reason, never a MemoryError or RecursionError. Other keys are not looked at."""
+    data: dict[str, Any] = {}
+    for name in (FIELD_TOKEN, FIELD_STORED_AT, FIELD_EXPIRES_AT_MS):
+        raw = fields.get(name)
+        if raw is None:
+            continue
+        if len(raw) > FIELD_LIMIT:
+            return f"{name} at {where} is larger than {FIELD_LIMIT} bytes"
+        try:
+            data[name] = boundedjson.loads(raw, max_depth=FIELD_MAX_DEPTH)
+        except boundedjson.JsonProblem as exc:
+            return f"{name} at {where} is not usable JSON ({exc})"
+    return stored_token(data, version, where)
 
 
 def store_fields(token: str, stored_at: str, expires_at_ms: int) -> dict[str, Any]:

@@ -17,7 +17,9 @@ After the lock, the environment, the local read and the Vault identity checks
    the OAuth backup is checked and backed up first (oauth mode's own steps), so
    a switch back finds the newest one; then merge it into ~/.claude/.credentials.json with
    the restore's own function (credentials.replace_oauth: atomic, every other
-   key kept, the replaced login kept in the state folder);
+   key kept, the replaced login kept in the state folder, under Claude's
+   refresh lock); Claude holding that lock past the wait, or having refreshed
+   the login since it was read, is a SKIP that writes nothing;
 4. the same live check as oauth mode, through the file: OK ->
    `OK <user>: setup token works (expires YYYY-MM-DD)`. Should it fail right
    after an install, the previous login is put back, so a failed run leaves the
@@ -34,8 +36,10 @@ from typing import Any, Callable, Mapping
 from reconcile.loginmode import Login
 from reconcile.sync import backup, credentials, livecheck
 from reconcile.sync import setup_token as st
-from reconcile.sync.credentials import CredentialsError, LocalCredentials
+from reconcile.sync.claudelock import ClaudeRefreshing
+from reconcile.sync.credentials import CredentialsError, LocalCredentials, LoginChanged
 from reconcile.sync.livecheck import LiveResult, Verdict
+from reconcile.sync.safefile import UnsafeFile
 from reconcile.sync.settings import SyncSettings
 from reconcile.sync.statuslog import Status
 from reconcile.vault import Vault, VaultError
@@ -45,6 +49,10 @@ CREDENTIALS_SHOWN = "~/.claude/.credentials.json"
 
 class Failed(Exception):
     """Ends the run with FAIL; the message is the reason (safe to show)."""
+
+
+class Skipped(Exception):
+    """Ends the run with SKIP, nothing written (Claude is refreshing the login); the reason (safe to show)."""
 
 
 def mode(configured: Login | None, local_oauth: object) -> Login:
@@ -62,14 +70,16 @@ SWITCHED_BACK = LiveResult(
 
 def run(vault: Vault, settings: SyncSettings, env: Mapping[str, str], local: LocalCredentials, *,
         warn: Callable[[str], None], redact: Callable[..., None],
-        keep: Callable[[Mapping[str, Any]], None], preserve: Callable[[], None]) -> tuple[Status, str]:
-    """Steps 1-4 above; raises Failed with the reason.
+        keep: Callable[[Mapping[str, Any]], None],
+        preserve: Callable[[], LocalCredentials]) -> tuple[Status, str]:
+    """Steps 1-4 above; raises Failed (FAIL) or Skipped (SKIP) with the reason.
 
     `preserve` is called once before a setup token replaces a refreshable login that differs
     from the OAuth backup (claude refreshed it since the last oauth-mode sync): it backs that
-    login up if it works, so a switch back finds the newest one.
+    login up if it works, so a switch back finds the newest one, and returns the file as it is
+    afterwards (its own check may have refreshed the login): the login the install replaces.
     """
-    stored, data = _read_stored(vault, settings)
+    stored, fields = _read_stored(vault, settings)
     token = stored.token.reveal()
     redact(token)
     date = st.expiry_date(stored.expires_at_ms)
@@ -85,9 +95,9 @@ def run(vault: Vault, settings: SyncSettings, env: Mapping[str, str], local: Loc
             raise Failed(_failure(proof, f"the setup token from {settings.kv_display} was not installed; "
                                          f"{CREDENTIALS_SHOWN} left untouched"))
         if local.oauth is not None and not credentials.is_setup_token_object(local.oauth) \
-                and backup.stored_oauth(data) != local.oauth:
-            preserve()
-        replaced = _install(settings, st.installed_object(token, stored.expires_at_ms), keep)
+                and backup.decode_stored_oauth(fields)[0] != local.oauth:
+            local = preserve()
+        replaced = _install(settings, st.installed_object(token, stored.expires_at_ms), keep, local)
     check = livecheck.run(settings.model, env, settings.claude_timeout, cwd=str(settings.state_dir))
     if check.is_ok:
         return Status.OK, f"setup token works (expires {date})"
@@ -96,17 +106,21 @@ def run(vault: Vault, settings: SyncSettings, env: Mapping[str, str], local: Loc
     raise Failed(_failure(check, f"{CREDENTIALS_SHOWN} left as it was"))
 
 
-def _read_stored(vault: Vault, settings: SyncSettings) -> tuple[st.StoredToken, dict[str, Any]]:
-    """The stored setup token, and everything at the path (for the OAuth backup's comparison)."""
+def _read_stored(vault: Vault, settings: SyncSettings) -> tuple[st.StoredToken, Mapping[str, bytes]]:
+    """The stored setup token, and everything at the path undecoded (for the OAuth backup's comparison).
+
+    Read undecoded (Vault.kv_read_raw, capped), like the backup: a hostile sibling key is never
+    decoded, and a huge or deeply nested setup-token field is a FAIL, not an internal error.
+    """
     try:
-        current = vault.kv_read(settings.kv_mount, settings.kv_path)
+        current = vault.kv_read_raw(settings.kv_mount, settings.kv_path)
     except VaultError as exc:
         raise Failed(f"{exc}; the installed login in {CREDENTIALS_SHOWN} left untouched") from None
-    data = dict(current.data) if current is not None else {}
-    stored = st.stored_token(data, current.version if current else 0, settings.kv_display)
+    fields = current.fields if current is not None else {}
+    stored = st.stored_token_raw(fields, current.version if current else 0, settings.kv_display)
     if isinstance(stored, str):
         raise Failed(f"{stored}; {st.HINT}; {CREDENTIALS_SHOWN} left untouched")
-    return stored, data
+    return stored, fields
 
 
 def _failure(result: LiveResult, untouched: str) -> str:
@@ -116,15 +130,25 @@ def _failure(result: LiveResult, untouched: str) -> str:
 
 
 def _install(settings: SyncSettings, oauth: Mapping[str, Any],
-             keep: Callable[[Mapping[str, Any]], None]) -> LocalCredentials:
-    # The restore's own merge (atomic, every other key kept, the replaced login kept in the
-    # state folder, and Claude's refresh lock wherever the restore takes it).
+             keep: Callable[[Mapping[str, Any]], None], local: LocalCredentials) -> LocalCredentials:
+    # The restore's own merge: atomic, every other key kept, the replaced login kept in the
+    # state folder, under Claude's refresh lock; and only over the login this run decided on
+    # (`expected`): one Claude refreshed meanwhile is left for the next run to look at.
     try:
-        return credentials.replace_oauth(settings.credentials_file, oauth, keep=keep)
+        return credentials.replace_oauth(settings.credentials_file, oauth, keep=keep, expected=local.oauth,
+                                         lock_wait=settings.refresh_lock_wait, shown=CREDENTIALS_SHOWN,
+                                         home=settings.home)
+    except ClaudeRefreshing as exc:
+        raise Skipped(f"claude is refreshing the login ({exc}); the setup token was not installed, "
+                      "nothing written") from None
+    except LoginChanged as exc:
+        raise Skipped(f"{exc}; the setup token was not installed; the next run installs it") from None
+    except UnsafeFile as exc:
+        raise Failed(f"the setup token was not installed: {exc}; left untouched") from None
     except CredentialsError as exc:
         raise Failed(f"the setup token was not installed: {exc}") from None
     except OSError as exc:
-        raise Failed(f"the setup token was not installed: cannot write {settings.credentials_file}: "
+        raise Failed(f"the setup token was not installed: cannot write {CREDENTIALS_SHOWN}: "
                      f"{exc.strerror or type(exc).__name__}") from None
 
 
@@ -134,6 +158,7 @@ def _put_back(settings: SyncSettings, replaced: LocalCredentials) -> None:
     if replaced.oauth is None:
         return
     try:
-        credentials.replace_oauth(settings.credentials_file, replaced.oauth)
-    except (CredentialsError, OSError):
+        credentials.replace_oauth(settings.credentials_file, replaced.oauth, lock_wait=settings.refresh_lock_wait,
+                                  shown=CREDENTIALS_SHOWN, home=settings.home)
+    except (CredentialsError, UnsafeFile, ClaudeRefreshing, OSError):
         pass

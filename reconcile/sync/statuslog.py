@@ -5,7 +5,9 @@ Every run ends with exactly one status line (`OK`, `RECOVERED`, `SKIP` or
 UTC timestamp; `WARN` lines go the same way before it. Every line passes
 through `Redactor` first, so a secret the run has seen cannot reach stdout or
 the log even if a reason were to quote it. The log is rotated at 1 MiB,
-keeping one old file (`sync.log.1`).
+keeping one old file (`sync.log.1`). The log and the lock file are opened
+through safefile (non-blocking, never through a link, a regular file only):
+a FIFO planted there must not hang the run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 from enum import Enum
 from pathlib import Path
 from typing import IO, Iterable
+
+from reconcile.sync.safefile import UnsafeFile, open_checked
 
 LOG_LIMIT_BYTES = 1024 * 1024
 REDACTED = "<redacted>"
@@ -68,7 +72,7 @@ class Redactor:
 def rotate_if_needed(path: Path, incoming: int, limit: int = LOG_LIMIT_BYTES) -> bool:
     """Move `path` to `path.1` (replacing it) when adding `incoming` bytes would pass `limit`."""
     try:
-        size = path.stat().st_size
+        size = path.lstat().st_size
     except FileNotFoundError:
         return False
     if size == 0 or size + incoming <= limit:
@@ -77,15 +81,33 @@ def rotate_if_needed(path: Path, incoming: int, limit: int = LOG_LIMIT_BYTES) ->
     return True
 
 
+def _open_log(path: Path, shown: str | None = None) -> int:
+    fd = open_checked(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, shown or str(path), follow_symlinks=False)
+    assert fd is not None  # O_CREAT: never missing
+    return fd
+
+
+def log_problem(path: Path, shown: str) -> UnsafeFile | None:
+    """Why the log cannot be appended to safely (a FIFO, a link, ...), or None. Creates it when missing."""
+    try:
+        os.close(_open_log(path, shown))
+    except UnsafeFile as exc:
+        return exc
+    return None
+
+
 def append_log(path: Path, lines: Iterable[str], now: float | None = None,
                limit: int = LOG_LIMIT_BYTES) -> None:
-    """Append `<timestamp> <line>` for each line (one write, O_APPEND, mode 0600)."""
+    """Append `<timestamp> <line>` for each line (one write, O_APPEND, mode 0600).
+
+    UnsafeFile when the log is not a regular file (never followed through a link).
+    """
     stamp = utc_timestamp(now)
     data = "".join(f"{stamp} {line}\n" for line in lines).encode("utf-8", errors="replace")
     if not data:
         return
     rotate_if_needed(path, len(data), limit)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _open_log(path)
     try:
         os.write(fd, data)
     finally:
@@ -101,15 +123,17 @@ def ensure_private_dir(path: Path) -> None:
 class Lock:
     """An exclusive, non-blocking flock on the state folder's `lock` file, held until release."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shown: str | None = None) -> None:
         self.path = path
+        self.shown = shown or str(path)
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        """True when taken; False when another run holds it."""
+        """True when taken; False when another run holds it. UnsafeFile when it is not a regular file."""
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_checked(self.path, os.O_RDWR | os.O_CREAT, self.shown, follow_symlinks=False)
+        assert fd is not None  # O_CREAT: never missing
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -150,10 +174,10 @@ class Reporter:
         if self.log_path is not None:
             try:
                 append_log(self.log_path, [line])
-            except OSError as exc:
+            except (OSError, UnsafeFile) as exc:
                 self.log_path = None  # say it once, then keep to stdout
-                self._print(self.redact(status_line(
-                    Status.WARN, self.user, f"cannot append to the sync log: {exc.strerror or type(exc).__name__}")))
+                why = str(exc) if isinstance(exc, UnsafeFile) else exc.strerror or type(exc).__name__
+                self._print(self.redact(status_line(Status.WARN, self.user, f"cannot append to the sync log: {why}")))
         self._print(line)
         return line
 
