@@ -96,15 +96,16 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
         "stored setup token instead, proves it, and leaves the OAuth backup alone.\n"
         "Exit 0 for OK, RECOVERED and SKIP; 1 for FAIL."),
     "setup-token": (
-        "store your long-lived token from `claude setup-token` for setup-token mode",
+        "store your token from `claude setup-token` (setup-token mode)",
         "For people in setup-token mode (claude_login: setup-token in the roster),\n"
-        "who run many Claude sessions at once. Pipe the token in, e.g.\n"
-        "`claude setup-token | claude-auth setup-token`, or type it at the prompt\n"
-        "(not shown); it is never taken from the command line. The token is\n"
-        "checked (sk-ant-oat01-...), proven with one tiny request, and stored at\n"
-        "the person's own Vault path with its expiry; the next sync installs it.\n"
-        "Run it as the person (their own Vault token file), or as root with\n"
-        "--user and an admin Vault token. Nothing is stored unless every check passes.\n"
+        "who run many Claude sessions at once. Run `claude setup-token`, then type\n"
+        "its token at the prompt (not shown), or pipe it in:\n"
+        "`claude setup-token | tail -1 | claude-auth setup-token`. It is never\n"
+        "taken from the command line. The token is checked (sk-ant-oat01-...),\n"
+        "proven with one tiny request, and stored at the person's own Vault path\n"
+        "with its expiry; the next sync installs it. Run it as the person (their\n"
+        "own Vault token file), or as root with --user and an admin Vault token.\n"
+        "Nothing is stored unless every check passes.\n"
         "Exit 0 when stored, 1 when not, 64 for a bad command line."),
     "status": (
         "one row per person: token, timer, last sync, backup",
