@@ -33,7 +33,8 @@ USERS = {"alice": 5001, "bob": 5002, "carol": 5003, "dave": 5004}
 STUB_CLAUDE = """#!/bin/sh
 # DEMO STUB, not the real Claude CLI: answers like `claude -p` would.
 cred="$HOME/.claude/.credentials.json"
-if grep -q '"accessToken": *"demo-good-' "$cred" 2>/dev/null; then echo AUTH_OK; exit 0; fi
+case "$CLAUDE_CODE_OAUTH_TOKEN" in sk-ant-oat01-demogood*) echo AUTH_OK; exit 0;; esac
+if grep -Eq '"accessToken": *"(demo-good-|sk-ant-oat01-demogood)' "$cred" 2>/dev/null; then echo AUTH_OK; exit 0; fi
 echo 'Failed to authenticate. API Error: 401 Invalid bearer token'; exit 1
 """
 
@@ -48,15 +49,15 @@ SANDBOX_MARKER = ".claude-auth-demo"
 
 
 def run(args: list[str], *, env: dict[str, str], user: str | None = None, ok: tuple[int, ...] = (0,),
-        show: bool = True) -> subprocess.CompletedProcess[str]:
+        show: bool = True, stdin: str | None = None, piped_from: str = "") -> subprocess.CompletedProcess[str]:
     shown = " ".join(["claude-auth", *args])
     as_uid = user is not None and AS_USER
     if show:
-        print(f"$ {'sudo -u ' + user + ' ' if as_uid and user else ''}{shown}", flush=True)
+        print(f"$ {piped_from}{'sudo -u ' + user + ' ' if as_uid and user else ''}{shown}", flush=True)
     if not AS_USER and args[0] in ("plan", "apply"):
         ok = (*ok, 1)  # their ERROR lines: the people cannot run this checkout's claude-auth (the NOTE)
     uid = USERS[user] if as_uid and user else None
-    result = subprocess.run([sys.executable, "-m", "reconcile", *args], env=env, text=True,
+    result = subprocess.run([sys.executable, "-m", "reconcile", *args], env=env, text=True, input=stdin,
                             capture_output=True, user=uid, group=uid, cwd=str(ROOT) if user else None)
     output = (result.stdout + result.stderr).rstrip()
     if show and output:
@@ -199,6 +200,32 @@ def main() -> int:
         say("Alice's local login breaks (a raced refresh leaves a token the API rejects); sync restores the backup.")
         write_login("alice", "demo-broken-access-3", "demo-refresh-3")
         run(["sync", "--user", "alice"], env=user_env, user="alice")
+
+        say("Dave runs many Claude agents at once; the admin switches him to setup-token mode in the roster.")
+        text = ROSTER.read_text()
+        ROSTER.write_text(text.replace("    authentik_user: dave@example.org\n",
+                                       "    authentik_user: dave@example.org\n    claude_login: setup-token\n"))
+        print(f"(set claude_login: setup-token for dave in {ROSTER})")
+        run(["plan", *common], env=admin_env, ok=(2,))
+        run(["apply", *common], env=admin_env)
+        drop_in = ROOT / "etc/systemd/system/claude-auth-sync@dave.service.d/home.conf"
+        login_line = next(line for line in drop_in.read_text().splitlines() if "CLAUDE_AUTH_LOGIN" in line)
+        print(f"{drop_in.relative_to(ROOT.parent)}: {login_line}")
+
+        say("Dave stores the long-lived token from `claude setup-token`; his next sync installs it.")
+        setup_token = "sk-ant-oat01-demogood-" + os.urandom(24).hex()  # what `claude setup-token` prints
+        api.accept(setup_token)
+        write_login("dave", "demo-good-access-dave", "demo-refresh-dave")  # his earlier SSO login
+        api.accept("demo-good-access-dave")
+        dave_env = {**user_env, "HOME": str(ROOT / "home" / "dave"), "USER": "dave",
+                    "CLAUDE_AUTH_LOGIN": login_line.split("=")[-1].strip('"')}  # as the drop-in sets it
+        run(["setup-token", "--user", "dave"], env=dave_env, user="dave", stdin=setup_token + "\n",
+            piped_from="claude setup-token | ")
+        run(["sync", "--user", "dave"], env=dave_env, user="dave")
+        installed = json.loads((ROOT / "home/dave/.claude/.credentials.json").read_text())
+        print("dave's ~/.claude/.credentials.json: claudeAiOauth keys "
+              f"{sorted(installed['claudeAiOauth'])} (no refreshToken), other keys kept: "
+              f"{sorted(k for k in installed if k != 'claudeAiOauth')}")
 
         say("Status: one row per person.")
         run(["status", *common], env=admin_env)

@@ -92,13 +92,29 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
         "own Vault path, and on an authentication failure restore the last backup\n"
         "and try again. Prints one line, OK, RECOVERED, SKIP or FAIL with the\n"
         "reason, also kept in ~/.local/state/claude-auth-sync/sync.log.\n"
+        "In setup-token mode (the roster's claude_login) it installs the person's\n"
+        "stored setup token instead, proves it, and leaves the OAuth backup alone.\n"
         "Exit 0 for OK, RECOVERED and SKIP; 1 for FAIL."),
+    "setup-token": (
+        "store your token from `claude setup-token` (setup-token mode)",
+        "For people in setup-token mode (claude_login: setup-token in the roster),\n"
+        "who run many Claude sessions at once. Run `claude setup-token`, then type\n"
+        "its token at the prompt (not shown), or pipe it in:\n"
+        "`claude setup-token | tail -1 | claude-auth setup-token`. It is never\n"
+        "taken from the command line. The token is checked (sk-ant-oat01-...),\n"
+        "proven with one tiny request, and stored at the person's own Vault path\n"
+        "with its expiry; the next sync installs it. Run it as the person (their\n"
+        "own Vault token file), or as root with --user and an admin Vault token.\n"
+        "Nothing is stored unless every check passes.\n"
+        "Exit 0 when stored, 1 when not, 64 for a bad command line."),
     "status": (
         "one row per person: token, timer, last sync, backup",
         "Print one row per person in the roster: whether they are enabled, their\n"
         "policy, their token and its time left, their timer, the last sync result\n"
-        "and the latest backup, and why a cell is empty. --prometheus also writes\n"
-        "the same figures for node_exporter's textfile collector."),
+        "and the latest backup, and why a cell is empty; then the login mode of\n"
+        "each person in setup-token mode and their stored token's expiry.\n"
+        "--prometheus also writes the same figures for node_exporter's textfile\n"
+        "collector."),
 }
 
 
@@ -172,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_command(sub, "sync")
     p.add_argument("--user", default=None, metavar="NAME", help="whose login (default: the user running it)")
 
+    p = _add_command(sub, "setup-token")
+    p.add_argument("--user", default=None, metavar="NAME",
+                   help="whose token (default: the user running it; root must name the person)")
+    p.add_argument("--expires-at", default=None, metavar="DATE",
+                   help="the token's expiry as an ISO date such as 2027-06-30 (default: 365 days from now)")
+    _add_roster(p)
+
     p = _add_command(sub, "status")
     _add_roster(p)
     _add_root(p)
@@ -201,6 +224,11 @@ def _run_sync(args: argparse.Namespace) -> int:
     return flow.main(user=args.user)
 
 
+def _run_setup_token(args: argparse.Namespace) -> int:
+    from reconcile.commands import setup_token_cmd
+    return setup_token_cmd.run(args.user, args.expires_at, roster_path=args.roster, default_roster=_default_roster())
+
+
 def _run_status(args: argparse.Namespace) -> int:
     from reconcile.commands import status_cmd
     return status_cmd.run(args, args.roster or _default_roster())
@@ -212,6 +240,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "apply": _run_apply,
     "sync": _run_sync,
     "status": _run_status,
+    "setup-token": _run_setup_token,
 }
 
 

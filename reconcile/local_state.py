@@ -61,6 +61,8 @@ from reconcile import execaccess, homefs, systemd
 from reconcile.atomicfile import write_atomically
 from reconcile.accounts import Account, lookup_accounts, names_by_uid
 from reconcile.durations import format_duration
+from reconcile.loginmode import DEFAULT as DEFAULT_LOGIN
+from reconcile.loginmode import ENV_VAR as LOGIN_ENV_VAR
 from reconcile.homefs import CONFIG_DIR, STATE_DIR, TOKEN_FILE, EntryState, HomeFsError
 from reconcile.model import Action, Change, Kind, UserProblem
 from reconcile.roster import Roster
@@ -237,17 +239,21 @@ def homes_of(accounts: Mapping[str, Account | UserProblem]) -> dict[str, str]:
     return {name: found.system_home for name, found in accounts.items() if isinstance(found, Account)}
 
 
-def render_drop_in(user: str, home: str) -> DesiredUnit:
+def render_drop_in(user: str, home: str, login: str = DEFAULT_LOGIN.value) -> DesiredUnit:
     """The person's drop-in for claude-auth-sync@<user>.service.
 
     The template unit cannot name the person's home: in a system unit, `%h` is
     root's home whatever User= says (systemd.unit(5)). So the paths that depend
     on it, the writable ones and ~/.local/bin on PATH, come from the user database.
+    It also carries the roster's `claude_login` (CLAUDE_AUTH_LOGIN): the sync runs
+    as the person and never reads the roster, so this is how a roster change of
+    the mode, either way, reaches the next sync.
     """
     home = home.rstrip("/") or "/"
     writable = " ".join(systemd_path_word(f"-{home}/{rel}") for rel in SYNC_WRITABLE)
     text = render(SYNC_DROP_IN_TEMPLATE, user=user, read_write_paths=writable,
-                  path_environment=systemd_environment("PATH", f"{home}/.local/bin:{SYSTEM_PATH}"))
+                  path_environment=systemd_environment("PATH", f"{home}/.local/bin:{SYSTEM_PATH}"),
+                  login_environment=systemd_environment(LOGIN_ENV_VAR, login))
     return DesiredUnit(sync_drop_in(user), text, user)
 
 
@@ -270,7 +276,8 @@ def desired_local(roster: Roster, exec_path: str, roster_path: str,
         why = "" if user.wants_timer else ("claude_auth false" if not user.claude_auth else "parked")
         timers.append(DesiredTimer(sync_timer(name), user.wants_timer, name, why))
     known_homes = homes or {}
-    drop_ins = tuple(render_drop_in(name, known_homes[name]) for name in home_users if name in known_homes)
+    drop_ins = tuple(render_drop_in(name, known_homes[name], roster.users[name].claude_login)
+                     for name in home_users if name in known_homes)
     return DesiredLocal(home_users, directories, token_files,
                         render_units(roster, exec_path, roster_path) + drop_ins, tuple(timers), exec_path)
 

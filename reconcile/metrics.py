@@ -25,6 +25,8 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("claude_auth_token_ttl_seconds",
      "Seconds left on the user's scoped Vault token; 0 when it is dead, missing or unreadable."),
     ("claude_auth_backup_timestamp_seconds", "Time of the latest Claude login backup in Vault (backed_up_at)."),
+    ("claude_auth_setup_token_expiry_timestamp_seconds",
+     "setup-token mode: when the stored long-lived setup token expires (claude_setup_token_expires_at_ms)."),
 )
 
 
@@ -37,6 +39,7 @@ class UserMetrics:
     last_result: str | None = None
     token_ttl: float | None = None
     backup_time: float | None = None
+    setup_token_expiry: float | None = None
 
 
 def escape_label_value(value: str) -> str:
@@ -69,6 +72,7 @@ def render_textfile(rows: list[UserMetrics]) -> str:
                 "claude_auth_sync_last_run_timestamp_seconds": row.last_run,
                 "claude_auth_token_ttl_seconds": row.token_ttl,
                 "claude_auth_backup_timestamp_seconds": row.backup_time,
+                "claude_auth_setup_token_expiry_timestamp_seconds": row.setup_token_expiry,
             }[name]
             if value is not None:
                 lines.append(_sample(name, labels, float(value)))

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from reconcile.loginmode import DEFAULT as DEFAULT_LOGIN
+
 @dataclass(frozen=True)
 class VaultSettings:
     address: str | None = None
@@ -47,6 +49,8 @@ class User:
     namespaces: tuple[str, ...] = ()
     code_layout: str | None = None
     repos: tuple[str, ...] = ()
+    claude_login: str = DEFAULT_LOGIN.value
+    """oauth | setup-token (reconcile.loginmode)."""
 
     @property
     def wants_token(self) -> bool:

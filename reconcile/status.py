@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Mapping
 
 from reconcile import local_state, statefile
+from reconcile.loginmode import Login
+from reconcile.sync import setup_token
 from reconcile.accounts import Account, lookup_accounts
 from reconcile.homefs import STATE_DIR, HomeFsError, read_private_tail
 from reconcile.metrics import UserMetrics
@@ -38,6 +40,7 @@ UNKNOWN = "—"
 # range; anything else is treated as unreadable, so no later formatting can overflow.
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
 FUTURE_SLACK_SECONDS = 86400
+SETUP_TOKEN_MODE = Login.SETUP_TOKEN.value
 DEAD_TOKEN_CELLS = ("dead", "no file", "unreadable")
 """Token cells of a wanted token that cannot work: 0 seconds left in the metrics."""
 
@@ -68,6 +71,10 @@ class UserStatus:
     backup_at: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     """Why a value shows —, for people."""
+    claude_login: str = "oauth"
+    """The roster's claude_login."""
+    setup_token_expires_at: float | None = None
+    """setup-token mode: when the stored setup token expires."""
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -80,6 +87,8 @@ class UserStatus:
             "last_success_at": _iso(self.last_success_at),
             "backup_version": self.backup_version, "backup_at": _iso(self.backup_at),
             "notes": list(self.notes),
+            "claude_login": self.claude_login,
+            "setup_token_expires_at": _iso(self.setup_token_expires_at),
         }
 
     def metrics(self) -> UserMetrics:
@@ -87,7 +96,8 @@ class UserStatus:
                            last_success=self.last_success_at,
                            last_run=self.last_run.at if self.last_run else None,
                            last_result=self.last_run.result if self.last_run else None,
-                           token_ttl=self._metric_ttl(), backup_time=self.backup_at)
+                           token_ttl=self._metric_ttl(), backup_time=self.backup_at,
+                           setup_token_expiry=self.setup_token_expires_at)
 
     def _metric_ttl(self) -> int | None:
         """A token that is wanted but dead, missing or unreadable has 0 seconds left, so the
@@ -196,16 +206,40 @@ def _read_world(roster: Roster, roster_path: str, root: Path, vault: Vault | Non
     return world
 
 
+def _path_reader(world: _World, token: ObservedToken | None) -> tuple[Vault | None, str | None]:
+    """A client that may read the user's path (admin, else the user's own live token), or why none."""
+    if world.vault is None:
+        return None, "Vault not reachable"
+    if world.admin:
+        return world.vault, None
+    if token is None or token.token is None or token.state is not TokenState.VALID:
+        return None, "no admin token and no live user token to read it with"
+    return world.vault.with_token(token.token), None
+
+
+def _setup_token_expiry(world: _World, roster: Roster, user: str,
+                        token: ObservedToken | None) -> tuple[float | None, str | None]:
+    """(expiry in seconds since the epoch, why unknown) of the setup token stored at the user's path."""
+    client, why = _path_reader(world, token)
+    if client is None:
+        return None, why
+    try:  # undecoded, as the sync reads it: a hostile sibling key is never decoded
+        secret = client.kv_read_raw(roster.vault.kv_mount, roster.kv_path(user))
+    except VaultError as exc:
+        return None, str(exc)
+    where = f"{roster.vault.kv_mount}/data/{roster.kv_path(user)}"
+    stored = setup_token.stored_token_raw(secret.fields if secret else {}, secret.version if secret else 0, where)
+    if isinstance(stored, str):
+        return None, stored
+    return stored.expires_at_ms / 1000, None
+
+
 def _backup(world: _World, roster: Roster, user: str,
             token: ObservedToken | None) -> tuple[int | None, float | None, str | None]:
     """(version, backed_up_at, why unknown) of the latest backup at the user's path."""
-    if world.vault is None:
-        return None, None, "Vault not reachable"
-    client = world.vault
-    if not world.admin:
-        if token is None or token.token is None or token.state is not TokenState.VALID:
-            return None, None, "no admin token and no live user token to read it with"
-        client = world.vault.with_token(token.token)
+    client, why = _path_reader(world, token)
+    if client is None:
+        return None, None, why
     try:
         secret = client.kv_read(roster.vault.kv_mount, roster.kv_path(user))
     except VaultError as exc:
@@ -286,10 +320,17 @@ def user_status(world: _World, roster: Roster, user: str) -> UserStatus:
         version, backup_at, why_no_backup = _backup(world, roster, user, token_obs)
         if why_no_backup:
             notes.append(f"backup: {why_no_backup}")
+    # Login mode, and the setup token's expiry in setup-token mode
+    login = roster.users[user].claude_login
+    expires_at = None
+    if login == SETUP_TOKEN_MODE and roster.users[user].claude_auth:
+        expires_at, why_no_expiry = _setup_token_expiry(world, roster, user, token_obs)
+        if why_no_expiry:
+            notes.append(f"setup token: {why_no_expiry}")
     return UserStatus(user=user, state=_state_of(roster, user), policy=policy, token=token,
                       token_ttl_seconds=ttl, token_minted_at=minted, timer=timer, last_run=last_run,
                       last_success_at=last_success, backup_version=version, backup_at=backup_at,
-                      notes=tuple(notes))
+                      notes=tuple(notes), claude_login=login, setup_token_expires_at=expires_at)
 
 
 def gather(roster: Roster, roster_path: str, root: Path, vault: Vault | None, *, admin: bool,

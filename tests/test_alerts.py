@@ -28,14 +28,36 @@ def test_prometheus_rules_pass_promtool_check() -> None:
     result = subprocess.run([promtool(), "check", "rules", "claude-auth.prometheus.yml"],
                             cwd=ALERTS, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 3 rules found" in result.stdout
+    assert "SUCCESS: 5 rules found" in result.stdout
     assert "FAILED" not in result.stdout + result.stderr  # e.g. promtool's duplicate-rule lint
 
 
 def test_prometheus_rules_unit_tests_pass() -> None:
-    result = subprocess.run([promtool(), "test", "rules", "claude-auth.prometheus.test.yml"],
-                            cwd=ALERTS, capture_output=True, text=True)
+    tests = sorted(path.name for path in ALERTS.glob("*.prometheus.test.yml"))
+    assert "claude-auth.setup-token.prometheus.test.yml" in tests
+    result = subprocess.run([promtool(), "test", "rules", *tests], cwd=ALERTS, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_setup_token_expiry_rules_fire_at_30_and_7_days() -> None:
+    rules = yaml.safe_load((ALERTS / "claude-auth.prometheus.yml").read_text())["groups"][0]["rules"]
+    expiring = [rule for rule in rules if rule["alert"] == "WorkstationClaudeAuthSetupTokenExpiring"]
+    assert [rule["labels"]["within"] for rule in expiring] == ["30d", "7d"]
+    assert ["30 * 86400" in expiring[0]["expr"], "7 * 86400" in expiring[1]["expr"]] == [True, True]
+    assert all("claude_auth_setup_token_expiry_timestamp_seconds" in rule["expr"] for rule in expiring)
+
+
+def test_setup_token_rule_unit_tests_can_fail(tmp_path: Path) -> None:
+    """Not vacuous: the same tests against rules with the 7-day threshold moved to 3 days must fail."""
+    rules = (ALERTS / "claude-auth.prometheus.yml").read_text()
+    broken = rules.replace("< 7 * 86400)\n          and on (instance, user)\n          (claude_auth_user_enabled",
+                           "< 3 * 86400)\n          and on (instance, user)\n          (claude_auth_user_enabled")
+    assert broken != rules
+    (tmp_path / "claude-auth.prometheus.yml").write_text(broken)
+    test = "claude-auth.setup-token.prometheus.test.yml"
+    (tmp_path / test).write_text((ALERTS / test).read_text())
+    result = subprocess.run([promtool(), "test", "rules", test], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode != 0
 
 
 def test_prometheus_rule_unit_tests_can_fail(tmp_path: Path) -> None:

@@ -50,11 +50,14 @@ def test_demo_runs_the_whole_lifecycle_and_leaves_nothing_running(reachable_dir:
     assert result.returncode == 0, out + result.stderr
     assert "the real Claude Code CLI" in out
     steps = [line for line in out.splitlines() if line.startswith("==> ")]
-    assert len(steps) == 11
+    assert len(steps) == 13
     for expected in ("valid, 4 users", "Plan: 23 to add, 0 to change, 0 to remove.", "No changes.",
                      "OK alice: login works", "vaultwarden_master_password", "RECOVERED alice:",
                      "USER   STATE", "- token devvm-claude-auth-dave: revoked",
-                     "- policy workstation-claude-dave: deleted"):
+                     "- policy workstation-claude-dave: deleted", 'CLAUDE_AUTH_LOGIN=setup-token"',
+                     "OK dave: setup token works and is stored at secret/data/workstation/claude-users/dave",
+                     "OK dave: setup token works (expires ", "Login mode setup-token (everyone else: oauth):",
+                     "  dave: token expires "):
         assert expected in out, expected
     seconds = float(re.search(r"Demo finished in ([\d.]+) s", out).group(1))
     assert seconds < 60
@@ -65,3 +68,4 @@ def test_demo_runs_the_whole_lifecycle_and_leaves_nothing_running(reachable_dir:
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens there any more
     # Nothing secret in the demo's output: the demo's credentials and the root token.
     assert "demo-good-access" not in out and "demo-refresh" not in out and "devroot-" not in out
+    assert "sk-ant-oat01-demogood" not in out + result.stderr

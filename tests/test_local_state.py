@@ -346,6 +346,20 @@ def test_drop_ins_follow_the_roster(root: Path) -> None:
     assert plan(root, gone, prune=True)[0] == []
 
 
+def test_drop_in_follows_the_roster_login_mode_both_ways(root: Path) -> None:
+    converge(root)
+    drop_in = root / "etc" / "systemd" / "system" / "claude-auth-sync@alice.service.d" / "home.conf"
+    assert 'Environment="CLAUDE_AUTH_LOGIN=oauth"' in drop_in.read_text().splitlines()
+    for mode in ("setup-token", "oauth"):
+        switched = Roster(users={"alice": User("alice", claude_login=mode), "bob": User("bob"),
+                                 "carol": User("carol", parked=True)})
+        changes, _ = plan(root, switched)
+        assert summary(changes) == {(U, Kind.UNIT, "claude-auth-sync@alice.service.d/home.conf", "content differs")}
+        assert apply(root, changes, switched) == {}
+        assert f'Environment="CLAUDE_AUTH_LOGIN={mode}"' in drop_in.read_text().splitlines()
+        assert plan(root, switched)[0] == []
+
+
 def test_stale_timer_link_is_seen_while_its_template_is_missing(root: Path) -> None:
     converge(root)
     parked = Roster(users={"alice": User("alice"), "bob": User("bob", parked=True), "carol": User("carol", parked=True)})

@@ -77,7 +77,7 @@ BAD = [
     Bad("unknown-user", "users:\n  alice:\n    clade_auth: true\n", 3, "users.alice.clade_auth",
         "unknown field 'clade_auth' (did you mean 'claude_auth'?)"),
     Bad("unknown-user-no-match", "users:\n  alice: {shell: /bin/bash}\n", 2, "users.alice.shell",
-        "unknown field 'shell' (known fields: authentik_user, claude_auth, code_layout, k8s_user,"),
+        "unknown field 'shell' (known fields: authentik_user, claude_auth, claude_login, code_layout,"),
     # --- user names
     Bad("name-dotdot", "users:\n  ../x: {}\n", 2, 'users["../x"]', "invalid user name '../x': it starts with '.'"),
     Bad("name-upper", "users:\n  Alice: {}\n", 2, "users.Alice", "it starts with 'A'; user names are POSIX account names"),
@@ -98,6 +98,12 @@ BAD = [
         "expected one of admin, power-user, namespace-owner, got 3"),
     Bad("tier-unknown", "users:\n  bob:\n    tier: boss\n", 3, "users.bob.tier",
         "expected one of admin, power-user, namespace-owner, got 'boss'"),
+    Bad("claude-login-unknown", "users:\n  bob:\n    claude_login: token\n", 3, "users.bob.claude_login",
+        "expected one of oauth, setup-token, got 'token'"),
+    Bad("claude-login-bool", "users:\n  bob: {claude_login: true}\n", 2, "users.bob.claude_login",
+        "expected one of oauth, setup-token, got true"),
+    Bad("claude-login-typo", "users:\n  bob:\n    claude_logn: oauth\n", 3, "users.bob.claude_logn",
+        "unknown field 'claude_logn' (did you mean 'claude_login'?)"),
     Bad("authentik-number", "users:\n  bob: {authentik_user: 3}\n", 2, "users.bob.authentik_user",
         "expected a string, got 3"),
     Bad("authentik-empty", "users:\n  bob: {authentik_user: ''}\n", 2, "users.bob.authentik_user", "must not be empty"),
@@ -298,6 +304,7 @@ def test_minimal_roster_gets_every_default(tmp_path: Path) -> None:
     assert roster.vault.token_period_seconds == 768 * 3600
     assert (roster.sync.interval_seconds, roster.sync.randomized_delay_seconds) == (6 * 3600, 600)
     assert roster.status.prometheus_textfile is None
+    assert roster.users["alice"].claude_login == "oauth"
     assert roster.policy_name("alice") == "workstation-claude-alice"
     assert roster.kv_path("alice") == "workstation/claude-users/alice"
 
@@ -318,10 +325,12 @@ def test_settings_are_read_and_durations_converted(tmp_path: Path) -> None:
         "status:\n"
         "  prometheus_textfile: /var/lib/node_exporter/claude-auth.prom\n"
         "users:\n"
-        "  alice: {claude_auth: TRUE, parked: False}\n",
+        "  alice: {claude_auth: TRUE, parked: False}\n"
+        "  bob: {claude_login: setup-token}\n",
         encoding="utf-8",
     )
     roster = load_roster(str(path))
+    assert roster.users["bob"].claude_login == "setup-token"
     assert roster.vault == VaultSettings("https://vault.example.org:8200", "kv", "team/claude", "claude.", "1h30m", 5400)
     assert roster.sync == SyncSettings("3600", 3600, "0", 0, "claude-haiku-4-5:latest")
     assert roster.status.prometheus_textfile == "/var/lib/node_exporter/claude-auth.prom"

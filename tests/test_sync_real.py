@@ -840,7 +840,8 @@ def test_vault_token_variable_is_not_used(user: SyncUser) -> None:
 @pytest.mark.parametrize("content", [
     b'{"claudeAiOauth": {"accessToken": "sk-ant-oat01-TRUNCATED',
     b"",
-    b'{"claudeAiOauth": {"accessToken": "sk-ant-oat01-NOREFRESH-abcdefgh", "expiresAt": 1900000000000}}',
+    # No refresh token at all is a setup token (setup-token mode, tests/test_setup_token.py); a wrong one is corrupt.
+    b'{"claudeAiOauth": {"accessToken": "sk-ant-oat01-NOREFRESH-abcdefgh", "refreshToken": 7, "expiresAt": 1900000000000}}',
     b'{"claudeAiOauth": {"accessToken": "sk-ant-oat01-BADEXPIRY-abcdefgh", "refreshToken": "sk-ant-ort01-x-abcdefgh",'
     b' "expiresAt": "tomorrow"}, "mcpOAuth": {}}',
 ])

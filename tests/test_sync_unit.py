@@ -278,7 +278,9 @@ def test_oauth_shape(obj: Any, problem: str | None) -> None:
     (b'{"claudeAiOauth": {"accessToken": "sk-ant-oat01-SECRETSECRET", ', "not valid JSON"),
     (b"not json at all sk-ant-oat01-SECRETSECRET", "not valid JSON"),
     (b'["sk-ant-oat01-SECRETSECRET"]', "not a JSON object"),
-    (b'{"claudeAiOauth": {"accessToken": "sk-ant-oat01-SECRETSECRET", "expiresAt": 1}}', "refreshToken"),
+    # (No refresh token at all is a setup token, accepted locally: tests/test_setup_token_unit.py.)
+    (b'{"claudeAiOauth": {"accessToken": "sk-ant-oat01-SECRETSECRET", "refreshToken": 7, "expiresAt": 1}}',
+     "refreshToken"),
     (b'{"claudeAiOauth": "sk-ant-oat01-SECRETSECRET"}', "not a JSON object"),
     (b"\xff\xfe sk-ant-oat01-SECRETSECRET", "UTF-8"),
 ])

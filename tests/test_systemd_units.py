@@ -48,9 +48,15 @@ def test_sync_drop_in_names_the_persons_own_home() -> None:
     assert lines == [
         "[Service]",
         'Environment="PATH=/srv/homes/alice/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"',
+        'Environment="CLAUDE_AUTH_LOGIN=oauth"',
         "ReadWritePaths=-/srv/homes/alice/.claude -/srv/homes/alice/.claude.json "
         "-/srv/homes/alice/.config/claude-auth-sync -/srv/homes/alice/.local/state/claude-auth-sync",
     ]
+
+
+def test_sync_drop_in_carries_the_login_mode() -> None:
+    text = render_drop_in("alice", "/home/alice", "setup-token").text
+    assert 'Environment="CLAUDE_AUTH_LOGIN=setup-token"' in directives(text)
 
 
 def test_sync_drop_in_quotes_a_home_with_specifier_characters() -> None:

@@ -49,6 +49,19 @@ def _cells(row: UserStatus) -> list[str]:
     return [row.user, state, row.policy, token, row.timer, last, backup]
 
 
+def _setup_token_cell(row: UserStatus) -> str:
+    """`token expires 2027-11-29 (365 days left)`, or — when it is not known."""
+    at = row.setup_token_expires_at
+    if at is None:
+        return f"token expires {UNKNOWN}"
+    try:
+        date = datetime.fromtimestamp(at).strftime("%Y-%m-%d")
+    except (ValueError, OverflowError, OSError):
+        return f"token expires {UNKNOWN}"
+    left = (at - time.time()) / 86400
+    return f"token expires {date} ({int(left)} days left)" if left >= 0 else f"token EXPIRED on {date}"
+
+
 def _fit(cell: str, width: int) -> str:
     """`cell` padded to `width`, or cut to it with a trailing `…`."""
     return cell.ljust(width) if len(cell) <= width else cell[:max(0, width - 1)] + "…"
@@ -83,6 +96,11 @@ def render_table(rows: list[UserStatus]) -> str:
     widths, gap = _widths(table)
     lines = [(" " * gap).join(_fit(cell, width) for cell, width in zip(line, widths)).rstrip()
              for line in table]
+    setup = [f"  {row.user}: {_setup_token_cell(row)}" for row in rows if row.claude_login != "oauth"]
+    if setup:
+        lines.append("")
+        lines.append("Login mode setup-token (everyone else: oauth):")
+        lines.extend(setup)
     notes = [f"  {row.user}: {note}" for row in rows for note in row.notes]
     if notes:
         lines.append("")

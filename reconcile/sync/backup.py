@@ -110,27 +110,54 @@ def _json_kind(value: Any) -> str:
     return "an object"
 
 
-def backup_fields(oauth: Mapping[str, Any], backed_up_at: str) -> dict[str, bytes]:
-    """The three fields a backup sets, as JSON text."""
-    values: dict[str, Any] = {
-        FIELD_OAUTH_JSON: encode_oauth(oauth),
-        FIELD_EXPIRES_AT: int(oauth["expiresAt"]),
-        FIELD_BACKED_UP_AT: backed_up_at,
-    }
+def json_fields(values: Mapping[str, Any]) -> dict[str, bytes]:
+    """`values` as the JSON text merge_write and Vault.kv_write_cas_raw take."""
     return {key: json.dumps(value, ensure_ascii=False).encode("utf-8") for key, value in values.items()}
 
 
-def merged_document(stored: Mapping[str, bytes], oauth: Mapping[str, Any], backed_up_at: str) -> dict[str, bytes]:
-    """Every key already at the path (its bytes as read), with the three backup fields set."""
-    document = dict(stored)
-    document.update(backup_fields(oauth, backed_up_at))
-    return document
+def backup_fields(oauth: Mapping[str, Any], backed_up_at: str) -> dict[str, bytes]:
+    """The three fields a backup sets, as JSON text."""
+    return json_fields({
+        FIELD_OAUTH_JSON: encode_oauth(oauth),
+        FIELD_EXPIRES_AT: int(oauth["expiresAt"]),
+        FIELD_BACKED_UP_AT: backed_up_at,
+    })
 
 
 def _pause(attempt: int) -> float:
     import random
 
     return random.uniform(0.01, min(0.5, 0.02 * (2 ** attempt)))
+
+
+def merge_write(store: KvStore, mount: str, path: str,
+                updates: Callable[[Mapping[str, bytes]], Mapping[str, bytes] | None],
+                *, attempts: int = CAS_ATTEMPTS, sleep: Callable[[float], None] = time.sleep) -> BackupResult:
+    """Merge `updates(stored)` into the map at the path with check-and-set, keeping every other key.
+
+    The path is read undecoded (kv_read_raw): `updates` sees what is stored
+    now, each value as the JSON text Vault sent, and returns the fields to
+    set (JSON text too), or None when the path already holds what is wanted
+    (nothing is written). Every other key is written back as the very bytes
+    read. A CAS conflict reads again and retries. Vault errors pass through;
+    running out of attempts raises BackupError. Used by the backup and by
+    the setup-token store.
+    """
+    for attempt in range(1, attempts + 1):
+        current = store.kv_read_raw(mount, path)
+        stored = dict(current.fields) if current is not None else {}
+        version = int(current.version) if current is not None else 0
+        fields = updates(stored)
+        if fields is None:
+            return BackupResult(written=False, version=version, attempts=attempt)
+        try:
+            new_version = store.kv_write_cas_raw(mount, path, {**stored, **fields}, cas=version)
+        except CasConflict:
+            if attempt < attempts:
+                sleep(_pause(attempt))
+            continue
+        return BackupResult(written=True, version=new_version, attempts=attempt)
+    raise BackupError(f"another writer kept changing {mount}/data/{path} ({attempts} check-and-set conflicts)")
 
 
 def back_up(store: KvStore, mount: str, path: str, oauth: Mapping[str, Any], backed_up_at: str,
@@ -142,21 +169,10 @@ def back_up(store: KvStore, mount: str, path: str, oauth: Mapping[str, Any], bac
     errors (reconcile.vault.VaultError) pass through; running out of CAS
     attempts raises BackupError.
     """
-    for attempt in range(1, attempts + 1):
-        current = store.kv_read_raw(mount, path)
-        stored = dict(current.fields) if current is not None else {}
-        version = int(current.version) if current is not None else 0
-        if decode_stored_oauth(stored)[0] == oauth:
-            return BackupResult(written=False, version=version, attempts=attempt)
-        try:
-            new_version = store.kv_write_cas_raw(mount, path, merged_document(stored, oauth, backed_up_at),
-                                                 cas=version)
-        except CasConflict:
-            if attempt < attempts:
-                sleep(_pause(attempt))
-            continue
-        return BackupResult(written=True, version=new_version, attempts=attempt)
-    raise BackupError(f"another writer kept changing {mount}/data/{path} ({attempts} check-and-set conflicts)")
+    def updates(stored: Mapping[str, bytes]) -> Mapping[str, bytes] | None:
+        return None if decode_stored_oauth(stored)[0] == oauth else backup_fields(oauth, backed_up_at)
+
+    return merge_write(store, mount, path, updates, attempts=attempts, sleep=sleep)
 
 
 @dataclass(frozen=True)

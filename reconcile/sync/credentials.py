@@ -87,6 +87,20 @@ def oauth_problem(obj: object) -> str | None:
     return None
 
 
+def is_setup_token_object(obj: object) -> bool:
+    """A claudeAiOauth object without a refresh token: a setup token installed in setup-token
+    mode (reconcile.sync.setup_token), never a refreshable login, which always has one."""
+    return isinstance(obj, dict) and not obj.get("refreshToken")
+
+
+def local_oauth_problem(obj: object) -> str | None:
+    """As oauth_problem, but a setup-token object (non-empty accessToken, numeric expiresAt,
+    no refresh token) is usable too: the local file may hold either; a backup never does."""
+    if not is_setup_token_object(obj):
+        return oauth_problem(obj)
+    return oauth_problem({**obj, "refreshToken": "-"}) if isinstance(obj, dict) else oauth_problem(obj)
+
+
 def parse(raw: bytes, where: str) -> dict[str, Any]:
     """The top-level object of a credentials file, or CredentialsError (corrupt)."""
     try:
@@ -106,7 +120,7 @@ def parse(raw: bytes, where: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise CredentialsError(f"{where} is not a JSON object")
     if OAUTH_KEY in document:
-        problem = oauth_problem(document[OAUTH_KEY])
+        problem = local_oauth_problem(document[OAUTH_KEY])
         if problem:
             raise CredentialsError(f"{where}: {problem}")
     return document

@@ -17,13 +17,20 @@ The steps of SPEC.md "Sync, step by step", in order:
    an outage, a timeout or unexpected output: FAIL, the file untouched;
 8. exactly one status line on stdout and in the log.
 
+The roster's claude_login reaches the sync as CLAUDE_AUTH_LOGIN (the person's
+drop-in). In setup-token mode, after step 4, reconcile.sync.setup_token_sync
+takes over (install the stored setup token, prove it; no OAuth backup). In
+oauth mode, a setup token found installed is replaced by the OAuth backup
+through step 7's restore (a switch back), and a setup token is never backed up.
+
 Every file read is bounded (safefile): a credentials file, token file,
 lock or log that is a FIFO, a device, a link where none belongs, or over
 its cap is one `FAIL <user>: <file>: <why>` line, before any restore and
 with nothing changed. The restore and the backup's read of the credentials
 hold Claude's own refresh lock (claudelock); when Claude holds it past the
 wait, the run is `SKIP <user>: claude is refreshing the login (...)` and
-writes nothing.
+writes nothing. So does the setup-token install, which goes through the
+restore's own credentials.replace_oauth.
 
 Every failure is one `FAIL <user>: <reason>` line, never a traceback; an
 unforeseen exception shows only its type; Ctrl-C ends with
@@ -41,7 +48,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, TextIO
 
 from reconcile.exitcodes import Exit
-from reconcile.sync import backup, claudelock, credentials, livecheck
+from reconcile.loginmode import Login
+from reconcile.sync import backup, claudelock, credentials, livecheck, setup_token_sync
 from reconcile.sync import settings as config
 from reconcile.sync.claudelock import ClaudeRefreshing
 from reconcile.sync.credentials import CredentialsError, LocalCredentials, LoginChanged
@@ -183,10 +191,23 @@ class _Steps:
 
     def execute(self) -> tuple[Status, str]:
         env = self.child_environment()
-        self.read_local("before the check")
+        local = self.read_local("before the check")
         vault = self.open_vault()
         self.check_identity(vault)
         self.renew(vault)
+        # claude_login: setup-token mode has its own steps (reconcile.sync.setup_token_sync);
+        # oauth mode over an installed setup token restores the OAuth backup (switch back).
+        if setup_token_sync.mode(self.settings.login, local.oauth) is Login.SETUP_TOKEN:
+            try:
+                return setup_token_sync.run(vault, self.settings, env, local, warn=self.reporter.warn,
+                                            redact=self.redact.add, keep=self.keep,
+                                            preserve=lambda: self.preserve_oauth(vault, env))
+            except setup_token_sync.Failed as exc:
+                raise Fail(str(exc)) from None
+            except setup_token_sync.Skipped as exc:
+                raise Skip(str(exc)) from None
+        if credentials.is_setup_token_object(local.oauth):
+            return self.recover(vault, env, setup_token_sync.SWITCHED_BACK)
         first = self.live_check(env)
         if first.is_ok:
             return Status.OK, f"login works; {self.back_up(vault)}"
@@ -287,6 +308,9 @@ class _Steps:
         oauth = local.oauth
         if oauth is None:
             raise Fail(f"the login works but {CREDENTIALS_SHOWN} holds no claudeAiOauth to back up")
+        if credentials.is_setup_token_object(oauth):  # never over the refreshable OAuth backup
+            raise Fail(f"the login works but {CREDENTIALS_SHOWN} holds a setup token, not a refreshable "
+                       f"login; not backed up over the OAuth backup")
         s = self.settings
         try:
             result = backup.back_up(vault, s.kv_mount, s.kv_path, dict(oauth), utc_timestamp())
@@ -295,6 +319,25 @@ class _Steps:
         if result.written:
             return f"backed up to {s.kv_display} (version {result.version})"
         return f"backup unchanged ({s.kv_display} version {result.version})"
+
+    def preserve_oauth(self, vault: Vault, env: Mapping[str, str]) -> LocalCredentials:
+        """Setup-token mode, before the setup token replaces a refreshable login newer than the
+        backup: check it and back it up (never a broken one), so a switch back finds it.
+
+        Returns the file as read afterwards: the check may have refreshed the login, and the
+        install must replace only the login that was backed up (else it SKIPs)."""
+        check = self.live_check(env)
+        if not check.is_ok:
+            self.reporter.warn(f"the OAuth login being replaced failed its check ({check.reason}); "
+                               f"the OAuth backup keeps the last good one")
+        else:
+            try:
+                self.back_up(vault)
+            except Fail as exc:
+                self.reporter.warn(f"the OAuth login being replaced was not backed up: {exc}")
+            except Skip as exc:
+                raise Skip(f"{exc}; the setup token was not installed") from None
+        return self.read_local("before the setup token is installed")
 
     # --- step 7: recovery ---------------------------------------------------------------
 

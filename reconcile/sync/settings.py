@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Mapping
 
 from reconcile.identity import shown_display_name
+from reconcile.loginmode import ENV_VAR as LOGIN_ENV_VAR
+from reconcile.loginmode import Login
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 """POSIX account names, as the roster accepts them."""
@@ -25,8 +27,8 @@ DEFAULT_POLICY_PREFIX = "workstation-claude-"
 DEFAULT_MODEL = "haiku"
 DEFAULT_CLAUDE_TIMEOUT = 120.0
 DEFAULT_REFRESH_LOCK_WAIT = 15.0
-"""Seconds to wait for Claude's refresh lock (claudelock.DEFAULT_WAIT_SECONDS, repeated here to keep this
-module free of imports)."""
+"""Seconds to wait for Claude's refresh lock (claudelock.DEFAULT_WAIT_SECONDS, repeated here so this
+module does not import the lock code)."""
 
 
 class SettingsError(Exception):
@@ -44,6 +46,8 @@ class SyncSettings:
     model: str = DEFAULT_MODEL
     claude_timeout: float = DEFAULT_CLAUDE_TIMEOUT
     refresh_lock_wait: float = DEFAULT_REFRESH_LOCK_WAIT
+    login: Login | None = None
+    """The roster's claude_login, from the drop-in's CLAUDE_AUTH_LOGIN; None when unset (a run by hand)."""
 
     @property
     def kv_path(self) -> str:
@@ -129,6 +133,17 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _login(environ: Mapping[str, str]) -> Login | None:
+    raw = environ.get(LOGIN_ENV_VAR, "").strip()
+    if not raw:
+        return None
+    try:
+        return Login(raw)
+    except ValueError:
+        choices = " or ".join(mode.value for mode in Login)
+        raise SettingsError(f"{LOGIN_ENV_VAR}={raw!r} must be {choices} (the roster's claude_login)") from None
+
+
 def load(user: str, environ: Mapping[str, str]) -> SyncSettings:
     """The settings for `user` (already checked by check_user) from `environ`."""
     vault_addr = environ.get("VAULT_ADDR", "").strip()
@@ -148,4 +163,5 @@ def load(user: str, environ: Mapping[str, str]) -> SyncSettings:
         model=_text(environ, "CLAUDE_AUTH_MODEL", DEFAULT_MODEL),
         claude_timeout=_seconds(environ, "CLAUDE_AUTH_CLAUDE_TIMEOUT", DEFAULT_CLAUDE_TIMEOUT),
         refresh_lock_wait=_seconds(environ, "CLAUDE_AUTH_REFRESH_LOCK_WAIT", DEFAULT_REFRESH_LOCK_WAIT),
+        login=_login(environ),
     )

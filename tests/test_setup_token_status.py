@@ -1,0 +1,68 @@
+"""Setup-token mode in `claude-auth status` (table, JSON, the Prometheus textfile) against a
+real OpenBao and a --root sandbox."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconcile.sync import setup_token as st
+from tests.support.world import World
+
+EXPIRES_MS = 1_900_000_000_000  # 2030-03-17
+
+
+def store_fields(world: World, user: str, expires_ms: int = EXPIRES_MS) -> str:
+    token = f"sk-ant-oat01-{'t' * 40}{user}"
+    world.secrets_seen.add(token)
+    world.client.secrets.kv.v2.create_or_update_secret(
+        path=f"{world.path_prefix}/{user}", mount_point="secret",
+        secret=st.store_fields(token, "2026-11-29T00:00:00Z", expires_ms))
+    return token
+
+
+@pytest.fixture
+def mixed(world: World) -> World:
+    """tokened (setup-token, stored), waiting (setup-token, nothing stored yet), classic (oauth)."""
+    world.write_roster({"tokened": {"claude_login": "setup-token"}, "waiting": {"claude_login": "setup-token"},
+                        "classic": {}})
+    assert world.run("apply").code == 0
+    store_fields(world, "tokened")
+    store_fields(world, "classic")  # a stray token of an oauth user is not its mode
+    return world
+
+
+def test_status_json_shows_the_mode_and_the_expiry(mixed: World) -> None:
+    run = mixed.run("status", "--json")
+    assert run.code == 0, run.err
+    rows = {row["user"]: row for row in json.loads(run.out)["users"]}
+    assert rows["tokened"]["claude_login"] == "setup-token"
+    assert rows["tokened"]["setup_token_expires_at"].startswith("2030-03-1")
+    assert rows["waiting"]["setup_token_expires_at"] is None
+    assert any(note.startswith("setup token: no setup token stored at ") for note in rows["waiting"]["notes"])
+    assert (rows["classic"]["claude_login"], rows["classic"]["setup_token_expires_at"]) == ("oauth", None)
+
+
+def test_status_table_lists_setup_token_people_with_their_expiry(mixed: World) -> None:
+    run = mixed.run("status")
+    lines = run.out.splitlines()
+    start = lines.index("Login mode setup-token (everyone else: oauth):")
+    days = int((EXPIRES_MS / 1000 - time.time()) / 86400)
+    expected_date = time.strftime("%Y-%m-%d", time.localtime(EXPIRES_MS / 1000))
+    assert lines[start + 1:start + 3] == [f"  tokened: token expires {expected_date} ({days} days left)",
+                                          "  waiting: token expires —"]
+    assert all(len(line) <= 100 for line in lines)
+
+
+def test_textfile_has_the_expiry_metric_for_setup_token_people_only(mixed: World, tmp_path: Path) -> None:
+    target = tmp_path / "claude-auth.prom"
+    assert mixed.run("status", "--prometheus", str(target)).code == 0
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(target.read_text()) for s in family.samples}
+    expiry = {labels: value for (name, labels), value in samples.items()
+              if name == "claude_auth_setup_token_expiry_timestamp_seconds"}
+    assert expiry == {(("user", "tokened"),): EXPIRES_MS / 1000}
