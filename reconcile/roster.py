@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from reconcile.fleet import is_assigned
+
 @dataclass(frozen=True)
 class VaultSettings:
     address: str | None = None
@@ -47,6 +49,8 @@ class User:
     namespaces: tuple[str, ...] = ()
     code_layout: str | None = None
     repos: tuple[str, ...] = ()
+    hosts: tuple[str, ...] | None = None
+    """Host names or shell-style patterns this user is reconciled on; None: every host (reconcile.fleet)."""
 
     @property
     def wants_token(self) -> bool:
@@ -68,6 +72,11 @@ class Roster:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "users", MappingProxyType(dict(sorted(self.users.items()))))
+
+    def for_host(self, host: str) -> "Roster":
+        """The roster as one host reconciles it: only the users assigned to `host`."""
+        users = {name: user for name, user in self.users.items() if is_assigned(user.hosts, host)}
+        return Roster(users=users, vault=self.vault, sync=self.sync, status=self.status, source=self.source)
 
     def policy_name(self, user: str) -> str:
         return f"{self.vault.policy_prefix}{user}"

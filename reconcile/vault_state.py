@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Mapping
 
 from reconcile.accounts import Account
 from reconcile.durations import format_duration
+from reconcile.fleet import is_assigned
 from reconcile.homefs import TOKEN_FILE, HomeFsError, read_private_file
 from reconcile.identity import token_display_name, vault_display_name
 from reconcile.model import Action, Change, Kind
@@ -92,6 +93,13 @@ class DesiredVault:
     """By user name: only users with claude_auth true."""
     users: frozenset[str]
     """Every roster user."""
+    host: str = ""
+    """This host's name, as written into the metadata of every token it mints."""
+    here: frozenset[str] | None = None
+    """Roster users assigned to this host (the roster's `hosts`); None: every roster user."""
+
+    def is_here(self, user: str) -> bool:
+        return self.here is None or user in self.here
 
 
 def render_policy(roster: Roster, user: str) -> str:
@@ -99,21 +107,26 @@ def render_policy(roster: Roster, user: str) -> str:
 
 
 def desired_vault(roster: Roster, host: str) -> DesiredVault:
-    """What Vault should hold for this roster (pure apart from reading the template)."""
+    """What Vault should hold for this roster (pure apart from reading the template).
+
+    Policies are fleet-wide: one per roster user whatever the host. Tokens are
+    per host: only for users assigned to `host` (reconcile.fleet).
+    """
     prefix = roster.vault.policy_prefix.lower()  # Vault stores policy names lower-cased
     policies: dict[str, DesiredPolicy] = {}
     tokens: dict[str, DesiredToken] = {}
     for name, user in roster.users.items():
         policy = f"{prefix}{name}"
         policies[policy] = DesiredPolicy(name=policy, user=name, text=render_policy(roster, name))
-        if user.wants_token:
+        if user.wants_token and is_assigned(user.hosts, host):
             tokens[name] = DesiredToken(
                 user=name, policy=policy, display_name=token_display_name(name),
                 period=roster.vault.token_period, period_seconds=roster.vault.token_period_seconds,
                 meta=MappingProxyType({"managed_by": TOOL, "user": name, "host": host}),
             )
     return DesiredVault(policy_prefix=prefix, policies=MappingProxyType(policies),
-                        tokens=MappingProxyType(tokens), users=frozenset(roster.users))
+                        tokens=MappingProxyType(tokens), users=frozenset(roster.users), host=host,
+                        here=frozenset(name for name, user in roster.users.items() if is_assigned(user.hosts, host)))
 
 
 def is_managed_policy(name: str, prefix: str) -> bool:
@@ -152,6 +165,25 @@ def is_tool_policy(name: str, text: str, prefix: str) -> bool:
 def is_minted_for(info: TokenInfo, user: str) -> bool:
     """Whether the token's metadata says this tool minted it for `user` (the only tokens ever revoked)."""
     return info.meta.get("managed_by") == TOOL and info.meta.get("user") == user
+
+
+def is_minted_here(info: TokenInfo, host: str) -> bool:
+    """Whether the token's metadata names `host` as the host that minted it."""
+    return bool(host) and info.meta.get("host") == host
+
+
+def is_ours_to_revoke(info: TokenInfo, user: str, desired: DesiredVault) -> bool:
+    """Whether this host may revoke a token its state file records for `user`.
+
+    For a user whose token this host still manages, a token minted for them
+    (by any host: in a shared home every host adopts one token) that this
+    host found in its own files. For anybody else (offboarded, claude_auth
+    false, or not assigned here), only a token this host minted: in a shared
+    home another host may still be using the one it adopted.
+    """
+    if not is_minted_for(info, user):
+        return False
+    return user in desired.tokens or is_minted_here(info, desired.host)
 
 
 def minted_for_whom(info: TokenInfo) -> str | None:
@@ -426,10 +458,11 @@ def plan_tokens(desired: DesiredVault, observed: ObservedVault, *, prune: bool) 
     for user, record in observed.recorded.items():
         if user in desired.tokens:
             continue
-        if record.checked and (record.info is None or not is_minted_for(record.info, user)):
+        if record.checked and (record.info is None or not is_ours_to_revoke(record.info, user, desired)):
             continue  # already gone, or not ours: bookkeeping forgets it
         changes.append(_orphan(Kind.TOKEN, token_display_name(user), user, prune, desired.users,
-                               payload=RevokeOrder(user, record.accessor)))
+                               payload=RevokeOrder(user, record.accessor), host=desired.host,
+                               here=desired.is_here(user)))
     return changes
 
 
@@ -475,8 +508,15 @@ def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -
 
 
 def _orphan(kind: Kind, name: str, user: str, prune: bool, roster_users: frozenset[str], *,
-            payload: object, before_text: str | None = None) -> Change:
+            payload: object, before_text: str | None = None, host: str = "", here: bool = True) -> Change:
     what = "policy" if kind is Kind.POLICY else "token"
+    if user in roster_users and not here:  # the roster's `hosts` leaves this host out: as if removed here
+        if prune:
+            return Change(Action.DELETE, kind, name, f"user {user} is not assigned to host {host}; revoke",
+                          user=user, needs_admin=True, desired=payload, before_text=before_text)
+        return Change(Action.ORPHANED, kind, name,
+                      f"user {user} is not assigned to host {host} (apply --prune revokes the {what})",
+                      user=user, needs_admin=True, desired=payload, before_text=before_text)
     if user in roster_users:  # a token of a user whose claude_auth is false
         return Change(Action.DELETE, kind, name, f"claude_auth is false for user {user}; revoke",
                       user=user, needs_admin=True, desired=payload, before_text=before_text)
@@ -621,7 +661,7 @@ def next_records(records: Mapping[str, str], desired: DesiredVault, observed: Ob
         if accessor in outcomes.revoked:
             del result[user]
         elif (record is not None and record.accessor == accessor and record.checked
-              and (record.info is None or not is_minted_for(record.info, user))):
+              and (record.info is None or not is_ours_to_revoke(record.info, user, desired))):
             del result[user]
     return dict(sorted(result.items()))
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -45,6 +44,7 @@ from reconcile import local_state, render, statefile
 from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
 from reconcile.executor import ExecContext, Result, execute, failures, finish
 from reconcile.exitcodes import Exit
+from reconcile.fleet import this_host
 from reconcile.homefs import TOKEN_FILE, write_private_file
 from reconcile.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
@@ -230,15 +230,18 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
     except statefile.StateFileError as exc:
         raise CommandFailed(str(exc)) from None
     records = state.records
+    host = this_host()
+    # Policies are fleet-wide (every roster user); tokens, homes and timers only for users assigned here.
+    local_roster = roster.for_host(host)
     # Accounts matter for users with claude_auth (their home holds the token file and folders).
-    home_users = [name for name, user in roster.users.items() if user.claude_auth]
+    home_users = [name for name, user in local_roster.users.items() if user.claude_auth]
     try:
         found = lookup_accounts(root, home_users)
     except UserDatabaseUnreadable as exc:
         raise CommandFailed(str(exc)) from None
-    d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path,
+    d_local = local_state.desired_local(local_roster, local_state.default_exec_path(), roster_path,
                                         local_state.homes_of(found))
-    d_vault = desired_vault(roster, socket.gethostname())
+    d_vault = desired_vault(roster, host)
     # The local read waits mostly on one systemctl process and the Vault read on
     # the network: overlap them. Token files are read without following links
     # whatever the local verdict; a user with a local problem gets no token work.
@@ -304,6 +307,8 @@ def run_plan(args: argparse.Namespace, roster_path: str) -> int:
     if args.json:
         print(render.plan_json(session.plan))
     else:
+        for line in render.elsewhere_lines(session.roster, session.desired.vault.host):
+            print(line)
         print(render.plan_text(session.plan, diff=bool(args.diff)))
     if session.problems:
         return Exit.ERROR
