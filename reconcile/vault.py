@@ -3,21 +3,45 @@
 Every call returns plain typed values or raises a VaultError whose text never
 holds a token: hvac's exceptions are translated here, with their chain cut
 (`from None`) so no traceback carries request details further.
+
+Every request goes through `Vault._call`, which applies the one retry policy
+(reconcile.retry): transient failures are retried with backoff, each attempt
+has a short timeout, and all requests of a run share one deadline. Once
+retries run out the client (and every client made from it by `with_token`)
+counts Vault as unreachable and sends nothing more: each later call raises
+VaultUnreachable at once, so a run stops early instead of waiting on each
+remaining change. Redirects are never followed: a standby's 307 may name a
+leader that is gone, so it counts as transient and the same node is asked
+again.
+
+Answers are read defensively (`_BoundedAdapter`): at most MAX_ANSWER_BYTES,
+nested at most MAX_ANSWER_DEPTH deep, and any answer that cannot be read or
+has an unexpected shape is a VaultMalformed error, never a traceback. A
+person controls the data at their own KV path; it must not break anyone
+else's run.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import hvac
+import hvac.adapters
 import hvac.exceptions
 import requests
+import urllib3.exceptions
+
+from reconcile.retry import Deadline, GaveUp, RetryPolicy, Transience, call_with_retries
 
 
 class VaultError(Exception):
@@ -38,6 +62,102 @@ class VaultInvalid(VaultError):
 
 class CasConflict(VaultError):
     """A check-and-set write lost against a concurrent writer."""
+
+
+class VaultMalformed(VaultError):
+    """Vault answered, but the answer cannot be read (too large, too deep, not JSON, wrong shape)."""
+
+
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+"""Above Vault's own 32 MiB request cap would be reachable only by a misbehaving server; real answers
+(even every policy of thousands of users in one list) stay far below."""
+MAX_ANSWER_DEPTH = 64
+"""Vault's own envelopes nest 3 deep; what a person stores at their path gets the rest."""
+
+
+class _Redirected(Exception):
+    """A 3xx answer: a standby naming the leader. Never followed (the leader may be the node that died)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"redirected ({status})")
+        self.status = status
+
+
+class _Unreadable(Exception):
+    """The answer cannot be read safely; the text says why and holds nothing from the answer."""
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deep the JSON document `raw` nests arrays and objects (brackets inside strings ignored)."""
+    steps = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS).translate(_BRACKET_STEPS)
+    return max(accumulate(memoryview(steps).cast("b")), default=0)
+
+
+def decode_answer(raw: bytes) -> Any:
+    """Vault's JSON answer, bounded in size and depth; raises _Unreadable otherwise."""
+    if len(raw) > MAX_ANSWER_BYTES:
+        raise _Unreadable(f"the answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
+    # Fewer brackets than the cap cannot nest deeper than it: most answers skip the scan.
+    if raw.count(b"[") + raw.count(b"{") > MAX_ANSWER_DEPTH and nesting_depth(raw) > MAX_ANSWER_DEPTH:
+        raise _Unreadable(f"the answer nests deeper than {MAX_ANSWER_DEPTH} levels")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _Unreadable("the answer is not valid JSON") from None
+
+
+class _BoundedAdapter(hvac.adapters.RawAdapter):  # type: ignore[misc]  # hvac has no type hints
+    """hvac's JSON adapter, reading answers defensively and never following a redirect.
+
+    As hvac's JSONAdapter: a 200 answer comes back decoded, any other success
+    as the response, an error status as hvac's exception. `attempt_timeout` is
+    set by Vault._call before each attempt; `on_request` counts requests.
+    """
+
+    attempt_timeout: float | None = None
+    on_request: Callable[[str, str], None] | None = None
+
+    def get_login_token(self, response: Any) -> Any:
+        return response["auth"]["client_token"]
+
+    def request(self, method: str, url: str, headers: Any = None, raise_exception: bool = True,
+                **kwargs: Any) -> Any:
+        if self.on_request is not None:
+            self.on_request(method, url)
+        if self.attempt_timeout is not None:
+            kwargs["timeout"] = self.attempt_timeout
+        kwargs["stream"] = True  # read below, up to the cap
+        response = super().request(method, url, headers=headers, raise_exception=False, **kwargs)
+        try:
+            _read_bounded(response)
+        finally:
+            response.close()
+        if 300 <= response.status_code < 400:
+            raise _Redirected(response.status_code)
+        if not response.ok:
+            if raise_exception:
+                self._raise_for_error(method, url, response)
+            return response
+        if response.status_code == 200:
+            return decode_answer(response.content)
+        return response
+
+
+def _read_bounded(response: requests.Response) -> None:
+    """Read the body into the response (as requests would without `stream`), refusing more than the cap."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise _Unreadable(f"the answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
+        chunks.append(chunk)
+    response._content = b"".join(chunks)  # what requests' own `.content` does, bounded
 
 
 class Secret:
@@ -154,8 +274,15 @@ def resolve_token(home: Path | None = None) -> Secret | None:
     return Secret(value) if value else None
 
 
-def _translate(exc: Exception, what: str, address: str) -> VaultError:
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+def _translate(exc: BaseException, what: str, address: str) -> VaultError:
+    if isinstance(exc, _Unreadable):
+        return VaultMalformed(f"Vault's answer ({what}) cannot be read: {exc}")
+    if isinstance(exc, _Redirected):
+        return VaultUnreachable(f"Vault at VAULT_ADDR={address} redirected to another node ({what}); "
+                                "its leader is not answering")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return VaultUnreachable(f"Vault at VAULT_ADDR={address} did not answer in time ({what})")
+    if isinstance(exc, requests.exceptions.ConnectionError):
         return VaultUnreachable(f"Vault at VAULT_ADDR={address} is unreachable ({what})")
     if isinstance(exc, hvac.exceptions.Forbidden):
         return VaultDenied(f"permission denied ({what}); the token is invalid, expired or lacks the capability")
@@ -166,9 +293,63 @@ def _translate(exc: Exception, what: str, address: str) -> VaultError:
         return VaultInvalid(f"request rejected ({what})")
     if isinstance(exc, hvac.exceptions.VaultDown):
         return VaultUnreachable(f"Vault at VAULT_ADDR={address} is sealed or down ({what})")
+    if isinstance(exc, hvac.exceptions.RateLimitExceeded):
+        return VaultUnreachable(f"Vault at VAULT_ADDR={address} kept answering 429 too many requests ({what})")
     if isinstance(exc, hvac.exceptions.VaultError):
         return VaultError(f"Vault error ({what}): {type(exc).__name__}")
     return VaultError(f"Vault request failed ({what}): {type(exc).__name__}")
+
+
+_STANDBY_500 = ("active cluster node not found", "local node not active", "node not active", "sealed",
+                "leader")
+"""Texts of a 500 from a standby that has no leader to forward to (an election): transient."""
+
+
+def classify(exc: BaseException) -> Transience:
+    """The one place that decides what a failed Vault request means for a retry (reconcile.retry)."""
+    if isinstance(exc, _Redirected):
+        return Transience.NOT_DONE  # a standby points at a leader; it did not act
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or _never_connected(exc):
+        return Transience.NOT_DONE
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        requests.exceptions.ChunkedEncodingError)):
+        return Transience.MAYBE_DONE  # sent, then no (whole) answer
+    if isinstance(exc, (hvac.exceptions.RateLimitExceeded, hvac.exceptions.VaultDown,
+                        hvac.exceptions.BadGateway)):
+        return Transience.NOT_DONE
+    if isinstance(exc, hvac.exceptions.InternalServerError):
+        text = str(exc).lower()
+        if any(marker in text for marker in _STANDBY_500):
+            return Transience.NOT_DONE
+    return Transience.PERMANENT
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """A connection error from before the request was sent (refused, no route): nothing reached Vault."""
+    if not isinstance(exc, requests.exceptions.ConnectionError) or not exc.args:
+        return False
+    reason = getattr(exc.args[0], "reason", None)
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Shaping an answer into typed values: a field of the wrong type is a VaultMalformed error."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        raise VaultMalformed(f"Vault's answer ({what}) has an unexpected shape") from None
+
+
+@dataclass
+class _Link:
+    """What every client of one run shares: the policy, the deadline, the count, whether Vault is down."""
+
+    policy: RetryPolicy
+    deadline: Deadline
+    requests: Counter[str]
+    down: str | None = None
+    """Why Vault counts as unreachable for the rest of the run; None while it answers."""
 
 
 _READ_ONLY_POSTS = ("/v1/auth/token/lookup", "/v1/auth/token/lookup-accessor", "/v1/sys/capabilities-self")
@@ -188,8 +369,20 @@ def _is_not_found(exc: Exception) -> bool:
 
 
 def _is_bad_token(exc: Exception) -> bool:
-    """Expired, revoked or unknown: the admin lookup answers 403 "bad token"."""
-    return isinstance(exc, hvac.exceptions.Forbidden) and "bad token" in str(exc)
+    """Expired, revoked or unknown: the admin lookup answers 403 "bad token". Text that is no token
+    at all (`b.!!!!`, whatever a person wrote into their file): 400 (OpenBao: "illegal base64 data")."""
+    return ((isinstance(exc, hvac.exceptions.Forbidden) and "bad token" in str(exc))
+            or isinstance(exc, hvac.exceptions.InvalidRequest))
+
+
+def _is_forbidden(exc: Exception) -> bool:
+    return isinstance(exc, hvac.exceptions.Forbidden)
+
+
+def _is_unsupported(exc: Exception) -> bool:
+    """HashiCorp Vault has no detailed policy list: 404, or 400 "unsupported path"."""
+    return (isinstance(exc, (hvac.exceptions.InvalidPath, hvac.exceptions.UnsupportedOperation))
+            or (isinstance(exc, hvac.exceptions.InvalidRequest) and "unsupported" in str(exc)))
 
 
 def _is_invalid_accessor(exc: Exception) -> bool:
@@ -200,11 +393,18 @@ class Vault:
     """One hvac client for one token, with a count of the requests it made."""
 
     def __init__(self, address: str, token: Secret | None, *, cacert: str | None = None,
-                 timeout: float = 10.0) -> None:
-        """Raises VaultError naming VAULT_ADDR when `address` is not a usable URL."""
+                 policy: RetryPolicy | None = None, _link: _Link | None = None) -> None:
+        """Raises VaultError naming VAULT_ADDR when `address` is not a usable URL.
+
+        `policy` defaults to RetryPolicy.from_env(); its deadline starts now.
+        """
         check_address(address)
         self.address = address
         cacert = cacert or os.environ.get("VAULT_CACERT") or None
+        if _link is None:
+            policy = policy or RetryPolicy.from_env()
+            _link = _Link(policy=policy, deadline=Deadline(policy.deadline), requests=Counter())
+        self._link = _link
         # requests reads the proxy and CA-bundle variables (and ~/.netrc) on every
         # request, about a fifth of a loopback lookup; read them once here instead.
         session = requests.Session()
@@ -213,62 +413,94 @@ class Vault:
             session.proxies.update(settings["proxies"] or {})
             session.trust_env = False
             self._client = hvac.Client(url=address, token=token.reveal() if token else None,
-                                       verify=settings["verify"], timeout=timeout, session=session)
+                                       verify=settings["verify"], timeout=_link.policy.request_timeout,
+                                       session=session, allow_redirects=False, adapter=_BoundedAdapter)
         except ValueError as exc:  # a URL requests or hvac cannot parse; the text names no token
             raise VaultError(f"VAULT_ADDR={address!r} is not a valid Vault address ({exc})") from None
-        self.requests: Counter[str] = Counter()
-        """Requests made, by HTTP method (LIST counted as LIST; read-only POSTs such as token lookups as POST-READ)."""
-        adapter = self._client.adapter
-        original = adapter.request
+        self._adapter: _BoundedAdapter = self._client.adapter
+        counter = _link.requests
 
-        def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            self.requests[_count_key(method, url)] += 1
-            return original(method, url, *args, **kwargs)
+        def count(method: str, url: str) -> None:
+            counter[_count_key(method, url)] += 1
 
-        adapter.request = counted
+        self._adapter.on_request = count
+
+    @property
+    def requests(self) -> Counter[str]:
+        """Requests sent, by HTTP method (LIST counted as LIST; read-only POSTs such as token lookups
+        as POST-READ); retries count each time. Shared by every client of the run."""
+        return self._link.requests
 
     @property
     def writes(self) -> int:
         return sum(n for method, n in self.requests.items() if method not in _READ_METHODS)
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
+    @property
+    def unreachable(self) -> str | None:
+        """Why Vault counts as unreachable for the rest of this run (no request is sent any more), or None."""
+        return self._link.down
+
+    def _call(self, what: str, fn: Any, *args: Any, _gone: Callable[[Exception], bool] | None = None,
+              _idempotent: bool = True, **kwargs: Any) -> Any:
+        """The one path of every request: the retry policy, then hvac's errors translated.
+
+        `_gone`: a failure that only says the thing is not there answers None.
+        `_idempotent=False`: a request that may have been carried out is not sent again.
+        """
+        link = self._link
+        if link.down is not None:
+            raise VaultUnreachable(f"not attempted ({what}): {link.down}")
+
+        def attempt(timeout: float) -> Any:
+            self._adapter.attempt_timeout = timeout
             return fn(*args, **kwargs)
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise _translate(exc, what, self.address) from None
+
+        try:
+            return call_with_retries(attempt, classify, policy=link.policy, deadline=link.deadline,
+                                     idempotent=_idempotent)
+        except GaveUp as exc:
+            reason = _translate(exc.last, what, self.address) if exc.last is not None else None
+            text = f"{reason} ({exc.why})" if reason is not None else (
+                f"Vault at VAULT_ADDR={self.address}: {exc.why} ({what})")
+            link.down = text
+            raise VaultUnreachable(text) from None
+        except Exception as exc:
+            if _gone is not None and _gone(exc):
+                return None
+            if isinstance(exc, (hvac.exceptions.VaultError, requests.exceptions.RequestException,
+                                _Redirected, _Unreadable)):
+                raise _translate(exc, what, self.address) from None
+            raise
 
     def _call_or_none(self, what: str, gone: Callable[[Exception], bool], fn: Any, *args: Any,
                       **kwargs: Any) -> Any:
         """As _call, but None when the failure only says the thing is not there (`gone`)."""
-        try:
-            return fn(*args, **kwargs)
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            if gone(exc):
-                return None
-            raise _translate(exc, what, self.address) from None
+        return self._call(what, fn, *args, _gone=gone, **kwargs)
 
     def with_token(self, token: Secret) -> "Vault":
-        """A client for another token at the same address (shares nothing secret)."""
-        other = Vault(self.address, token)
-        other.requests = self.requests  # one count for the whole run
-        return other
+        """A client for another token at the same address (shares nothing secret; shares the count,
+        the deadline and whether Vault is down)."""
+        return Vault(self.address, token, _link=self._link)
 
     # --- any token: itself ---------------------------------------------------
 
     def lookup_self(self) -> TokenInfo:
         data = self._call("token lookup-self", self._client.auth.token.lookup_self)
-        return TokenInfo.from_lookup(data["data"])
+        with _reading("token lookup-self"):
+            return TokenInfo.from_lookup(data["data"])
 
     def renew_self(self) -> TokenInfo:
         data = self._call("token renew-self", self._client.auth.token.renew_self)
-        auth = data.get("auth") or {}
-        # renew-self answers with an auth block; reshape to lookup fields we need.
-        return TokenInfo(
-            accessor=str(auth.get("accessor") or ""), display_name="",
-            policies=tuple(sorted(auth.get("token_policies") or auth.get("policies") or ())),
-            orphan=bool(auth.get("orphan")), period_seconds=0,
-            ttl_seconds=int(auth.get("lease_duration") or 0), meta=MappingProxyType(dict(auth.get("metadata") or {})),
-        )
+        with _reading("token renew-self"):
+            auth = data.get("auth") or {}
+            # renew-self answers with an auth block; reshape to lookup fields we need.
+            return TokenInfo(
+                accessor=str(auth.get("accessor") or ""), display_name="",
+                policies=tuple(sorted(auth.get("token_policies") or auth.get("policies") or ())),
+                orphan=bool(auth.get("orphan")), period_seconds=0,
+                ttl_seconds=int(auth.get("lease_duration") or 0),
+                meta=MappingProxyType(dict(auth.get("metadata") or {})),
+            )
 
     # --- KV v2 -----------------------------------------------------------------
 
@@ -279,10 +511,11 @@ class Vault:
         data is gone, but a check-and-set write must still name N. The data
         read answers 404 (InvalidPath) for a destroyed version, as for a path
         that never existed; only then is the metadata read (one more request)
-        to tell the two apart.
+        to tell the two apart. Data at the path that cannot be read (nested too
+        deep, too large, not a map) is a VaultMalformed error.
         """
-        data = self._call_or_none(f"read {mount}/data/{path}", _is_not_found,
-                                  self._client.secrets.kv.v2.read_secret_version,
+        what = f"read {mount}/data/{path}"
+        data = self._call_or_none(what, _is_not_found, self._client.secrets.kv.v2.read_secret_version,
                                   path=path, mount_point=mount, raise_on_deleted_version=False)
         if data is None:
             try:
@@ -292,27 +525,36 @@ class Vault:
             if versions is None or versions.current_version <= 0:
                 return None
             return KvSecret(version=versions.current_version, data=MappingProxyType({}))
-        inner = data.get("data") or {}
-        metadata = inner.get("metadata") or {}
-        if metadata.get("deletion_time") or metadata.get("destroyed"):
-            return KvSecret(version=int(metadata.get("version") or 0), data=MappingProxyType({}))
-        return KvSecret(version=int(metadata.get("version") or 0),
-                        data=MappingProxyType(dict(inner.get("data") or {})))
+        with _reading(what):
+            inner = data.get("data") or {}
+            metadata = inner.get("metadata") or {}
+            version = int(metadata.get("version") or 0)
+            if metadata.get("deletion_time") or metadata.get("destroyed"):
+                return KvSecret(version=version, data=MappingProxyType({}))
+            return KvSecret(version=version, data=MappingProxyType(dict(inner.get("data") or {})))
 
     def kv_write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int) -> int:
-        """Write the whole map only if the current version is `cas` (0: path is new). Returns the new version."""
-        result = self._call(f"write {mount}/data/{path}", self._client.secrets.kv.v2.create_or_update_secret,
+        """Write the whole map only if the current version is `cas` (0: path is new). Returns the new version.
+
+        Retried like a read after a lost answer: check-and-set makes a second
+        copy impossible (a write that did land makes the retry a CasConflict).
+        """
+        what = f"write {mount}/data/{path}"
+        result = self._call(what, self._client.secrets.kv.v2.create_or_update_secret,
                             path=path, secret=dict(data), cas=cas, mount_point=mount)
-        return int((result.get("data") or {}).get("version") or 0)
+        with _reading(what):
+            return int((result.get("data") or {}).get("version") or 0)
 
     def kv_metadata(self, mount: str, path: str) -> KvMetadata | None:
-        data = self._call_or_none(f"read {mount}/metadata/{path}", _is_not_found,
-                                  self._client.secrets.kv.v2.read_secret_metadata, path=path, mount_point=mount)
+        what = f"read {mount}/metadata/{path}"
+        data = self._call_or_none(what, _is_not_found, self._client.secrets.kv.v2.read_secret_metadata,
+                                  path=path, mount_point=mount)
         if data is None:
             return None
-        inner = data.get("data") or {}
-        return KvMetadata(current_version=int(inner.get("current_version") or 0),
-                          updated_time=str(inner.get("updated_time") or ""))
+        with _reading(what):
+            inner = data.get("data") or {}
+            return KvMetadata(current_version=int(inner.get("current_version") or 0),
+                              updated_time=str(inner.get("updated_time") or ""))
 
     # --- admin: policies and tokens (needs an admin token unless noted) --------
     # Added for `plan`/`apply` (reconcile.vault_state). Read-only POSTs (token
@@ -322,8 +564,9 @@ class Vault:
         """This token's capabilities on each path (one request; any valid token)."""
         data = self._call("capabilities-self", self._client.adapter.post, "/v1/sys/capabilities-self",
                           json={"paths": list(paths)})
-        inner = data.get("data") or data
-        return {path: tuple(inner.get(path) or ()) for path in paths}
+        with _reading("capabilities-self"):
+            inner = data.get("data") or data
+            return {path: tuple(str(cap) for cap in inner.get(path) or ()) for path in paths}
 
     def is_reachable(self) -> None:
         """Raise VaultUnreachable unless /sys/health answers (no token needed)."""
@@ -331,29 +574,28 @@ class Vault:
 
     def list_policies_detailed(self) -> dict[str, str] | None:
         """Every ACL policy name and text in one request (OpenBao); None where unsupported (HashiCorp Vault)."""
-        try:
-            data = self._client.adapter.list("/v1/sys/policies/detailed/acl")
-        except (hvac.exceptions.InvalidPath, hvac.exceptions.UnsupportedOperation):
+        what = "list sys/policies/detailed/acl"
+        data = self._call_or_none(what, _is_unsupported, self._client.adapter.list, "/v1/sys/policies/detailed/acl")
+        if data is None:
             return None
-        except hvac.exceptions.InvalidRequest as exc:
-            if "unsupported" in str(exc):
-                return None
-            raise _translate(exc, "list sys/policies/detailed/acl", self.address) from None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise _translate(exc, "list sys/policies/detailed/acl", self.address) from None
-        key_info = ((data or {}).get("data") or {}).get("key_info") or {}
-        return {str(name): str((info or {}).get("policy") or "") for name, info in key_info.items()}
+        with _reading(what):
+            key_info = ((data or {}).get("data") or {}).get("key_info") or {}
+            return {str(name): str((info or {}).get("policy") or "") for name, info in key_info.items()}
 
     def list_policy_names(self) -> list[str]:
-        data = self._call("list sys/policies/acl", self._client.adapter.list, "/v1/sys/policies/acl")
-        return [str(name) for name in ((data or {}).get("data") or {}).get("keys") or ()]
+        what = "list sys/policies/acl"
+        data = self._call(what, self._client.adapter.list, "/v1/sys/policies/acl")
+        with _reading(what):
+            return [str(name) for name in ((data or {}).get("data") or {}).get("keys") or ()]
 
     def read_policy(self, name: str) -> str | None:
         """The policy text, or None when there is no such policy."""
-        data = self._call_or_none(f"read policy {name}", _is_not_found, self._client.sys.read_acl_policy, name)
+        what = f"read policy {name}"
+        data = self._call_or_none(what, _is_not_found, self._client.sys.read_acl_policy, name)
         if data is None:
             return None
-        return str(((data or {}).get("data") or {}).get("policy") or "")
+        with _reading(what):
+            return str(((data or {}).get("data") or {}).get("policy") or "")
 
     def write_policy(self, name: str, text: str) -> None:
         self._call(f"write policy {name}", self._client.sys.create_or_update_acl_policy, name=name, policy=text)
@@ -363,11 +605,13 @@ class Vault:
         self._call(f"delete policy {name}", self._client.sys.delete_acl_policy, name=name)
 
     def lookup_token(self, token: Secret) -> TokenInfo | None:
-        """Look another token up (admin API, token in the POST body); None when it is expired, revoked or unknown."""
+        """Look another token up (admin API, token in the POST body); None when it is expired, revoked,
+        unknown, or not even shaped like a token (Vault answers 400 to text it cannot decode)."""
         data = self._call_or_none("token lookup", _is_bad_token, self._client.auth.token.lookup, token.reveal())
         if data is None:
             return None
-        return TokenInfo.from_lookup(data["data"])
+        with _reading("token lookup"):
+            return TokenInfo.from_lookup(data["data"])
 
     def lookup_token_self(self, token: Secret) -> TokenInfo | None:
         """`lookup-self` with another token (needs no admin); None when Vault refuses it.
@@ -376,18 +620,17 @@ class Vault:
         With a client that has no token of its own the request reuses this
         client's connection; otherwise it goes through `with_token`.
         """
-        try:
-            if self._client.adapter.token:
+        if self._client.adapter.token:
+            try:
                 return self.with_token(token).lookup_self()
-            data = self._client.adapter.get("/v1/auth/token/lookup-self",
-                                            headers={"X-Vault-Token": token.reveal()})
-        except VaultDenied:
+            except VaultDenied:
+                return None
+        data = self._call_or_none("token lookup-self", _is_forbidden, self._client.adapter.get,
+                                  "/v1/auth/token/lookup-self", headers={"X-Vault-Token": token.reveal()})
+        if data is None:
             return None
-        except hvac.exceptions.Forbidden:
-            return None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise _translate(exc, "token lookup-self", self.address) from None
-        return TokenInfo.from_lookup(data["data"])
+        with _reading("token lookup-self"):
+            return TokenInfo.from_lookup(data["data"])
 
     def lookup_accessor(self, accessor: str) -> TokenInfo | None:
         """The token behind an accessor; None when it no longer exists."""
@@ -395,24 +638,32 @@ class Vault:
                                   self._client.auth.token.lookup_accessor, accessor)
         if data is None:
             return None
-        return TokenInfo.from_lookup(data["data"])
+        with _reading("token lookup-accessor"):
+            return TokenInfo.from_lookup(data["data"])
+
+    def list_accessors(self) -> list[str]:
+        """Every token accessor Vault holds (admin, sudo on auth/token/accessors; one request)."""
+        what = "list auth/token/accessors"
+        data = self._call(what, self._client.adapter.list, "/v1/auth/token/accessors")
+        with _reading(what):
+            return [str(accessor) for accessor in ((data or {}).get("data") or {}).get("keys") or ()]
 
     def create_orphan_token(self, *, policies: list[str], period: str, display_name: str,
                             meta: Mapping[str, str]) -> MintedToken:
-        """Mint an orphan, periodic token with exactly `policies` (no default policy)."""
+        """Mint an orphan, periodic token with exactly `policies` (no default policy).
+
+        Never sent twice: an answer lost after sending may mean a token exists.
+        The caller records an intent first (reconcile.statefile) so the next run
+        finds such a token by its metadata.
+        """
         data = self._call("token create-orphan", self._client.auth.token.create_orphan,
                           policies=list(policies), period=period, no_default_policy=True,
-                          display_name=display_name, meta=dict(meta), renewable=True)
-        auth = data.get("auth") or {}
-        return MintedToken(token=Secret(str(auth["client_token"])), accessor=str(auth["accessor"]))
+                          display_name=display_name, meta=dict(meta), renewable=True, _idempotent=False)
+        with _reading("token create-orphan"):
+            auth = data.get("auth") or {}
+            return MintedToken(token=Secret(str(auth["client_token"])), accessor=str(auth["accessor"]))
 
     def revoke_accessor(self, accessor: str) -> None:
         """Revoke the token behind an accessor; an accessor that no longer exists is not an error."""
-        try:
-            self._client.auth.token.revoke_accessor(accessor)
-        except hvac.exceptions.InvalidRequest as exc:
-            if "invalid accessor" in str(exc):
-                return
-            raise _translate(exc, "token revoke-accessor", self.address) from None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise _translate(exc, "token revoke-accessor", self.address) from None
+        self._call_or_none("token revoke-accessor", _is_invalid_accessor,
+                           self._client.auth.token.revoke_accessor, accessor)

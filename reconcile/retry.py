@@ -1,0 +1,154 @@
+"""The one retry policy: what a failure means, how long to wait, when to stop.
+
+Every Vault request goes through `call_with_retries` (reconcile.vault's
+`Vault._call`), so plan, apply, status and sync ride out the same faults the
+same way; nothing else grows its own loop. This module knows nothing about
+Vault or HTTP: the caller hands it a `classify` function that sorts an
+exception into one of three `Transience` values, and a `Deadline` for the
+whole run.
+
+- PERMANENT: retrying cannot help (a 4xx, an answer that cannot be read).
+  Raised at once.
+- NOT_DONE: the server certainly did not act on the request (connection
+  refused, a 307 to a leader that is gone, 429, 503 from a sealed or standby
+  node). Safe to send again, writes included.
+- MAYBE_DONE: the request may have been carried out (a timeout or a reset
+  after it was sent). Sent again only when the caller says the request is
+  idempotent; a mint is not (see docs/design.md, "Failure model").
+
+Transient failures are retried with equal-jitter exponential backoff for up to
+`retry_window` seconds after that request was first sent (a leader
+election takes 2.5-5 s: FACTS.md), at most `max_attempts` times, and never
+past the run's deadline. When they run out, `GaveUp` carries the last error:
+the caller then knows the server is unavailable, not merely that one request
+was refused.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+TIMEOUT_ENV = "CLAUDE_AUTH_VAULT_TIMEOUT"
+"""Seconds one request may take (connect and each read); default REQUEST_TIMEOUT."""
+DEADLINE_ENV = "CLAUDE_AUTH_VAULT_DEADLINE"
+"""Seconds all Vault requests of one run may take together; default DEADLINE."""
+REQUEST_TIMEOUT = 5.0
+RETRY_WINDOW = 10.0
+DEADLINE = 60.0
+
+
+class Transience(Enum):
+    PERMANENT = "permanent"
+    NOT_DONE = "not-done"
+    MAYBE_DONE = "maybe-done"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    request_timeout: float = REQUEST_TIMEOUT
+    """Per request: a hung server (TCP open, no answer) costs this much per attempt."""
+    retry_window: float = RETRY_WINDOW
+    """Per request: keep retrying transient failures this long after it was first sent."""
+    max_attempts: int = 12
+    base_delay: float = 0.1
+    max_delay: float = 1.0
+    deadline: float = DEADLINE
+    """For the whole run: no request starts, and none waits, past it."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "RetryPolicy":
+        """The defaults, with the timeout and the deadline taken from the environment when set there.
+
+        An unusable value (not a positive number) is ignored rather than fatal:
+        the defaults are safe, and a typo must not stop the hourly run.
+        """
+        env = os.environ if environ is None else environ
+        return cls(request_timeout=_seconds(env.get(TIMEOUT_ENV), REQUEST_TIMEOUT),
+                   deadline=_seconds(env.get(DEADLINE_ENV), DEADLINE))
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """The wait after failed attempt number `attempt` (1 for the first): equal jitter, so
+        many clients retrying at once spread out but none retries at once."""
+        ceiling: float = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        return ceiling / 2 + rand() * ceiling / 2
+
+
+def _seconds(text: str | None, default: float) -> float:
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        return default
+    return value if 0 < value < float("inf") else default
+
+
+class Deadline:
+    """The time left for a whole run; shared by every client of that run."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._ends = clock() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self._ends - self._clock())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+
+class GaveUp(Exception):
+    """Transient failures outlasted the retry window, the attempts or the deadline."""
+
+    def __init__(self, last: BaseException | None, attempts: int, why: str) -> None:
+        super().__init__(why)
+        self.last = last
+        """The last failure, or None when the deadline passed before any attempt."""
+        self.attempts = attempts
+        self.why = why
+
+
+def call_with_retries(attempt: Callable[[float], T], classify: Callable[[BaseException], Transience], *,
+                      policy: RetryPolicy, deadline: Deadline, idempotent: bool = True,
+                      sleep: Callable[[float], None] = time.sleep,
+                      clock: Callable[[], float] = time.monotonic,
+                      rand: Callable[[], float] = random.random) -> T:
+    """`attempt(timeout)` until it returns, under the policy.
+
+    Each attempt gets a timeout no longer than the deadline leaves. A PERMANENT
+    failure, and a MAYBE_DONE one of a request that is not `idempotent`, is
+    raised as is. Raises GaveUp when transient failures run out of time or
+    attempts.
+    """
+    started = clock()
+    tries = 0
+    last: BaseException | None = None
+    while True:
+        left = deadline.remaining()
+        if left <= 0:
+            raise GaveUp(last, tries, f"the run's deadline of {deadline.seconds:g} s for Vault passed")
+        tries += 1
+        try:
+            return attempt(min(policy.request_timeout, left))
+        except Exception as exc:
+            verdict = classify(exc)
+            if verdict is Transience.PERMANENT or (verdict is Transience.MAYBE_DONE and not idempotent):
+                raise
+            last = exc
+        now = clock()
+        if tries >= policy.max_attempts:
+            raise GaveUp(last, tries, f"{tries} attempts failed")
+        wait = policy.delay(tries, rand)
+        if now + wait - started > policy.retry_window:
+            raise GaveUp(last, tries, f"still failing after {tries} attempts in {now - started:.1f} s")
+        if wait >= deadline.remaining():
+            raise GaveUp(last, tries, f"the run's deadline of {deadline.seconds:g} s for Vault passed")
+        sleep(wait)
+
