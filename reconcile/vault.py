@@ -332,6 +332,17 @@ def _never_connected(exc: BaseException) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
+def _ask_leader(client: hvac.Client) -> dict[str, Any] | None:
+    """`sys/leader` (no token needed): None when the node runs without HA; raises VaultDown (transient)
+    while it knows no active node."""
+    data = client.adapter.get("/v1/sys/leader")
+    if not isinstance(data, dict) or not data.get("ha_enabled"):
+        return None
+    if not data.get("leader_address"):
+        raise hvac.exceptions.VaultDown("no active node (election)")
+    return data
+
+
 @contextmanager
 def _reading(what: str) -> Iterator[None]:
     """Shaping an answer into typed values: a field of the wrong type is a VaultMalformed error."""
@@ -386,7 +397,18 @@ def _is_unsupported(exc: Exception) -> bool:
 
 
 def _is_invalid_accessor(exc: Exception) -> bool:
-    return isinstance(exc, hvac.exceptions.InvalidRequest) and "invalid accessor" in str(exc)
+    """The accessor names no token. A standby may also say "invalid request" for one it has not yet
+    replicated: lookups ask the active node again (Vault._on_active) before believing it."""
+    text = str(exc)
+    return isinstance(exc, hvac.exceptions.InvalidRequest) and ("invalid accessor" in text
+                                                               or "invalid request" in text)
+
+
+def _is_revoked_already(exc: Exception) -> bool:
+    """A revoke that lost a race with another revoke of the same accessor: 400 "token not found"
+    (OpenBao 2.7.2, seen with two hosts revoking at once), or the accessor is already gone."""
+    return _is_invalid_accessor(exc) or (isinstance(exc, hvac.exceptions.InvalidRequest)
+                                         and "token not found" in str(exc))
 
 
 class Vault:
@@ -424,6 +446,8 @@ class Vault:
             counter[_count_key(method, url)] += 1
 
         self._adapter.on_request = count
+        self._active: dict[str, Vault] = {}
+        """Clients at the active node's address, for reads that must be answered there (_on_active)."""
 
     @property
     def requests(self) -> Counter[str]:
@@ -482,6 +506,60 @@ class Vault:
         the deadline and whether Vault is down)."""
         return Vault(self.address, token, _link=self._link)
 
+    # --- reads the active node answers ------------------------------------------
+
+    def _on_active(self, what: str, gone: Callable[[Exception], bool] | None,
+                   read: Callable[[hvac.Client], Any]) -> Any:
+        """`read` answered by the node that is active throughout it; None when `gone` says "not there".
+
+        OpenBao (2.5+) answers reads on standbys from their own copy, which lags
+        the active node (70-90 ms seen), and 2.7.2 has no request header that
+        makes a standby forward a read (docs/design.md, "Reads on a standby").
+        So: ask this node's `sys/leader` for the active node's address; ask that
+        node's `sys/leader` (it must say `is_self`, and gives `active_time`); read
+        there; ask its `sys/leader` again. An unchanged `active_time` means the
+        node was active during the read, so the read saw every committed write.
+        A node without HA is its own active node. No leader (an election) or a
+        changed leadership is a transient failure for the one retry policy,
+        which starts the whole sequence over.
+        """
+        def attempt() -> Any:
+            timeout = self._adapter.attempt_timeout
+            target = self
+            leader = _ask_leader(self._client)
+            if leader is not None and not leader.get("is_self"):
+                target = self._active_client(str(leader.get("leader_address")))
+                target._adapter.attempt_timeout = timeout
+                leader = _ask_leader(target._client)
+                if leader is None or not leader.get("is_self"):
+                    raise hvac.exceptions.VaultDown("the named leader is not active (election)")
+            since = None if leader is None else leader.get("active_time")
+            outcome: Any
+            try:
+                outcome = read(target._client)
+            except Exception as exc:
+                if gone is None or not gone(exc):
+                    raise
+                outcome = exc
+            if leader is not None:
+                after = _ask_leader(target._client)
+                if after is None or not after.get("is_self") or after.get("active_time") != since:
+                    raise hvac.exceptions.VaultDown("leadership changed during the read (election)")
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        return self._call(f"{what} on the active node", attempt, _gone=gone)
+
+    def _active_client(self, address: str) -> "Vault":
+        """A client for this token at the active node's address (kept per address for the run)."""
+        cached = self._active.get(address)
+        if cached is None:
+            token = self._client.token
+            cached = Vault(address, Secret(token) if token else None, _link=self._link)
+            self._active[address] = cached
+        return cached
+
     # --- any token: itself ---------------------------------------------------
 
     def lookup_self(self) -> TokenInfo:
@@ -504,8 +582,11 @@ class Vault:
 
     # --- KV v2 -----------------------------------------------------------------
 
-    def kv_read(self, mount: str, path: str) -> KvSecret | None:
+    def kv_read(self, mount: str, path: str, *, consistent: bool = False) -> KvSecret | None:
         """The latest version of a KV v2 secret, or None when the path has none.
+
+        `consistent`: answered by the active node (`_on_active`), for the read
+        that a check-and-set write depends on.
 
         A deleted or destroyed latest version N reads as KvSecret(N, {}): its
         data is gone, but a check-and-set write must still name N. The data
@@ -515,11 +596,15 @@ class Vault:
         deep, too large, not a map) is a VaultMalformed error.
         """
         what = f"read {mount}/data/{path}"
-        data = self._call_or_none(what, _is_not_found, self._client.secrets.kv.v2.read_secret_version,
-                                  path=path, mount_point=mount, raise_on_deleted_version=False)
+        if consistent:
+            data = self._on_active(what, _is_not_found, lambda client: client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=mount, raise_on_deleted_version=False))
+        else:
+            data = self._call_or_none(what, _is_not_found, self._client.secrets.kv.v2.read_secret_version,
+                                      path=path, mount_point=mount, raise_on_deleted_version=False)
         if data is None:
             try:
-                versions = self.kv_metadata(mount, path)
+                versions = self.kv_metadata(mount, path, consistent=consistent)
             except VaultDenied:  # a policy without metadata read: the path counts as new, as before
                 return None
             if versions is None or versions.current_version <= 0:
@@ -545,10 +630,14 @@ class Vault:
         with _reading(what):
             return int((result.get("data") or {}).get("version") or 0)
 
-    def kv_metadata(self, mount: str, path: str) -> KvMetadata | None:
+    def kv_metadata(self, mount: str, path: str, *, consistent: bool = False) -> KvMetadata | None:
         what = f"read {mount}/metadata/{path}"
-        data = self._call_or_none(what, _is_not_found, self._client.secrets.kv.v2.read_secret_metadata,
-                                  path=path, mount_point=mount)
+        if consistent:
+            data = self._on_active(what, _is_not_found, lambda client: client.secrets.kv.v2.read_secret_metadata(
+                path=path, mount_point=mount))
+        else:
+            data = self._call_or_none(what, _is_not_found, self._client.secrets.kv.v2.read_secret_metadata,
+                                      path=path, mount_point=mount)
         if data is None:
             return None
         with _reading(what):
@@ -608,6 +697,9 @@ class Vault:
         """Look another token up (admin API, token in the POST body); None when it is expired, revoked,
         unknown, or not even shaped like a token (Vault answers 400 to text it cannot decode)."""
         data = self._call_or_none("token lookup", _is_bad_token, self._client.auth.token.lookup, token.reveal())
+        if data is None:  # "gone" leads to a re-mint: only the active node may say so
+            data = self._on_active("token lookup", _is_bad_token,
+                                   lambda client: client.auth.token.lookup(token.reveal()))
         if data is None:
             return None
         with _reading("token lookup"):
@@ -633,9 +725,17 @@ class Vault:
             return TokenInfo.from_lookup(data["data"])
 
     def lookup_accessor(self, accessor: str) -> TokenInfo | None:
-        """The token behind an accessor; None when it no longer exists."""
+        """The token behind an accessor; None when it no longer exists (as the active node says).
+
+        A standby answers 400 for an accessor minted a moment ago ("invalid
+        request" or "invalid accessor", FACTS.md); such an answer is asked again of
+        the active node, whose word is final.
+        """
         data = self._call_or_none("token lookup-accessor", _is_invalid_accessor,
                                   self._client.auth.token.lookup_accessor, accessor)
+        if data is None:  # "gone" makes a record forgotten: only the active node may say so
+            data = self._on_active("token lookup-accessor", _is_invalid_accessor,
+                                   lambda client: client.auth.token.lookup_accessor(accessor))
         if data is None:
             return None
         with _reading("token lookup-accessor"):
@@ -665,5 +765,5 @@ class Vault:
 
     def revoke_accessor(self, accessor: str) -> None:
         """Revoke the token behind an accessor; an accessor that no longer exists is not an error."""
-        self._call_or_none("token revoke-accessor", _is_invalid_accessor,
+        self._call_or_none("token revoke-accessor", _is_revoked_already,
                            self._client.auth.token.revoke_accessor, accessor)

@@ -31,10 +31,10 @@ header line naming that user), so hand-made policies under the prefix stay.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping
+from typing import Callable, ContextManager, Iterable, Mapping
 
 from reconcile.accounts import Account
 from reconcile.durations import format_duration
@@ -250,6 +250,8 @@ class ObservedVault:
     """By user, every record of the state file."""
     pending: Mapping[str, PendingRevoke] = field(default_factory=lambda: MappingProxyType({}))
     """By accessor, every replaced token the state file says may still live."""
+    garbage: Mapping[str, TokenInfo] = field(default_factory=lambda: MappingProxyType({}))
+    """By accessor, live tokens this host minted that nothing here references (`apply --prune` only)."""
 
 
 class TokenFileUnreadable(Exception):
@@ -321,7 +323,7 @@ def _needs_accessor_check(user: str, accessor: str, desired: DesiredVault,
 
 def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: Mapping[str, str],
                   read_token: TokenReader, token_users: Iterable[str],
-                  pending_revoke: Iterable[str] = ()) -> ObservedVault:
+                  pending_revoke: Iterable[str] = (), collect_garbage: bool = False) -> ObservedVault:
     """Read what Vault holds.
 
     With `admin`, `vault` holds the admin token: policies are read, tokens are
@@ -329,6 +331,10 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     ones still to revoke, `pending_revoke`) are checked. Without it, `vault`
     should hold no token: each token looks itself up, and neither policies nor
     accessors can be read.
+
+    With `collect_garbage` (admin `--prune` runs), every accessor in Vault is
+    listed and looked up (one request per token in Vault, see
+    `observe_garbage`) to find the tokens this host minted that nothing references.
     """
     policies = _observe_policies(vault, desired.policy_prefix) if admin else None
     tokens = {user: _observe_token(vault, user, read_token, admin=admin) for user in token_users}
@@ -340,9 +346,40 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
             recorded[user] = RecordedToken(user, accessor)
     pending = {accessor: PendingRevoke(accessor, checked=True, info=vault.lookup_accessor(accessor)) if admin
                else PendingRevoke(accessor) for accessor in sorted(set(pending_revoke))}
-    return ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
-                         tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
-                         pending=MappingProxyType(pending))
+    observed = ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
+                             tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
+                             pending=MappingProxyType(pending))
+    if admin and collect_garbage:
+        observed = replace(observed, garbage=MappingProxyType(observe_garbage(vault, desired, observed)))
+    return observed
+
+
+def is_garbage_candidate(info: TokenInfo, desired: DesiredVault) -> bool:
+    """A token this tool minted on this host for a user under this roster's policy prefix."""
+    user = minted_for_whom(info)
+    return (user is not None and is_minted_here(info, desired.host)
+            and info.policies == (f"{desired.policy_prefix}{user}",))
+
+
+def observe_garbage(vault: Vault, desired: DesiredVault, observed: ObservedVault) -> dict[str, TokenInfo]:
+    """Live tokens this host minted (for this roster's prefix) that no token file, record or pending
+    revocation of this host references.
+
+    Vault lists accessors only, so each one costs a lookup: a run pays one
+    request per token in the whole Vault (about 1 ms each on loopback). Hence
+    only `apply --prune`/`plan --prune` (admin) collect garbage, never the hourly run.
+    Another host's tokens are never candidates: in a shared home the token
+    in use may have been minted elsewhere, and only its minter revokes it.
+    """
+    referenced = _in_use(observed) | set(observed.pending)
+    garbage: dict[str, TokenInfo] = {}
+    for accessor in vault.list_accessors():
+        if accessor in referenced:
+            continue
+        info = vault.lookup_accessor(accessor)
+        if info is not None and is_garbage_candidate(info, desired):
+            garbage[accessor] = info
+    return garbage
 
 
 # --- plan (pure) --------------------------------------------------------------------
@@ -494,6 +531,27 @@ def plan_pending(observed: ObservedVault) -> list[Change]:
     return changes
 
 
+GARBAGE_REASON = "minted on host {host}, referenced by no token file or state record here"
+
+
+def plan_garbage(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -> list[Change]:
+    """Revoke (with `prune`; else list as orphaned) each token of `observed.garbage` (see observe_garbage)."""
+    changes: list[Change] = []
+    for accessor, info in sorted(observed.garbage.items()):
+        user = minted_for_whom(info)
+        if user is None:
+            continue
+        reason = GARBAGE_REASON.format(host=desired.host)
+        if prune:
+            changes.append(Change(Action.DELETE, Kind.TOKEN, token_display_name(user), f"{reason}; revoke",
+                                  user=user, needs_admin=True, desired=RevokeOrder(user, accessor)))
+        else:
+            changes.append(Change(Action.ORPHANED, Kind.TOKEN, token_display_name(user),
+                                  f"{reason} (apply --prune revokes it)", user=user, needs_admin=True,
+                                  desired=RevokeOrder(user, accessor)))
+    return changes
+
+
 def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -> list[Change]:
     """Every Vault change, unsorted. Orphans become deletions only with `prune`.
 
@@ -504,6 +562,7 @@ def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -
         changes.extend(plan_policies(desired, observed.policies, prune=prune))
     changes.extend(plan_tokens(desired, observed, prune=prune))
     changes.extend(plan_pending(observed))
+    changes.extend(plan_garbage(desired, observed, prune=prune))
     return changes
 
 
@@ -548,6 +607,10 @@ class TokenOutcomes:
     """Accessors of replaced tokens whose revocation failed after a mint: kept to retry."""
 
 
+MintLock = Callable[[str], ContextManager[None]]
+"""Holds a user's mint lock (homefs.MINT_LOCK_FILE) for the `with` block; raises when it cannot."""
+
+
 @dataclass
 class VaultContext:
     vault: Vault
@@ -555,6 +618,9 @@ class VaultContext:
     admin: bool
     write_token: TokenWriter
     outcomes: TokenOutcomes = field(default_factory=TokenOutcomes)
+    read_token: TokenReader | None = None
+    """Re-reads a user's token file under the mint lock (None: no lock, no re-read)."""
+    mint_lock: MintLock | None = None
 
 
 class TokenFileWriteFailed(Exception):
@@ -580,6 +646,39 @@ def apply_token(change: Change, ctx: VaultContext) -> str:
         return "revoked"
     mint = change.desired
     assert isinstance(mint, MintOrder)
+    if ctx.mint_lock is None:
+        return _mint(mint, ctx)
+    with ctx.mint_lock(mint.token.user):
+        adopted = _adoptable(mint.token, ctx)
+        if adopted is not None:
+            ctx.outcomes.minted[mint.token.user] = adopted.accessor
+            return "adopted the valid token another host just wrote (shared home)"
+        return _mint(mint, ctx)
+
+
+def _adoptable(want: DesiredToken, ctx: VaultContext) -> TokenInfo | None:
+    """The token now in the user's file, when it is one this tool minted for them with no drift.
+
+    Read under the mint lock: where hosts share a home, another host may have
+    minted and written one since this run observed the file; every host then
+    uses that one token instead of minting its own (docs/design.md, "Fleet").
+    """
+    if ctx.read_token is None:
+        return None
+    try:
+        raw = ctx.read_token(want.user)
+    except TokenFileUnreadable:
+        return None
+    secret = parse_token_file(raw) if raw is not None else None
+    if secret is None:
+        return None
+    info = ctx.vault.lookup_token(secret)
+    if info is None or not is_minted_for(info, want.user) or token_drift(want, info):
+        return None
+    return info
+
+
+def _mint(mint: MintOrder, ctx: VaultContext) -> str:
     want = mint.token
     minted = ctx.vault.create_orphan_token(policies=[want.policy], period=want.period,
                                            display_name=want.display_name, meta=want.meta)

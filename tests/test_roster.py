@@ -77,7 +77,7 @@ BAD = [
     Bad("unknown-user", "users:\n  alice:\n    clade_auth: true\n", 3, "users.alice.clade_auth",
         "unknown field 'clade_auth' (did you mean 'claude_auth'?)"),
     Bad("unknown-user-no-match", "users:\n  alice: {shell: /bin/bash}\n", 2, "users.alice.shell",
-        "unknown field 'shell' (known fields: authentik_user, claude_auth, code_layout, k8s_user,"),
+        "unknown field 'shell' (known fields: authentik_user, claude_auth, code_layout, hosts, k8s_user,"),
     # --- user names
     Bad("name-dotdot", "users:\n  ../x: {}\n", 2, 'users["../x"]', "invalid user name '../x': it starts with '.'"),
     Bad("name-upper", "users:\n  Alice: {}\n", 2, "users.Alice", "it starts with 'A'; user names are POSIX account names"),
@@ -264,6 +264,7 @@ def test_example_roster_loads_to_the_expected_roster() -> None:
             "carol": User("carol", claude_auth=False),
             "dave": User("dave", tier="namespace-owner", namespaces=("team-dave",), code_layout="workspace",
                          repos=("infra", "website"), authentik_user="dave@example.org"),
+            "erin": User("erin", hosts=("build-*", "ws1")),
         },
         vault=VaultSettings(),
         sync=SyncSettings(),
@@ -451,7 +452,7 @@ def test_validate_module_run_accepts_the_example() -> None:
     done = subprocess.run([sys.executable, "-m", "reconcile", "validate", "--roster", "roster.example.yaml"],
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == Exit.OK, done.stderr
-    assert done.stdout.strip() == "roster.example.yaml: valid, 4 users"
+    assert done.stdout.strip() == "roster.example.yaml: valid, 5 users"
 
 
 def test_validate_usage_error_is_64(capsys: pytest.CaptureFixture[str]) -> None:

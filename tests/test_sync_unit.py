@@ -413,7 +413,7 @@ class FakeKv:
     reads: int = 0
     writes: int = 0
 
-    def kv_read(self, mount: str, path: str) -> KvSecret | None:
+    def kv_read(self, mount: str, path: str, *, consistent: bool = False) -> KvSecret | None:
         self.reads += 1
         if self.data is None:
             return None

@@ -38,14 +38,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from reconcile import local_state, render, statefile
 from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
 from reconcile.executor import ExecContext, Result, execute, failures, finish
 from reconcile.exitcodes import Exit
 from reconcile.fleet import this_host
-from reconcile.homefs import TOKEN_FILE, write_private_file
+from reconcile.homefs import MINT_LOCK_FILE, TOKEN_FILE, lock_private_file, write_private_file
 from reconcile.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
 from reconcile.roster import Roster
@@ -177,6 +178,21 @@ def _vault_failure(exc: VaultError, address: str) -> str:
 # --- reading the world ----------------------------------------------------------------------
 
 
+MINT_LOCK_TIMEOUT = 20.0
+"""Seconds to wait for another host's mint in a shared home (one mint takes milliseconds)."""
+
+
+def _mint_lock(accounts: dict[str, Account]) -> Any:
+    @contextmanager
+    def hold(user: str) -> Iterator[None]:
+        fd = lock_private_file(accounts[user], MINT_LOCK_FILE, timeout=MINT_LOCK_TIMEOUT)
+        try:
+            yield
+        finally:
+            os.close(fd)
+    return hold
+
+
 def _token_writer(accounts: dict[str, Account]) -> Any:
     def write_token(user: str, data: bytes, durable: bool) -> None:
         write_private_file(accounts[user], TOKEN_FILE, data, mode=0o600, durable=durable)
@@ -252,7 +268,8 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
             o_vault = observe_vault(vault, d_vault, admin=admin, records=records,
                                     read_token=token_reader(found_accounts),
                                     token_users=[user for user in d_vault.tokens if user in found_accounts],
-                                    pending_revoke=state.pending_revoke)
+                                    pending_revoke=state.pending_revoke,
+                                    collect_garbage=bool(getattr(args, "prune", False)))
         except VaultError as exc:
             raise CommandFailed(_vault_failure(exc, vault.address)) from None
         finally:
@@ -346,7 +363,8 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
                     print(f"    {line}")
 
     vault_ctx = VaultContext(vault=session.vault, admin=session.admin,
-                             write_token=_token_writer(session.accounts))
+                             write_token=_token_writer(session.accounts),
+                             read_token=token_reader(session.accounts), mint_lock=_mint_lock(session.accounts))
     ctx = ExecContext(vault=vault_ctx, local=local_state.LocalContext.create(session.root, session.accounts))
     results: tuple[Result, ...] = ()
     try:

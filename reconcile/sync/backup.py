@@ -40,7 +40,7 @@ class BackupError(Exception):
 class KvStore(Protocol):
     """What backup needs from reconcile.vault.Vault (a fake fits it in unit tests)."""
 
-    def kv_read(self, mount: str, path: str) -> Any: ...
+    def kv_read(self, mount: str, path: str, *, consistent: bool = False) -> Any: ...
 
     def kv_write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int) -> int: ...
 
@@ -101,7 +101,9 @@ def back_up(store: KvStore, mount: str, path: str, oauth: Mapping[str, Any], bac
     CAS attempts raises BackupError.
     """
     for attempt in range(1, attempts + 1):
-        current = store.kv_read(mount, path)
+        # The version this write's check-and-set names: read where it is current (the active node),
+        # not on a standby that may lag behind another host's write.
+        current = store.kv_read(mount, path, consistent=True)
         stored = dict(current.data) if current is not None else {}
         version = int(current.version) if current is not None else 0
         if stored_oauth(stored) == oauth:
