@@ -264,7 +264,6 @@ def test_example_roster_loads_to_the_expected_roster() -> None:
             "carol": User("carol", claude_auth=False),
             "dave": User("dave", tier="namespace-owner", namespaces=("team-dave",), code_layout="workspace",
                          repos=("infra", "website"), authentik_user="dave@example.org"),
-            "erin": User("erin", hosts=("build-*", "ws1")),
         },
         vault=VaultSettings(),
         sync=SyncSettings(),
@@ -452,7 +451,7 @@ def test_validate_module_run_accepts_the_example() -> None:
     done = subprocess.run([sys.executable, "-m", "reconcile", "validate", "--roster", "roster.example.yaml"],
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == Exit.OK, done.stderr
-    assert done.stdout.strip() == "roster.example.yaml: valid, 5 users"
+    assert done.stdout.strip() == "roster.example.yaml: valid, 4 users"
 
 
 def test_validate_usage_error_is_64(capsys: pytest.CaptureFixture[str]) -> None:
