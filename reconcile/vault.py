@@ -404,6 +404,13 @@ def _is_invalid_accessor(exc: Exception) -> bool:
                                                                or "invalid request" in text)
 
 
+def _is_refused(exc: Exception) -> bool:
+    """Any 400 or 403 to a token lookup. A standby that has not yet replicated a token answers one of
+    "invalid accessor", "invalid request" or "permission denied" (OpenBao 2.7.2, seen here), so such an
+    answer is only a reason to ask the active node, whose answer is then taken as it is."""
+    return isinstance(exc, (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden))
+
+
 def _is_revoked_already(exc: Exception) -> bool:
     """A revoke that lost a race with another revoke of the same accessor: 400 "token not found"
     (OpenBao 2.7.2, seen with two hosts revoking at once), or the accessor is already gone."""
@@ -696,7 +703,7 @@ class Vault:
     def lookup_token(self, token: Secret) -> TokenInfo | None:
         """Look another token up (admin API, token in the POST body); None when it is expired, revoked,
         unknown, or not even shaped like a token (Vault answers 400 to text it cannot decode)."""
-        data = self._call_or_none("token lookup", _is_bad_token, self._client.auth.token.lookup, token.reveal())
+        data = self._call_or_none("token lookup", _is_refused, self._client.auth.token.lookup, token.reveal())
         if data is None:  # "gone" leads to a re-mint: only the active node may say so
             data = self._on_active("token lookup", _is_bad_token,
                                    lambda client: client.auth.token.lookup(token.reveal()))
@@ -727,11 +734,11 @@ class Vault:
     def lookup_accessor(self, accessor: str) -> TokenInfo | None:
         """The token behind an accessor; None when it no longer exists (as the active node says).
 
-        A standby answers 400 for an accessor minted a moment ago ("invalid
-        request" or "invalid accessor", FACTS.md); such an answer is asked again of
-        the active node, whose word is final.
+        A standby answers 400 or 403 for an accessor minted a moment ago
+        (`_is_refused`); such an answer is asked again of the active node,
+        whose word is final.
         """
-        data = self._call_or_none("token lookup-accessor", _is_invalid_accessor,
+        data = self._call_or_none("token lookup-accessor", _is_refused,
                                   self._client.auth.token.lookup_accessor, accessor)
         if data is None:  # "gone" makes a record forgotten: only the active node may say so
             data = self._on_active("token lookup-accessor", _is_invalid_accessor,
