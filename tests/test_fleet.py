@@ -25,6 +25,8 @@ from tests.support.fleet import Host, Outcome, make_hosts, run_all, tool_tokens,
 from tests.support.leaks import assert_no_secrets
 
 PEOPLE = ["alice", "bob", "carol", "dave"]
+CROWD = [f"u{i:02d}" for i in range(20)]
+"""Enough people that the hosts' applies overlap (each host observes before the others have minted)."""
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +50,11 @@ def all_ok(outcomes: list[Outcome]) -> None:
         assert outcome.code == 0, f"{outcome.host} exit {outcome.code}:\n{outcome.out}\n{outcome.err}"
 
 
-def referenced(hosts: list[Host], client: hvac.Client) -> set[str]:
+def referenced(hosts: list[Host], client: hvac.Client, users: list[str]) -> set[str]:
     """Accessors some host references: in a token file, a state record or a pending revocation."""
     accessors: set[str] = set()
     for host in hosts:
-        for user in PEOPLE:
+        for user in users:
             token = host.token_of(user)
             if token:
                 try:
@@ -66,19 +68,19 @@ def referenced(hosts: list[Host], client: hvac.Client) -> set[str]:
     return accessors
 
 
-def unreferenced(hosts: list[Host], cluster: RaftCluster, prefix: str) -> set[str]:
+def unreferenced(hosts: list[Host], cluster: RaftCluster, prefix: str, users: list[str] = PEOPLE) -> set[str]:
     client = root_client(cluster)
-    return set(tool_tokens(client, prefix)) - referenced(hosts, client)
+    return set(tool_tokens(client, prefix)) - referenced(hosts, client, users)
 
 
-def no_leaks(hosts: list[Host], cluster: RaftCluster) -> None:
+def no_leaks(hosts: list[Host], cluster: RaftCluster, users: list[str] = PEOPLE) -> None:
     texts: list[str] = []
     values = {cluster.root_token}
     for host in hosts:
         texts += host.outputs
         if host.state_file().exists():
             texts.append(host.state_file().read_text())
-        values |= {t for t in (host.token_of(user) for user in PEOPLE) if t}
+        values |= {t for t in (host.token_of(user) for user in users) if t}
     assert_no_secrets(texts, values)
 
 
@@ -117,18 +119,18 @@ def test_hosts_apply_at_once_through_different_nodes(cluster: RaftCluster, prefi
 
 def test_shared_homes_use_one_token_per_person(cluster: RaftCluster, prefix: str, tmp_path: Path) -> None:
     roster = tmp_path / "roster.yaml"
-    write_roster(roster, prefix, {name: {} for name in PEOPLE})
-    hosts = make_hosts(tmp_path, 5, PEOPLE, [n.address for n in cluster.nodes], cluster.root_token, roster,
+    write_roster(roster, prefix, {name: {} for name in CROWD})
+    hosts = make_hosts(tmp_path, 5, CROWD, [n.address for n in cluster.nodes], cluster.root_token, roster,
                        shared_home=True)
 
     all_ok(run_all(hosts, "apply"))  # round 1: all hosts at once
     client = root_client(cluster)
     tokens = tool_tokens(client, prefix)
-    assert sorted(data["meta"]["user"] for data in tokens.values()) == sorted(PEOPLE)  # one each
-    assert unreferenced(hosts, cluster, prefix) == set()
+    assert sorted(data["meta"]["user"] for data in tokens.values()) == sorted(CROWD)  # one each
+    assert unreferenced(hosts, cluster, prefix, CROWD) == set()
     for host in hosts:  # every host records the one token in the shared file
         state = json.loads(host.state_file().read_text())
-        files = {user: client.auth.token.lookup(host.token_of(user))["data"]["accessor"] for user in PEOPLE}
+        files = {user: client.auth.token.lookup(host.token_of(user))["data"]["accessor"] for user in CROWD}
         assert {u: e["accessor"] for u, e in state["tokens"].items()} == files
         assert state["pending_revoke"] == []
 
@@ -140,18 +142,18 @@ def test_shared_homes_use_one_token_per_person(cluster: RaftCluster, prefix: str
     assert {host.name: host.state_file().stat().st_mtime_ns for host in hosts} == written
     converged(hosts)
     assert set(tool_tokens(client, prefix)) == set(tokens)
-    no_leaks(hosts, cluster)
+    no_leaks(hosts, cluster, CROWD)
 
 
 def test_shared_home_re_mint_replaces_the_one_token(cluster: RaftCluster, prefix: str, tmp_path: Path) -> None:
     """Every host finds the shared file gone at once: one host mints, the others adopt; the old token
     is revoked and nothing is left behind."""
     roster = tmp_path / "roster.yaml"
-    write_roster(roster, prefix, {name: {} for name in PEOPLE})
-    hosts = make_hosts(tmp_path, 5, PEOPLE, [n.address for n in cluster.nodes], cluster.root_token, roster,
+    write_roster(roster, prefix, {name: {} for name in CROWD})
+    hosts = make_hosts(tmp_path, 5, CROWD, [n.address for n in cluster.nodes], cluster.root_token, roster,
                        shared_home=True)
     all_ok(run_all(hosts, "apply"))
-    for user in PEOPLE:
+    for user in CROWD:
         hosts[0].token_file(user).unlink()
 
     outcomes = run_all(hosts, "apply")
@@ -160,9 +162,9 @@ def test_shared_home_re_mint_replaces_the_one_token(cluster: RaftCluster, prefix
     converged(hosts)
     all_ok(run_all(hosts, "apply"))  # each host revokes what it recorded and no longer uses
     client = root_client(cluster)
-    assert sorted(d["meta"]["user"] for d in tool_tokens(client, prefix).values()) == sorted(PEOPLE)
-    assert unreferenced(hosts, cluster, prefix) == set()
-    no_leaks(hosts, cluster)
+    assert sorted(d["meta"]["user"] for d in tool_tokens(client, prefix).values()) == sorted(CROWD)
+    assert unreferenced(hosts, cluster, prefix, CROWD) == set()
+    no_leaks(hosts, cluster, CROWD)
 
 
 # --- failover -------------------------------------------------------------------------------------
@@ -194,6 +196,8 @@ def test_a_leader_kill_mid_apply_is_ridden_out(cluster: RaftCluster, prefix: str
         assert len(tool_tokens(client, prefix)) == len(hosts) * len(people)
         for outcome in run_all(hosts, "plan"):
             assert outcome.code == 0 and outcome.out.splitlines()[-1] == "No changes.", outcome.out + outcome.err
+        assert unreferenced(hosts, cluster, prefix, people) == set()
+        no_leaks(hosts, cluster, people)
     finally:
         cluster.restart(leader)
 
