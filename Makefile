@@ -50,6 +50,7 @@ demo: setup
 bench: setup
 	$(PY) bench/vault_bench.py --users 1000 --rounds 3
 	$(PY) bench/sync_bench.py --runs 15
+	$(PY) bench/fleet_bench.py --hosts 10 --users 100 --rounds 3
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR) $(TOOLS_DIR) .demo build *.egg-info

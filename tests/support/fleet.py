@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -117,10 +118,11 @@ def write_roster(path: Path, prefix: str, users: dict[str, dict[str, Any]]) -> N
 
 
 def run_all(hosts: list[Host], *argv: str, timeout: float = 300) -> list[Outcome]:
-    """Every host runs the same command at the same time."""
+    """Every host runs the same command at the same time; each outcome's `seconds` ends when that host's does."""
     started = time.monotonic()
     processes = [(host, host.start(*argv)) for host in hosts]
-    return [host.finish(process, started, timeout) for host, process in processes]
+    with ThreadPoolExecutor(max_workers=len(processes)) as pool:
+        return list(pool.map(lambda pair: pair[0].finish(pair[1], started, timeout), processes))
 
 
 def tool_tokens(client: hvac.Client, prefix: str) -> dict[str, dict[str, Any]]:
