@@ -202,6 +202,37 @@ def test_a_leader_kill_mid_apply_is_ridden_out(cluster: RaftCluster, prefix: str
         cluster.restart(leader)
 
 
+def test_plan_status_and_backups_ride_out_an_election(cluster: RaftCluster, prefix: str, tmp_path: Path) -> None:
+    roster = tmp_path / "roster.yaml"
+    write_roster(roster, prefix, {name: {} for name in PEOPLE})
+    leader = cluster.wait_leader()
+    standbys = [n for n in cluster.nodes if n is not leader]
+    hosts = make_hosts(tmp_path, 4, PEOPLE, [n.address for n in standbys], cluster.root_token, roster,
+                       shared_home=False)
+    all_ok(run_all(hosts, "apply"))
+    backup = Vault(standbys[0].address, Secret(cluster.root_token))
+    mount, path = "secret", f"{prefix.rstrip('-')}/claude-users/alice"
+
+    cluster.kill(leader)
+    try:
+        plans = [(host, host.start("plan")) for host in hosts[:2]]
+        statuses = [(host, host.start("status")) for host in hosts[2:]]
+        started = time.monotonic()
+        written = back_up(backup, mount, path, {"accessToken": "a", "expiresAt": 1}, "2026-01-01T00:00:00Z")
+        for host, process in plans:
+            outcome = host.finish(process, started)
+            assert outcome.code == 0 and outcome.out.splitlines()[-1] == "No changes.", outcome.out + outcome.err
+        for host, process in statuses:
+            outcome = host.finish(process, started)
+            assert outcome.code == 0, outcome.out + outcome.err
+            assert "unreachable" not in outcome.out + outcome.err
+        assert written.written
+        assert cluster.leader() is not None and cluster.leader() is not leader
+    finally:
+        cluster.restart(leader)
+    no_leaks(hosts, cluster)
+
+
 # --- backups from two hosts at once -------------------------------------------------------------
 
 
