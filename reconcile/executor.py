@@ -7,6 +7,10 @@ reconcile.local_state. A failed change is recorded and the rest still run.
 Without an admin Vault token, a change that needs one is not attempted: it is
 recorded as blocked (a WARN line for people). Orphaned items are never acted
 on; `apply --prune` turns them into deletions at planning time.
+
+Once Vault counts as unreachable (its retries ran out or the run's deadline
+passed: reconcile.vault), the remaining Vault changes are not attempted and
+recorded so (`not_attempted`); local changes, which need no Vault, still run.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class Result:
     """What was done (ok) or why it failed; never a secret."""
     blocked: bool = False
     """Not attempted: it needs an admin Vault token and this run has none."""
+    not_attempted: bool = False
+    """Not attempted: Vault was already known to be unreachable (a failure all the same)."""
 
     def as_json(self) -> dict[str, object]:
         return {"name": self.change.name, "kind": self.change.kind.value, "action": self.change.action.value,
@@ -88,6 +94,9 @@ def _run_one(change: Change, ctx: ExecContext) -> Result:
     handler = handler_for(change)
     if handler is None:
         return Result(change, ok=False, message=f"no handler for {change.action.value} {change.kind.value}")
+    down = ctx.vault.vault.unreachable
+    if down is not None and change.kind not in LOCAL_KINDS:
+        return Result(change, ok=False, message=f"not attempted: {down}", not_attempted=True)
     try:
         outcome = handler(change, ctx)
     except Exception as exc:  # recorded; the other changes still run
@@ -153,6 +162,10 @@ def finish(changed: tuple[Result, ...], ctx: ExecContext) -> str | None:
 
 def failures(results: tuple[Result, ...]) -> tuple[Result, ...]:
     return tuple(r for r in results if not r.ok and not r.blocked)
+
+
+def not_attempted(results: tuple[Result, ...]) -> tuple[Result, ...]:
+    return tuple(r for r in results if r.not_attempted)
 
 
 def blocked(results: tuple[Result, ...]) -> tuple[Result, ...]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import secrets
 import stat
 import time
@@ -249,7 +250,7 @@ def write_private_file(account: Account, rel_path: str, data: bytes, mode: int =
     parent = _walk(account, parts[:-1], create=True)
     assert parent is not None
     leaf = parts[-1]
-    temp = f".{leaf}.tmp-{secrets.token_hex(8)}"
+    temp = f".{leaf}.tmp-{secrets.token_hex(8)}"  # is_temp_of must match this
     try:
         try:
             existing = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
@@ -287,6 +288,48 @@ def write_private_file(account: Account, rel_path: str, data: bytes, mode: int =
             os.fsync(parent)
     finally:
         os.close(parent)
+
+
+_TEMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{16}")
+
+
+def is_temp_of(name: str, leaf: str) -> bool:
+    """Whether `name` is one of write_private_file's temporary names for a file named `leaf`."""
+    prefix = f".{leaf}"
+    return name.startswith(prefix) and _TEMP_SUFFIX.fullmatch(name[len(prefix):]) is not None
+
+
+def remove_stale_temps(account: Account, rel_path: str) -> int:
+    """Remove the temporary files a killed write_private_file left next to ~/rel_path; return how many.
+
+    A temporary token file holds a live token, so none may outlive the run
+    that wrote it. Only our own names for this very file, only regular files,
+    unlinked through the folder's descriptor (a name is removed, never
+    followed). A folder that is missing or unsafe to open is left alone.
+    """
+    parts = _split(rel_path)
+    try:
+        parent = _walk(account, parts[:-1], create=False)
+    except HomeFsError:
+        return 0
+    if parent is None:
+        return 0
+    removed = 0
+    try:
+        for name in os.listdir(parent):
+            if not is_temp_of(name, parts[-1]):
+                continue
+            try:
+                if stat.S_ISREG(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=parent)
+                    removed += 1
+            except OSError:
+                continue
+    except OSError:
+        return removed
+    finally:
+        os.close(parent)
+    return removed
 
 
 def _open_leaf(parent: int, leaf: str, display: str) -> int | None:

@@ -8,10 +8,19 @@ the next admin run. Everything else is re-read from the world on every run
 (level-based); this file only remembers what the world cannot tell: which
 tokens this tool minted.
 
-Format (version 2): {"version": 2, "tokens": {"<user>": {"accessor": "<accessor>"}},
-"pending_revoke": ["<accessor>", ...]}. Version 1 (no `pending_revoke`) is
-still read. Written atomically (temp file in the same folder, fsync, rename)
-and only when its content changes.
+It also holds the write-ahead log of mints: before each create-orphan call,
+a random nonce and the user it is for are written (fsynced) to `intents`,
+and the same nonce travels in the new token's metadata (`mint_nonce`). Once
+the token is in the user's file the record replaces the intent. An intent
+left by a crash is resolved by the next admin run (reconcile.vault_state):
+the token carrying its nonce is adopted when it is in the user's file, and
+revoked otherwise. `Journal` keeps the file current while apply runs.
+
+Format (version 3): {"version": 3, "tokens": {"<user>": {"accessor": "<accessor>"}},
+"pending_revoke": ["<accessor>", ...], "intents": {"<nonce>": {"user": "<user>"}}}.
+Versions 1 (no `pending_revoke`) and 2 (no `intents`) are still read. Written
+atomically (temp file in the same folder, fsync, rename) and only when its
+content changes.
 
 `apply` holds an exclusive, non-blocking flock on `lock` for the whole run
 (`apply_lock`), so the hourly timer and an admin run never apply at once.
@@ -22,8 +31,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -32,8 +42,8 @@ from reconcile.atomicfile import write_atomically
 STATE_DIR = Path("var/lib/claude-auth")
 STATE_FILE = STATE_DIR / "state.json"
 LOCK_FILE = STATE_DIR / "lock"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class StateFileError(Exception):
@@ -50,6 +60,8 @@ class State:
     """user -> accessor of the token this tool minted for that user."""
     pending_revoke: tuple[str, ...] = ()
     """Accessors of replaced tokens still to revoke (sorted, no duplicates)."""
+    intents: Mapping[str, str] = field(default_factory=dict)
+    """Mint nonce -> user: a mint was (or was about to be) asked for and is not yet accounted for."""
 
 
 def state_path(root: Path | str) -> Path:
@@ -98,27 +110,42 @@ def read_state(root: Path | str) -> State:
         if not isinstance(pending_list, list):
             raise ValueError("pending_revoke must be a list")
         pending = tuple(sorted({_accessor(accessor) for accessor in pending_list}))
+        intent_map = document.get("intents", {}) if version >= 3 else {}
+        if not isinstance(intent_map, dict):
+            raise ValueError("intents must be a map")
+        intents = {_accessor(nonce): _accessor(entry["user"]) for nonce, entry in intent_map.items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise StateFileError(f"state file {path} is not valid (expected version {VERSION}, every accessor "
                              "a non-empty string); fix it or move it away") from None
-    return State(records, pending)
+    return State(records, pending, intents)
 
 
-def render_records(records: Mapping[str, str], pending_revoke: Iterable[str] = ()) -> bytes:
+def render_state(state: State) -> bytes:
     document = {"version": VERSION,
-                "tokens": {user: {"accessor": accessor} for user, accessor in sorted(records.items())},
-                "pending_revoke": sorted(set(pending_revoke))}
+                "tokens": {user: {"accessor": accessor} for user, accessor in sorted(state.records.items())},
+                "pending_revoke": sorted(set(state.pending_revoke)),
+                "intents": {nonce: {"user": user} for nonce, user in sorted(state.intents.items())}}
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def write_records(root: Path | str, records: Mapping[str, str], pending_revoke: Iterable[str] = ()) -> bool:
-    """Write the records and the accessors still to revoke if they differ from the file; return whether
-    it was written."""
+def render_records(records: Mapping[str, str], pending_revoke: Iterable[str] = ()) -> bytes:
+    return render_state(State(dict(records), tuple(sorted(set(pending_revoke)))))
+
+
+def _normal(state: State) -> State:
+    return State(dict(state.records), tuple(sorted(set(state.pending_revoke))), dict(state.intents))
+
+
+def write_state(root: Path | str, state: State, *, durable: bool = True) -> bool:
+    """Write the state if it differs from the file; return whether it was written.
+
+    `durable=False` leaves out the fsyncs, for a change whose loss a later run
+    heals anyway (an intent settled: the next run resolves it again).
+    """
     path = state_path(root)
-    pending = tuple(sorted(set(pending_revoke)))
-    data = render_records(records, pending)
+    state = _normal(state)
     try:
-        unchanged = path.exists() and read_state(root) == State(dict(records), pending)
+        unchanged = path.exists() and _normal(read_state(root)) == state
     except StateFileError:
         unchanged = False  # replaced below
     try:
@@ -127,10 +154,58 @@ def write_records(root: Path | str, records: Mapping[str, str], pending_revoke: 
             return False
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _ensure_modes(path)
-        write_atomically(path, data, 0o600)
+        write_atomically(path, render_state(state), 0o600, durable=durable)
     except OSError as exc:
         raise StateFileError(f"state file {path} cannot be written: {exc.strerror or exc}") from None
     return True
+
+
+def write_records(root: Path | str, records: Mapping[str, str], pending_revoke: Iterable[str] = (),
+                  intents: Mapping[str, str] | None = None) -> bool:
+    """Write the records, the accessors still to revoke and the intents (kept as in the file when None)
+    if they differ from the file; return whether it was written."""
+    if intents is None:
+        try:
+            intents = read_state(root).intents
+        except StateFileError:
+            intents = {}
+    return write_state(root, State(dict(records), tuple(pending_revoke), dict(intents)))
+
+
+class Journal:
+    """The state file kept current while apply runs: intents before mints, records as mints complete.
+
+    Holds the state as last written; every method writes the file at once.
+    Raises StateFileError when it cannot: a mint must not be asked for when
+    its intent is not on disk.
+    """
+
+    def __init__(self, root: Path | str, state: State) -> None:
+        self.root = root
+        self.state = _normal(state)
+
+    def intend(self, user: str) -> str:
+        """A fresh nonce for a mint for `user`, durably on disk before this returns."""
+        nonce = secrets.token_hex(16)
+        self._write(replace(self.state, intents={**self.state.intents, nonce: user}), durable=True)
+        return nonce
+
+    def settle(self, nonce: str, user: str | None = None, accessor: str | None = None) -> None:
+        """The mint of `nonce` is accounted for: its token is now `user`'s record (when given) or none
+        exists. Not fsynced: if this write is lost, the next run resolves the intent again."""
+        intents = {n: u for n, u in self.state.intents.items() if n != nonce}
+        records = dict(self.state.records)
+        if user is not None and accessor is not None:
+            records[user] = accessor
+        self._write(State(records, self.state.pending_revoke, intents), durable=False)
+
+    def replace_all(self, state: State) -> None:
+        """The state at the end of the run (computed from what the run saw and did)."""
+        self._write(_normal(state), durable=True)
+
+    def _write(self, state: State, *, durable: bool) -> None:
+        write_state(self.root, state, durable=durable)
+        self.state = state
 
 
 def _ensure_modes(path: Path) -> None:

@@ -101,14 +101,14 @@ def nesting_depth(raw: bytes) -> int:
 def decode_answer(raw: bytes) -> Any:
     """Vault's JSON answer, bounded in size and depth; raises _Unreadable otherwise."""
     if len(raw) > MAX_ANSWER_BYTES:
-        raise _Unreadable(f"the answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
+        raise _Unreadable(f"it is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
     # Fewer brackets than the cap cannot nest deeper than it: most answers skip the scan.
     if raw.count(b"[") + raw.count(b"{") > MAX_ANSWER_DEPTH and nesting_depth(raw) > MAX_ANSWER_DEPTH:
-        raise _Unreadable(f"the answer nests deeper than {MAX_ANSWER_DEPTH} levels")
+        raise _Unreadable(f"it nests deeper than {MAX_ANSWER_DEPTH} levels")
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
-        raise _Unreadable("the answer is not valid JSON") from None
+        raise _Unreadable("it is not valid JSON") from None
 
 
 class _BoundedAdapter(hvac.adapters.RawAdapter):  # type: ignore[misc]  # hvac has no type hints
@@ -155,7 +155,7 @@ def _read_bounded(response: requests.Response) -> None:
     for chunk in response.iter_content(64 * 1024):
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
-            raise _Unreadable(f"the answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
+            raise _Unreadable(f"it is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
         chunks.append(chunk)
     response._content = b"".join(chunks)  # what requests' own `.content` does, bounded
 
@@ -276,7 +276,7 @@ def resolve_token(home: Path | None = None) -> Secret | None:
 
 def _translate(exc: BaseException, what: str, address: str) -> VaultError:
     if isinstance(exc, _Unreadable):
-        return VaultMalformed(f"Vault's answer ({what}) cannot be read: {exc}")
+        return VaultMalformed(f"Vault's answer cannot be read: {exc} ({what})")
     if isinstance(exc, _Redirected):
         return VaultUnreachable(f"Vault at VAULT_ADDR={address} redirected to another node ({what}); "
                                 "its leader is not answering")
@@ -498,10 +498,22 @@ class Vault:
         except Exception as exc:
             if _gone is not None and _gone(exc):
                 return None
+            if not _idempotent and classify(exc) is Transience.MAYBE_DONE:
+                # Not sent again (reconcile.retry); but whether Vault is gone or only this answer was
+                # lost decides whether the rest of the run should still try: ask it (retried as ever).
+                self._check_alive()
             if isinstance(exc, (hvac.exceptions.VaultError, requests.exceptions.RequestException,
                                 _Redirected, _Unreadable)):
                 raise _translate(exc, what, self.address) from None
             raise
+
+    def _check_alive(self) -> None:
+        """After an answer lost on a request that is not retried: a health check under the retry policy,
+        which marks Vault unreachable for the rest of the run when its retries run out."""
+        try:
+            self.is_reachable()
+        except VaultError:
+            pass  # marked down (or answered an error, which means it is there)
 
     def _call_or_none(self, what: str, gone: Callable[[Exception], bool], fn: Any, *args: Any,
                       **kwargs: Any) -> Any:

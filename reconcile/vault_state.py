@@ -22,6 +22,15 @@ a recorded accessor was replaced by another) is kept in the state file's
 up and plans `- token <name>: replaced token still alive; revoke` until it is
 revoked or gone.
 
+Every mint is written ahead (reconcile.statefile's intents): a nonce goes to
+the state file before the create call and into the token's metadata
+(`mint_nonce`). `observe_vault` resolves the intents a crashed run left: a
+token in the user's file that carries the nonce is adopted (it becomes the
+record as usual); otherwise (admin runs only) every token accessor is listed
+and looked up once to find tokens carrying an outstanding nonce, which are
+then revoked like replaced tokens (`plan_pending`). That scan runs only when
+an intent is outstanding.
+
 A policy is observed, and reconciled for roster users, when its name is under
 the policy prefix; it is orphaned or deleted only when this tool wrote it
 (`is_tool_policy`: a POSIX user name after the prefix and the template's
@@ -34,19 +43,22 @@ import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
-from typing import Callable, ContextManager, Iterable, Mapping
+from typing import Callable, ContextManager, Iterable, Mapping, Protocol
 
 from reconcile.accounts import Account
 from reconcile.durations import format_duration
 from reconcile.fleet import is_assigned
 from reconcile.homefs import TOKEN_FILE, HomeFsError, read_private_file
 from reconcile.identity import token_display_name, vault_display_name
-from reconcile.model import Action, Change, Kind
+from reconcile.model import Action, Change, Kind, UserProblem
 from reconcile.roster import Roster
 from reconcile.templating import render
-from reconcile.vault import MintedToken, Secret, TokenInfo, Vault, VaultError
+from reconcile.vault import (MintedToken, Secret, TokenInfo, Vault, VaultDenied, VaultError, VaultInvalid,
+                             VaultUnreachable)
 
 TOOL = "claude-auth"
+NONCE_META = "mint_nonce"
+"""The token metadata key that carries the nonce of the intent written before its mint."""
 POLICY_TEMPLATE = "policy.hcl.j2"
 RESERVED_POLICIES = frozenset({"root", "default"})
 """Never managed, whatever the prefix."""
@@ -205,6 +217,9 @@ class TokenState(Enum):
     """The admin lookup says: expired, revoked or unknown."""
     REFUSED = "refused"
     """Without an admin token: its own lookup-self was refused (dead, or its policy changed)."""
+    FAILED = "failed"
+    """Vault answered the lookup with an error (or an answer that cannot be read) that says nothing about
+    the token's life: this user's token work waits, the others go on (`detail` says why)."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +252,8 @@ class PendingRevoke:
     checked: bool = False
     """True when looked up by accessor (admin only); then `info` None means it is gone."""
     info: TokenInfo | None = None
+    interrupted: bool = False
+    """Found by an outstanding intent's nonce: minted by a run that never handed it over."""
 
 
 @dataclass(frozen=True)
@@ -249,9 +266,18 @@ class ObservedVault:
     recorded: Mapping[str, RecordedToken]
     """By user, every record of the state file."""
     pending: Mapping[str, PendingRevoke] = field(default_factory=lambda: MappingProxyType({}))
-    """By accessor, every replaced token the state file says may still live."""
+    """By accessor, every replaced token the state file says may still live, and every token an
+    outstanding intent minted that is in nobody's file."""
+    resolved_intents: frozenset[str] = frozenset()
+    """Nonces of the state file's intents this observation accounted for (adopted, or searched for)."""
     garbage: Mapping[str, TokenInfo] = field(default_factory=lambda: MappingProxyType({}))
     """By accessor, live tokens this host minted that nothing here references (`apply --prune` only)."""
+
+    @property
+    def problems(self) -> list[UserProblem]:
+        """One per user whose token could not be observed (FAILED): only that user's token work waits."""
+        return [UserProblem(user, f"token: {token.detail}") for user, token in sorted(self.tokens.items())
+                if token.state is TokenState.FAILED]
 
 
 class TokenFileUnreadable(Exception):
@@ -292,7 +318,12 @@ def _observe_token(vault: Vault, user: str, read_token: TokenReader, *, admin: b
     secret = parse_token_file(raw)
     if secret is None:
         return ObservedToken(user, TokenState.UNREADABLE, detail="it holds no token")
-    info = vault.lookup_token(secret) if admin else vault.lookup_token_self(secret)
+    try:
+        info = vault.lookup_token(secret) if admin else vault.lookup_token_self(secret)
+    except VaultUnreachable:
+        raise  # nobody's token can be observed: the run stops
+    except VaultError as exc:  # about this token only (what is in the file is the user's doing)
+        return ObservedToken(user, TokenState.FAILED, detail=f"looking up the token in the file failed: {exc}")
     if info is None:
         return ObservedToken(user, TokenState.DEAD if admin else TokenState.REFUSED, token=secret)
     return ObservedToken(user, TokenState.VALID, info=info, token=secret)
@@ -321,16 +352,36 @@ def _needs_accessor_check(user: str, accessor: str, desired: DesiredVault,
                 and current.info.accessor == accessor)
 
 
+def _resolve_intents(vault: Vault, intents: Mapping[str, str], tokens: Mapping[str, ObservedToken], *,
+                     admin: bool) -> tuple[frozenset[str], dict[str, PendingRevoke]]:
+    """(the intents accounted for, the tokens they minted that nobody holds, by accessor)."""
+    adopted = {nonce for nonce, user in intents.items()
+               if (token := tokens.get(user)) is not None and token.info is not None
+               and token.info.meta.get(NONCE_META) == nonce}
+    outstanding = set(intents) - adopted
+    if not outstanding or not admin:
+        return frozenset(adopted), {}
+    # Only the token itself knows its nonce: look every accessor up once (this run's cost of a crash).
+    strays: dict[str, PendingRevoke] = {}
+    for accessor in vault.list_accessors():
+        info = vault.lookup_accessor(accessor)
+        if info is not None and info.meta.get(NONCE_META) in outstanding:
+            strays[accessor] = PendingRevoke(accessor, checked=True, info=info, interrupted=True)
+    return frozenset(intents), strays
+
+
 def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: Mapping[str, str],
                   read_token: TokenReader, token_users: Iterable[str],
-                  pending_revoke: Iterable[str] = (), collect_garbage: bool = False) -> ObservedVault:
+                  pending_revoke: Iterable[str] = (), intents: Mapping[str, str] | None = None,
+                  collect_garbage: bool = False) -> ObservedVault:
     """Read what Vault holds.
 
     With `admin`, `vault` holds the admin token: policies are read, tokens are
     looked up through the admin API and recorded accessors (and the replaced
     ones still to revoke, `pending_revoke`) are checked. Without it, `vault`
     should hold no token: each token looks itself up, and neither policies nor
-    accessors can be read.
+    accessors can be read. `intents` (nonce -> user) are the mints the state
+    file says were asked for and not accounted for: see `_resolve_intents`.
 
     With `collect_garbage` (admin `--prune` runs), every accessor in Vault is
     listed and looked up (one request per token in Vault, see
@@ -346,9 +397,12 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
             recorded[user] = RecordedToken(user, accessor)
     pending = {accessor: PendingRevoke(accessor, checked=True, info=vault.lookup_accessor(accessor)) if admin
                else PendingRevoke(accessor) for accessor in sorted(set(pending_revoke))}
+    resolved, strays = _resolve_intents(vault, intents or {}, tokens, admin=admin)
+    for accessor, stray in strays.items():
+        pending.setdefault(accessor, stray)
     observed = ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
                              tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
-                             pending=MappingProxyType(pending))
+                             pending=MappingProxyType(pending), resolved_intents=resolved)
     if admin and collect_garbage:
         observed = replace(observed, garbage=MappingProxyType(observe_garbage(vault, desired, observed)))
     return observed
@@ -490,7 +544,7 @@ def plan_tokens(desired: DesiredVault, observed: ObservedVault, *, prune: bool) 
     changes: list[Change] = []
     for user, want in desired.tokens.items():
         current = observed.tokens.get(user)
-        if current is not None:  # None: the user has a problem (reported elsewhere)
+        if current is not None and current.state is not TokenState.FAILED:  # else: a problem, reported
             changes.extend(plan_token(want, current, observed.recorded.get(user)))
     for user, record in observed.recorded.items():
         if user in desired.tokens:
@@ -504,6 +558,7 @@ def plan_tokens(desired: DesiredVault, observed: ObservedVault, *, prune: bool) 
 
 
 PENDING_REASON = "replaced token still alive; revoke"
+INTERRUPTED_REASON = "minted by an interrupted run and in nobody's file; revoke"
 
 
 def _in_use(observed: ObservedVault) -> set[str]:
@@ -526,7 +581,11 @@ def plan_pending(observed: ObservedVault) -> list[Change]:
         user = minted_for_whom(pending.info)
         if user is None:
             continue  # not ours: never revoked, bookkeeping forgets it
-        changes.append(Change(Action.DELETE, Kind.TOKEN, token_display_name(user), PENDING_REASON,
+        current = observed.tokens.get(user)
+        if current is not None and current.state is TokenState.FAILED:
+            continue  # the user's file could not be checked: it might hold this very token
+        reason = INTERRUPTED_REASON if pending.interrupted else PENDING_REASON
+        changes.append(Change(Action.DELETE, Kind.TOKEN, token_display_name(user), reason,
                               user=user, needs_admin=True, desired=RevokeOrder(user, accessor)))
     return changes
 
@@ -611,6 +670,16 @@ MintLock = Callable[[str], ContextManager[None]]
 """Holds a user's mint lock (homefs.MINT_LOCK_FILE) for the `with` block; raises when it cannot."""
 
 
+class MintLog(Protocol):
+    """The write-ahead log of mints (reconcile.statefile.Journal)."""
+
+    def intend(self, user: str) -> str:
+        """A nonce for a mint for `user`, on disk before this returns; raises when it cannot be."""
+
+    def settle(self, nonce: str, user: str | None = None, accessor: str | None = None) -> None:
+        """The mint is accounted for: `user`'s token is now `accessor`, or no token exists."""
+
+
 @dataclass
 class VaultContext:
     vault: Vault
@@ -618,13 +687,18 @@ class VaultContext:
     admin: bool
     write_token: TokenWriter
     outcomes: TokenOutcomes = field(default_factory=TokenOutcomes)
+    mint_log: MintLog | None = None
+    """Where each mint is written ahead; None only in tests of pure handlers."""
     read_token: TokenReader | None = None
     """Re-reads a user's token file under the mint lock (None: no lock, no re-read)."""
     mint_lock: MintLock | None = None
 
 
 class TokenFileWriteFailed(Exception):
-    pass
+    def __init__(self, message: str, *, revoked: bool) -> None:
+        super().__init__(message)
+        self.revoked = revoked
+        """Whether the new token was revoked again (else it may live: its intent stays)."""
 
 
 def apply_policy(change: Change, ctx: VaultContext) -> str:
@@ -680,11 +754,28 @@ def _adoptable(want: DesiredToken, ctx: VaultContext) -> TokenInfo | None:
 
 def _mint(mint: MintOrder, ctx: VaultContext) -> str:
     want = mint.token
-    minted = ctx.vault.create_orphan_token(policies=[want.policy], period=want.period,
-                                           display_name=want.display_name, meta=want.meta)
+    meta = dict(want.meta)
+    nonce = ctx.mint_log.intend(want.user) if ctx.mint_log is not None else None
+    if nonce is not None:
+        meta[NONCE_META] = nonce
+    try:
+        minted = ctx.vault.create_orphan_token(policies=[want.policy], period=want.period,
+                                               display_name=want.display_name, meta=meta)
+    except (VaultDenied, VaultInvalid):
+        if nonce is not None and ctx.mint_log is not None:
+            ctx.mint_log.settle(nonce)  # refused outright: no token exists
+        raise
+    # Any other failure may have minted a token: the intent stays for the next run to resolve.
     # Only a file that replaces a token about to be revoked must be on disk before
     # the revocation; first mints are flushed together at the end of the run.
-    _write_or_revoke(ctx, want.user, minted, durable=bool(mint.revoke))
+    try:
+        _write_or_revoke(ctx, want.user, minted, durable=bool(mint.revoke))
+    except TokenFileWriteFailed as exc:
+        if exc.revoked and nonce is not None and ctx.mint_log is not None:
+            ctx.mint_log.settle(nonce)
+        raise
+    if nonce is not None and ctx.mint_log is not None:
+        ctx.mint_log.settle(nonce, want.user, minted.accessor)
     ctx.outcomes.minted[want.user] = minted.accessor
     failed: VaultError | None = None
     for accessor in mint.revoke:
@@ -704,17 +795,19 @@ def _mint(mint: MintOrder, ctx: VaultContext) -> str:
 
 
 def _write_or_revoke(ctx: VaultContext, user: str, minted: MintedToken, *, durable: bool) -> None:
+    """Write the new token into the user's file; when that fails, revoke it (and settle its intent)."""
     try:
         ctx.write_token(user, minted.token.reveal().encode("ascii"), durable)
     except Exception as exc:  # the file write failed: the new token must not outlive it
         detail = str(exc) or type(exc).__name__
         try:
             ctx.vault.revoke_accessor(minted.accessor)
-        except VaultError as revoke_exc:
+        except VaultError as revoke_exc:  # its intent stays: the next admin run finds and revokes it
             raise TokenFileWriteFailed(
-                f"writing the token file failed ({detail}); revoking the new token failed too: {revoke_exc}"
-            ) from None
-        raise TokenFileWriteFailed(f"writing the token file failed ({detail}); the new token was revoked") from None
+                f"writing the token file failed ({detail}); revoking the new token failed too: {revoke_exc}",
+                revoked=False) from None
+        raise TokenFileWriteFailed(f"writing the token file failed ({detail}); the new token was revoked",
+                                   revoked=True) from None
 
 
 def apply_renewal(change: Change, ctx: VaultContext) -> str:

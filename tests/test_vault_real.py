@@ -74,7 +74,9 @@ def test_fresh_plan_apply_then_nothing(world: World) -> None:
         assert info["policies"] == [world.policy_name(user)]
         assert info["orphan"] is True and info["period"] == 768 * 3600
         assert info["display_name"] == f"token-devvm-claude-auth-{user.replace('_', '-')}"
-        assert info["meta"] == {"managed_by": "claude-auth", "user": user, "host": socket.gethostname()}
+        meta = dict(info["meta"])
+        assert len(meta.pop("mint_nonce")) == 32  # the intent it was written ahead under (statefile)
+        assert meta == {"managed_by": "claude-auth", "user": user, "host": socket.gethostname()}
     assert world.token("carol") is None
     state_file = world.root / "var/lib/claude-auth/state.json"
     assert state_file.stat().st_mode & 0o777 == 0o600 and state_file.parent.stat().st_mode & 0o777 == 0o700
@@ -462,7 +464,9 @@ def test_write_failure_revokes_the_new_token(world: World, monkeypatch: pytest.M
     assert ("ERROR devvm-claude-auth-alice: writing the token file failed (~/.config/claude-auth-sync is a "
             "symbolic link; refusing to follow it); the new token was revoked") in run.err.splitlines()
     assert len(minted) == 1 and world.lookup(minted[0]) is None
-    assert not (world.root / "var/lib/claude-auth/state.json").exists()
+    # The intent written before the mint is settled: nothing is recorded and nothing is outstanding.
+    state = json.loads((world.root / "var/lib/claude-auth/state.json").read_text())
+    assert state["tokens"] == {} and state["intents"] == {}
 
 
 def test_fresh_server_of_its_own(fresh_openbao: OpenBaoServer, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -716,8 +720,10 @@ def _write_state(world: World, document: object) -> Path:
     {"version": 2, "tokens": {"alice": {"accessor": 7}}},
     {"version": 1, "tokens": {"alice": {"accessor": None}}},
     {"version": 2, "tokens": {}, "pending_revoke": [None]},
+    {"version": 3, "tokens": {}, "intents": {"abc": {"user": None}}},
+    {"version": 3, "tokens": {}, "intents": ["abc"]},
     {"version": 2, "tokens": {}, "pending_revoke": "acc"},
-    {"version": 3, "tokens": {}},
+    {"version": 4, "tokens": {}},
     {"version": True, "tokens": {}},
 ])
 def test_an_invalid_state_file_is_one_error(world: World, document: object) -> None:
@@ -725,7 +731,7 @@ def test_an_invalid_state_file_is_one_error(world: World, document: object) -> N
     path = _write_state(world, document)
     run = world.run("plan")
     assert run.code == Exit.ERROR and run.out == ""
-    assert run.err.splitlines() == [f"ERROR: state file {path} is not valid (expected version 2, every accessor "
+    assert run.err.splitlines() == [f"ERROR: state file {path} is not valid (expected version 3, every accessor "
                                     "a non-empty string); fix it or move it away"]
 
 
@@ -738,9 +744,9 @@ def test_a_version_1_state_file_is_still_read(world: World) -> None:
     assert world.run("apply").lines == ["No changes."]
     assert json.loads(path.read_text())["version"] == 1  # nothing changed, nothing rewritten
     world.token_path("alice").unlink()
-    assert world.run("apply").code == Exit.OK  # re-mint: revokes the recorded token, writes version 2
+    assert world.run("apply").code == Exit.OK  # re-mint: revokes the recorded token, writes version 3
     written = json.loads(path.read_text())
-    assert written["version"] == 2 and written["pending_revoke"] == []
+    assert written["version"] == 3 and written["pending_revoke"] == [] and written["intents"] == {}
     assert world.client.auth.token.lookup_accessor  # the old one is revoked:
     with pytest.raises(hvac.exceptions.InvalidRequest):
         world.client.auth.token.lookup_accessor(accessor)

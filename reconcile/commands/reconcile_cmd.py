@@ -41,12 +41,13 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from reconcile import local_state, render, statefile
+from reconcile import atomicfile, local_state, render, statefile
 from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
-from reconcile.executor import ExecContext, Result, execute, failures, finish
+from reconcile.executor import ExecContext, Result, execute, failures, finish, not_attempted
 from reconcile.exitcodes import Exit
 from reconcile.fleet import this_host
-from reconcile.homefs import MINT_LOCK_FILE, TOKEN_FILE, lock_private_file, write_private_file
+from reconcile.homefs import (MINT_LOCK_FILE, TOKEN_FILE, lock_private_file, remove_stale_temps,
+                              write_private_file)
 from reconcile.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
 from reconcile.roster import Roster
@@ -80,6 +81,8 @@ class Session:
     plan: Plan
     pending_revoke: tuple[str, ...] = ()
     """Accessors of replaced tokens the state file says are still to revoke."""
+    state: statefile.State = statefile.State()
+    """The state file as read (intents included)."""
     lock: statefile.ApplyLock | None = None
     """The apply lock (apply only), held until the run ends."""
 
@@ -268,7 +271,7 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
             o_vault = observe_vault(vault, d_vault, admin=admin, records=records,
                                     read_token=token_reader(found_accounts),
                                     token_users=[user for user in d_vault.tokens if user in found_accounts],
-                                    pending_revoke=state.pending_revoke,
+                                    pending_revoke=state.pending_revoke, intents=state.intents,
                                     collect_garbage=bool(getattr(args, "prune", False)))
         except VaultError as exc:
             raise CommandFailed(_vault_failure(exc, vault.address)) from None
@@ -283,6 +286,7 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
                 raise CommandFailed(_local_failure(exc)) from None
     problems: list[UserProblem] = [v for v in found.values() if isinstance(v, UserProblem)]
     problems.extend(o_local.problems)
+    problems.extend(o_vault.problems)
     accounts = {name: value for name, value in found_accounts.items() if name in o_local.accounts}
     o_vault = replace(o_vault, tokens=MappingProxyType(
         {user: token for user, token in o_vault.tokens.items() if user in accounts}))
@@ -293,7 +297,19 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
     return Session(roster=roster, roster_path=roster_path, root=root, admin=admin, vault=vault,
                    accounts=accounts, problems=_dedupe(problems), records=records,
                    desired=desired, observed=observed, plan=plan,
-                   pending_revoke=state.pending_revoke, lock=held)
+                   pending_revoke=state.pending_revoke, state=state, lock=held)
+
+
+def _remove_stale_temps(session: Session) -> None:
+    """Temporary files of this tool's own naming that a killed run left: a token file's may hold a live
+    token. Only apply removes them, holding the apply lock, so no run of ours is writing one now."""
+    for account in session.accounts.values():
+        remove_stale_temps(account, TOKEN_FILE)
+    unit_dir = session.root / local_state.UNIT_DIR
+    targets = [unit_dir / unit.name for unit in session.desired.local.units]
+    targets += [unit_dir / name for name in session.observed.local.stray_drop_ins]
+    targets.append(statefile.state_path(session.root))
+    atomicfile.remove_stale_temps(targets)
 
 
 def _start(args: argparse.Namespace, roster_path: str, *, lock: bool = False) -> Session | int:
@@ -354,6 +370,8 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
             text = render.warning_text(result.change)
             warnings.append(text)
             print(f"WARN {text}", file=sys.stderr)
+        elif result.not_attempted:
+            pass  # one line for all of them, below
         elif not result.ok:
             print(render.error_line(result.change.name, result.message), file=sys.stderr)
         elif not as_json:
@@ -362,13 +380,22 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
                 for line in render.diff_lines(result.change):
                     print(f"    {line}")
 
+    journal = statefile.Journal(session.root, session.state)
     vault_ctx = VaultContext(vault=session.vault, admin=session.admin,
-                             write_token=_token_writer(session.accounts),
+                             write_token=_token_writer(session.accounts), mint_log=journal,
                              read_token=token_reader(session.accounts), mint_lock=_mint_lock(session.accounts))
+    _remove_stale_temps(session)
     ctx = ExecContext(vault=vault_ctx, local=local_state.LocalContext.create(session.root, session.accounts))
     results: tuple[Result, ...] = ()
     try:
         results = execute(session.plan, ctx, report=report)
+        skipped = not_attempted(results)
+        if skipped:
+            names = sorted({r.change.name for r in skipped})
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            text = f"{len(skipped)} Vault change(s) not attempted ({shown}): {session.vault.unreachable}"
+            errors.append(f"vault: {text}")
+            print(render.error_line("vault", text), file=sys.stderr)
         finish_error = finish(results, ctx)
         if finish_error:
             errors.append(f"systemd: {finish_error}")
@@ -377,16 +404,18 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
         if any(result.ok for result in results) or vault_ctx.outcomes.minted:
             os.sync()  # unit files and first-mint token files were written without their own fsync
         # Even after an unexpected error: remember every token minted so far.
-        records = next_records(session.records, session.desired.vault, session.observed.vault,
+        observed = session.observed.vault
+        records = next_records(session.records, session.desired.vault, observed, vault_ctx.outcomes)
+        strays = tuple(accessor for accessor, seen in observed.pending.items() if seen.interrupted)
+        pending = next_pending(session.pending_revoke + strays, session.records, records, observed,
                                vault_ctx.outcomes)
-        pending = next_pending(session.pending_revoke, session.records, records, session.observed.vault,
-                               vault_ctx.outcomes)
-        if records != session.records or pending != session.pending_revoke:
-            try:
-                statefile.write_records(session.root, records, pending)
-            except statefile.StateFileError as exc:
-                errors.append(f"state: {exc}")
-                print(render.error_line("state", str(exc)), file=sys.stderr)
+        intents = {nonce: user for nonce, user in journal.state.intents.items()
+                   if nonce not in observed.resolved_intents}
+        try:
+            journal.replace_all(statefile.State(records, pending, intents))
+        except statefile.StateFileError as exc:
+            errors.append(f"state: {exc}")
+            print(render.error_line("state", str(exc)), file=sys.stderr)
 
     textfile = session.roster.status.prometheus_textfile
     if textfile:

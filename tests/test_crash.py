@@ -1,0 +1,209 @@
+"""Kill -9 `apply` at many points of a first apply of 30 people, then check the invariants.
+
+Each scenario is a first apply (its own --root and policy prefix) on a fresh
+OpenBao of this module's own, run as a process through the fault proxy; the
+proxy kills it at a precise moment around the Nth create-orphan request:
+
+- before: the request never reaches Vault (only the intent is on disk);
+- in flight: Vault minted, the answer never reaches the process;
+- after: the process has the answer and is killed a moment later (while it
+  writes the token file, settles the intent, or sends its next request).
+
+Then `apply` runs again to completion and must leave: exit 0, `plan` with
+nothing to do, no outstanding intent, no temporary file of the tool's naming
+anywhere under the root, and zero live tokens minted by the tool for these
+people that neither a token file nor the state file references (every
+accessor is listed and looked up with the root token).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import hvac
+import hvac.exceptions
+import pytest
+import yaml
+
+from reconcile.exitcodes import Exit
+from tests.support.faultproxy import FaultProxy
+from tests.support.leaks import assert_no_secrets
+from tests.support.openbao import OpenBaoServer
+from tests.support.world import World
+
+REPO = Path(__file__).resolve().parent.parent
+MINT = b"POST /v1/auth/token/create-orphan"
+PEOPLE = [f"p{index:02d}" for index in range(30)]
+TEMP_NAMES = re.compile(r"^\..*(\.tmp-[0-9a-f]{16}|\.[0-9a-f]{12}\.tmp)$")
+SCENARIOS = [(when, nth) for nth in (1, 13, 30) for when in ("before", "in-flight", "after")]
+
+
+@pytest.fixture(scope="module")
+def bao() -> Iterator[OpenBaoServer]:
+    with OpenBaoServer() as server:
+        yield server
+
+
+class Sandbox:
+    """One scenario's root, roster and prefix, driven by `python -m reconcile` processes."""
+
+    def __init__(self, base: Path, server: OpenBaoServer, proxy: FaultProxy, name: str) -> None:
+        self.server, self.proxy = server, proxy
+        self.root = base / name / "root"
+        self.prefix = f"{name}-"
+        self.roster = base / name / "roster.yaml"
+        self.outputs: list[str] = []
+        (self.root / "etc").mkdir(parents=True)
+        lines = ["root:x:0:0:root:/root:/bin/bash"]
+        for index, user in enumerate(PEOPLE):
+            uid = 6001 + index
+            home = self.root / "home" / user
+            home.mkdir(parents=True)
+            os.chown(home, uid, uid)
+            lines.append(f"{user}:x:{uid}:{uid}::/home/{user}:/bin/bash")
+        (self.root / "etc/passwd").write_text("\n".join(lines) + "\n")
+        self.roster.write_text(yaml.safe_dump({
+            "vault": {"policy_prefix": self.prefix, "path_prefix": f"{name}/claude-users"},
+            "users": {user: {} for user in PEOPLE}}))
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "CLAUDE_AUTH_"))}
+        env.update(VAULT_ADDR=self.proxy.address, VAULT_TOKEN=self.server.root_token,
+                   HOME=str(self.root.parent))
+        return env
+
+    def start(self, command: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "reconcile", command, "--roster", str(self.roster),
+                                 "--root", str(self.root)], cwd=REPO, env=self.env(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def run(self, command: str) -> tuple[int, str, str]:
+        process = self.start(command)
+        out, err = process.communicate(timeout=60)
+        self.outputs += [out, err]
+        return process.returncode, out, err
+
+    def token_values(self) -> dict[str, str]:
+        values = {}
+        for user in PEOPLE:
+            path = self.root / "home" / user / ".config/claude-auth-sync/vault-token"
+            if path.exists():
+                values[user] = path.read_text().strip()
+        return values
+
+    def state(self) -> dict[str, object]:
+        return dict(json.loads((self.root / "var/lib/claude-auth/state.json").read_text()))
+
+    def temp_files(self) -> list[Path]:
+        return [Path(folder) / name for folder, dirs, files in os.walk(self.root)
+                for name in files + dirs if TEMP_NAMES.match(name)]
+
+
+def tool_tokens(client: hvac.Client, prefix: str) -> dict[str, dict[str, object]]:
+    """accessor -> lookup of every live token the tool minted with one of `prefix`'s policies."""
+    found = {}
+    for accessor in client.list("auth/token/accessors")["data"]["keys"]:
+        try:
+            data = client.auth.token.lookup_accessor(accessor)["data"]
+        except hvac.exceptions.InvalidRequest:
+            continue  # revoked meanwhile
+        meta = data.get("meta") or {}
+        if meta.get("managed_by") == "claude-auth" and any(p.startswith(prefix) for p in data["policies"]):
+            found[accessor] = data
+    return found
+
+
+def kill_at(sandbox: Sandbox, process: subprocess.Popen[str], when: str, nth: int) -> threading.Event:
+    killed = threading.Event()
+
+    def kill() -> None:
+        if not killed.is_set():
+            os.kill(process.pid, signal.SIGKILL)
+            killed.set()
+
+    def on_request(head: bytes, number: int) -> bool:
+        if when == "before" and MINT in head and number == nth:
+            kill()
+            return False
+        return True
+
+    def on_reply(head: bytes, number: int) -> bool:
+        if when == "in-flight" and MINT in head and number == nth:
+            kill()
+            return False
+        return True
+
+    def after_reply(head: bytes, number: int) -> None:
+        if when == "after" and MINT in head and number == nth:
+            threading.Timer(0.002 * (nth % 5), kill).start()
+
+    sandbox.proxy.seen.clear()
+    sandbox.proxy.count = (MINT,)
+    sandbox.proxy.on_request, sandbox.proxy.on_reply, sandbox.proxy.after_reply = on_request, on_reply, after_reply
+    return killed
+
+
+def test_a_killed_first_apply_leaves_no_token_unaccounted_for(bao: OpenBaoServer, tmp_path: Path) -> None:
+    client = hvac.Client(url=bao.address, token=bao.root_token)
+    started = time.monotonic()
+    with FaultProxy(upstream_port=bao.port) as proxy:
+        for index, (when, nth) in enumerate(SCENARIOS):
+            sandbox = Sandbox(tmp_path, bao, proxy, f"k{index:02d}")
+            process = sandbox.start("apply")
+            killed = kill_at(sandbox, process, when, nth)
+            out, err = process.communicate(timeout=60)
+            sandbox.outputs += [out, err]
+            assert killed.is_set() and process.returncode == -signal.SIGKILL, (when, nth, err)
+            proxy.on_request = proxy.on_reply = proxy.after_reply = None
+
+            code, out, err = sandbox.run("apply")
+            assert code == Exit.OK, (when, nth, err)
+            code, out, err = sandbox.run("plan")
+            assert (code, out.splitlines()[-1:]) == (Exit.OK, ["No changes."]), (when, nth, out, err)
+
+            state = sandbox.state()
+            assert state.get("intents", {}) == {}, (when, nth)
+            files = sandbox.token_values()
+            assert sorted(files) == PEOPLE
+            in_files = {str(client.auth.token.lookup(value)["data"]["accessor"]) for value in files.values()}
+            tokens: dict[str, dict[str, str]] = state["tokens"]  # type: ignore[assignment]
+            pending: list[str] = state["pending_revoke"]  # type: ignore[assignment]
+            referenced = in_files | {entry["accessor"] for entry in tokens.values()} | set(pending)
+            unreferenced = set(tool_tokens(client, sandbox.prefix)) - referenced
+            assert unreferenced == set(), (when, nth)
+            assert sandbox.temp_files() == [], (when, nth)
+            assert_no_secrets(sandbox.outputs, set(files.values()) | {bao.root_token})
+    assert time.monotonic() - started < 60
+
+
+def test_apply_removes_stale_temporary_files_of_its_own_naming_only(world: World) -> None:
+    """What a writer killed before its rename leaves: a token file's temp holds a live token."""
+    world.write_roster({"alice": {}, "bob": {}})
+    assert world.run("apply").code == Exit.OK
+    config = world.root / "home/alice/.config/claude-auth-sync"
+    units = world.root / "etc/systemd/system"
+    ours = [config / ".vault-token.tmp-0123456789abcdef",
+            units / "claude-auth-sync@bob.service.d/.home.conf.0123456789ab.tmp",
+            units / ".claude-auth-sync@.timer.a1b2c3d4e5f6.tmp",
+            world.root / "var/lib/claude-auth/.state.json.a1b2c3d4e5f6.tmp"]
+    not_ours = [config / ".vault-token.tmp-notours", config / "notes.tmp",
+                units / ".other.service.a1b2c3d4e5f6.tmp", units / "claude-auth-sync@bob.service.d/keep.conf"]
+    for path in ours + not_ours:
+        path.write_text("x")
+    target = world.root / "precious"
+    target.write_text("keep")
+    planted = config / ".vault-token.tmp-fedcba9876543210"
+    os.symlink(target, planted)  # a person's link with our name: not a file we wrote; never followed
+    assert world.run("apply").code == Exit.OK
+    assert [path for path in ours if path.exists()] == []
+    assert planted.is_symlink() and target.read_text() == "keep"
+    assert all(path.exists() for path in not_ours)
