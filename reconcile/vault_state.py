@@ -758,6 +758,7 @@ def _mint(mint: MintOrder, ctx: VaultContext) -> str:
     nonce = ctx.mint_log.intend(want.user) if ctx.mint_log is not None else None
     if nonce is not None:
         meta[NONCE_META] = nonce
+    sent = ctx.vault.requests["POST"]
     try:
         minted = ctx.vault.create_orphan_token(policies=[want.policy], period=want.period,
                                                display_name=want.display_name, meta=meta)
@@ -777,6 +778,8 @@ def _mint(mint: MintOrder, ctx: VaultContext) -> str:
     if nonce is not None and ctx.mint_log is not None:
         ctx.mint_log.settle(nonce, want.user, minted.accessor)
     ctx.outcomes.minted[want.user] = minted.accessor
+    if nonce is not None and ctx.vault.requests["POST"] - sent > 1:
+        _revoke_twins(ctx, nonce, minted.accessor)
     failed: VaultError | None = None
     for accessor in mint.revoke:
         try:
@@ -792,6 +795,29 @@ def _mint(mint: MintOrder, ctx: VaultContext) -> str:
     if mint.revoke:
         return "minted, written, replaced token revoked"
     return "minted and written"
+
+
+def _revoke_twins(ctx: VaultContext, nonce: str, keep: str) -> None:
+    """Revoke every token but `keep` that carries this mint's nonce.
+
+    Only for a mint that was sent more than once. During a leader election a
+    standby that forwarded the mint and lost the leader's answer replies 307,
+    which the retry policy counts as "not done" and sends again; but the
+    leader may have committed the first one. Both carry the same nonce, and
+    the intent is settled by the second, so nothing else would find the first.
+    Costs one lookup per token in Vault, only on this rare path.
+    """
+    try:
+        for accessor in ctx.vault.list_accessors():
+            if accessor == keep:
+                continue
+            info = ctx.vault.lookup_accessor(accessor)
+            if info is not None and info.meta.get(NONCE_META) == nonce:
+                ctx.vault.revoke_accessor(accessor)
+                ctx.outcomes.revoked.add(accessor)
+    except VaultError as exc:
+        raise VaultError(f"minted and written after a retried request, but the search for a first copy "
+                         f"of it failed ({exc}); `apply --prune` finds it") from None
 
 
 def _write_or_revoke(ctx: VaultContext, user: str, minted: MintedToken, *, durable: bool) -> None:

@@ -382,3 +382,83 @@ def _lookup(client: hvac.Client, token: str | None) -> Any:
         return client.auth.token.lookup(token)["data"]
     except hvac.exceptions.Forbidden:
         return None
+
+
+# --- a mint the election made twice -------------------------------------------------------------
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.nonce = f"n-{secrets.token_hex(6)}"
+        self.settled: list[tuple[str, str | None, str | None]] = []
+
+    def intend(self, user: str) -> str:
+        return self.nonce
+
+    def settle(self, nonce: str, user: str | None = None, accessor: str | None = None) -> None:
+        self.settled.append((nonce, user, accessor))
+
+
+def test_a_mint_a_standby_forwarded_and_answered_307_leaves_no_twin(openbao: Any) -> None:
+    """A standby forwards the mint, the leader commits it and dies before answering; the standby
+    answers 307 (FACTS.md), the retry policy sends the mint again. The first copy must not live on."""
+    import http.server
+    import requests as plain
+
+    upstream = openbao.address
+    mints: list[int] = []
+
+    class Standby(http.server.BaseHTTPRequestHandler):
+        def _relay(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            answer = plain.request(self.command, upstream + self.path, data=body,
+                                   headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+            if self.path.startswith("/v1/auth/token/create-orphan"):
+                mints.append(answer.status_code)
+                if len(mints) == 1:  # committed, answer lost: point at the dead leader
+                    self.send_response(307)
+                    self.send_header("Location", "http://127.0.0.1:9" + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_POST = do_PUT = do_LIST = do_DELETE = _relay  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Standby)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        from reconcile.model import Action, Change, Kind
+        from reconcile.roster import Roster, User, VaultSettings
+        from reconcile.vault_state import MintOrder, VaultContext, apply_token, desired_vault
+
+        prefix = f"tw{secrets.token_hex(3)}-"
+        want = desired_vault(Roster(users={"alice": User("alice")}, vault=VaultSettings(policy_prefix=prefix)),
+                             "h1").tokens["alice"]
+        written: dict[str, bytes] = {}
+        log = _Log()
+        ctx = VaultContext(vault=Vault(f"http://127.0.0.1:{server.server_address[1]}", Secret(openbao.root_token)),
+                           admin=True, write_token=lambda user, data, durable: written.__setitem__(user, data),
+                           mint_log=log)
+        change = Change(Action.CREATE, Kind.TOKEN, want.display_name, "no token yet; mint", user="alice",
+                        needs_admin=True, desired=MintOrder(token=want, revoke=()))
+        apply_token(change, ctx)
+        assert mints == [200, 200]  # the mint really was made twice
+        client = hvac.Client(url=upstream, token=openbao.root_token)
+        twins = [a for a, data in tool_tokens(client, prefix).items() if data["meta"].get("mint_nonce") == log.nonce]
+        assert twins == [ctx.outcomes.minted["alice"]]
+        assert client.auth.token.lookup(written["alice"].decode())["data"]["accessor"] == twins[0]
+        for accessor in twins:
+            client.auth.token.revoke_accessor(accessor)
+        assert_no_secrets([str(log.settled)], [written["alice"].decode()])
+    finally:
+        server.shutdown()
+        server.server_close()
