@@ -8,7 +8,9 @@ its own policy prefix so tests do not see each other's tokens.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import secrets
 import threading
 import time
@@ -166,6 +168,32 @@ def test_shared_home_re_mint_replaces_the_one_token(cluster: RaftCluster, prefix
     assert sorted(d["meta"]["user"] for d in tool_tokens(client, prefix).values()) == sorted(CROWD)
     assert unreferenced(hosts, cluster, prefix, CROWD) == set()
     no_leaks(hosts, cluster, CROWD)
+
+
+def test_a_host_never_removes_a_token_file_another_host_is_writing(cluster: RaftCluster, prefix: str,
+                                                                    tmp_path: Path) -> None:
+    """Apply removes temporary token files a killed run left, but in a shared home the temporary file
+    may be another host's write in flight: removal waits for the person's mint lock."""
+    roster = tmp_path / "roster.yaml"
+    write_roster(roster, prefix, {"alice": {}})
+    first, second = make_hosts(tmp_path, 2, ["alice"], [cluster.nodes[0].address], cluster.root_token, roster,
+                               shared_home=True)
+    all_ok([first.run("apply")])
+    folder = first.token_file("alice").parent
+    in_flight = folder / ".vault-token.tmp-0123456789abcdef"
+    lock = os.open(folder / "mint.lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # as the other host does while it writes
+    try:
+        in_flight.write_text("x")
+        started = time.monotonic()
+        process = second.start("apply")
+        time.sleep(2)
+        assert in_flight.exists()
+    finally:
+        os.close(lock)
+    outcome = second.finish(process, started)
+    all_ok([outcome])
+    assert not in_flight.exists()  # once the writer is done, a leftover is stale and goes
 
 
 # --- failover -------------------------------------------------------------------------------------

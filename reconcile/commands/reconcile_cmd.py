@@ -46,8 +46,8 @@ from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
 from reconcile.executor import ExecContext, Result, execute, failures, finish, not_attempted
 from reconcile.exitcodes import Exit
 from reconcile.fleet import this_host
-from reconcile.homefs import (MINT_LOCK_FILE, TOKEN_FILE, lock_private_file, remove_stale_temps,
-                              write_private_file)
+from reconcile.homefs import (CONFIG_DIR, MINT_LOCK_FILE, TOKEN_FILE, HomeFsError, inspect, lock_private_file,
+                              remove_stale_temps, write_private_file)
 from reconcile.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
 from reconcile.roster import Roster
@@ -302,9 +302,18 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
 
 def _remove_stale_temps(session: Session) -> None:
     """Temporary files of this tool's own naming that a killed run left: a token file's may hold a live
-    token. Only apply removes them, holding the apply lock, so no run of ours is writing one now."""
-    for account in session.accounts.values():
-        remove_stale_temps(account, TOKEN_FILE)
+    token. Only apply removes them, holding the apply lock, so no run of ours is writing one now; in a
+    home that other hosts share, another host's apply may be, so a token file's temporaries are removed
+    under the person's mint lock, which every token-file write holds (skipped when it cannot be had)."""
+    hold = _mint_lock(session.accounts)
+    for user, account in session.accounts.items():
+        try:
+            if inspect(account, CONFIG_DIR).kind != "directory":
+                continue  # no token file yet, so no temporary one either
+            with hold(user):
+                remove_stale_temps(account, TOKEN_FILE)
+        except HomeFsError:
+            continue  # the next run tries again
     unit_dir = session.root / local_state.UNIT_DIR
     targets = [unit_dir / unit.name for unit in session.desired.local.units]
     targets += [unit_dir / name for name in session.observed.local.stray_drop_ins]
