@@ -11,6 +11,8 @@ on; `apply --prune` turns them into deletions at planning time.
 Once Vault counts as unreachable (its retries ran out or the run's deadline
 passed: reconcile.vault), the remaining Vault changes are not attempted and
 recorded so (`not_attempted`); local changes, which need no Vault, still run.
+A change that failed because Vault was unreachable says so (`vault_down`), so
+the caller can report it with the rest in one line.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from reconcile.homefs import HomeFsError
 from reconcile.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
 from reconcile.vault_state import HANDLERS as VAULT_HANDLERS
 from reconcile.systemd import SystemdError
-from reconcile.vault import VaultError
+from reconcile.vault import VaultError, VaultUnreachable
 from reconcile.vault_state import TokenFileWriteFailed, VaultContext
 
 LOCAL_KINDS = frozenset({Kind.DIRECTORY, Kind.TOKEN_FILE, Kind.UNIT, Kind.TIMER})
@@ -41,6 +43,8 @@ class Result:
     """Not attempted: it needs an admin Vault token and this run has none."""
     not_attempted: bool = False
     """Not attempted: Vault was already known to be unreachable (a failure all the same)."""
+    vault_down: bool = False
+    """Failed (or not attempted) because Vault did not answer."""
 
     def as_json(self) -> dict[str, object]:
         return {"name": self.change.name, "kind": self.change.kind.value, "action": self.change.action.value,
@@ -96,11 +100,11 @@ def _run_one(change: Change, ctx: ExecContext) -> Result:
         return Result(change, ok=False, message=f"no handler for {change.action.value} {change.kind.value}")
     down = ctx.vault.vault.unreachable
     if down is not None and change.kind not in LOCAL_KINDS:
-        return Result(change, ok=False, message=f"not attempted: {down}", not_attempted=True)
+        return Result(change, ok=False, message=f"not attempted: {down}", not_attempted=True, vault_down=True)
     try:
         outcome = handler(change, ctx)
     except Exception as exc:  # recorded; the other changes still run
-        return Result(change, ok=False, message=error_text(exc))
+        return Result(change, ok=False, message=error_text(exc), vault_down=isinstance(exc, VaultUnreachable))
     message = outcome if isinstance(outcome, str) and outcome else _DONE[change.action]
     return Result(change, ok=True, message=message)
 
@@ -164,8 +168,9 @@ def failures(results: tuple[Result, ...]) -> tuple[Result, ...]:
     return tuple(r for r in results if not r.ok and not r.blocked)
 
 
-def not_attempted(results: tuple[Result, ...]) -> tuple[Result, ...]:
-    return tuple(r for r in results if r.not_attempted)
+def lost_to_vault(results: tuple[Result, ...]) -> tuple[Result, ...]:
+    """Changes not made because Vault did not answer (failed on it, or not attempted)."""
+    return tuple(r for r in results if r.vault_down)
 
 
 def blocked(results: tuple[Result, ...]) -> tuple[Result, ...]:

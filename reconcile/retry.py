@@ -29,16 +29,18 @@ from __future__ import annotations
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
 TIMEOUT_ENV = "CLAUDE_AUTH_VAULT_TIMEOUT"
 """Seconds one request may take (connect and each read); default REQUEST_TIMEOUT."""
 DEADLINE_ENV = "CLAUDE_AUTH_VAULT_DEADLINE"
-"""Seconds all Vault requests of one run may take together; default DEADLINE."""
+"""Seconds all Vault requests of one run (and the waits between their retries) may take together;
+default DEADLINE."""
 REQUEST_TIMEOUT = 5.0
 RETRY_WINDOW = 10.0
 DEADLINE = 60.0
@@ -60,7 +62,8 @@ class RetryPolicy:
     base_delay: float = 0.1
     max_delay: float = 1.0
     deadline: float = DEADLINE
-    """For the whole run: no request starts, and none waits, past it."""
+    """For the whole run, counting only time spent on Vault (Deadline): no request starts, and none
+    waits, past it."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "RetryPolicy":
@@ -89,19 +92,40 @@ def _seconds(text: str | None, default: float) -> float:
 
 
 class Deadline:
-    """The time left for a whole run; shared by every client of that run."""
+    """The Vault time left to a whole run, shared by every client of that run.
+
+    Only time spent in requests and in waits between their retries counts
+    (`running`): a sync run's minutes-long Claude check between two Vault
+    requests must not use up the budget that bounds a Vault that stops
+    answering.
+    """
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
         self._clock = clock
-        self._ends = clock() + seconds
+        self._spent = 0.0
+        self._since: float | None = None
 
     def remaining(self) -> float:
-        return max(0.0, self._ends - self._clock())
+        running = self._clock() - self._since if self._since is not None else 0.0
+        return max(0.0, self.seconds - self._spent - running)
 
     @property
     def expired(self) -> bool:
         return self.remaining() <= 0
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Count the time spent inside (once, if nested)."""
+        if self._since is not None:
+            yield
+            return
+        self._since = self._clock()
+        try:
+            yield
+        finally:
+            self._spent += self._clock() - self._since
+            self._since = None
 
 
 class GaveUp(Exception):
@@ -127,6 +151,13 @@ def call_with_retries(attempt: Callable[[float], T], classify: Callable[[BaseExc
     raised as is. Raises GaveUp when transient failures run out of time or
     attempts.
     """
+    with deadline.running():
+        return _retry(attempt, classify, policy, deadline, idempotent, sleep, clock, rand)
+
+
+def _retry(attempt: Callable[[float], T], classify: Callable[[BaseException], Transience], policy: RetryPolicy,
+           deadline: Deadline, idempotent: bool, sleep: Callable[[float], None], clock: Callable[[], float],
+           rand: Callable[[], float]) -> T:
     started = clock()
     tries = 0
     last: BaseException | None = None

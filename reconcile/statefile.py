@@ -33,9 +33,10 @@ import json
 import os
 import secrets
 import stat
-from dataclasses import dataclass, field, replace
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from reconcile.atomicfile import write_atomically
 
@@ -175,37 +176,81 @@ def write_records(root: Path | str, records: Mapping[str, str], pending_revoke: 
 class Journal:
     """The state file kept current while apply runs: intents before mints, records as mints complete.
 
-    Holds the state as last written; every method writes the file at once.
-    Raises StateFileError when it cannot: a mint must not be asked for when
-    its intent is not on disk.
+    `prepare` writes the nonces of every mint the run is about to ask for in
+    one fsynced write (a thousand first mints need not wait for a thousand
+    fsyncs); `intend` hands one out just before its create call (writing it
+    first if it was not prepared). `settle` records a finished mint, writing
+    at most once per SETTLE_INTERVAL seconds: a lost settle only leaves an
+    intent the next run resolves. Raises StateFileError when a write fails:
+    a mint must not be asked for when its intent is not on disk.
     """
 
-    def __init__(self, root: Path | str, state: State) -> None:
+    SETTLE_INTERVAL = 1.0
+
+    def __init__(self, root: Path | str, state: State, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
-        self.state = _normal(state)
+        self._clock = clock
+        self._records = dict(state.records)
+        self._pending = tuple(state.pending_revoke)
+        self._intents = dict(state.intents)
+        """Every intent on disk (or about to be): the file's, and this run's."""
+        self._unsent: dict[str, list[str]] = {}
+        """By user, prepared nonces whose mint has not been asked for (yet)."""
+        self._written_at: float | None = None
+
+    @property
+    def state(self) -> State:
+        return State(dict(self._records), self._pending, dict(self._intents))
+
+    def outstanding(self) -> dict[str, str]:
+        """The intents a crash now would leave to resolve: the file's, and this run's mints that were
+        asked for and not settled (a prepared mint never asked for minted nothing)."""
+        unsent = {nonce for nonces in self._unsent.values() for nonce in nonces}
+        return {nonce: user for nonce, user in self._intents.items() if nonce not in unsent}
+
+    def prepare(self, users: Iterable[str]) -> None:
+        fresh = {secrets.token_hex(16): user for user in users}
+        if not fresh:
+            return
+        self._intents.update(fresh)
+        for nonce, user in fresh.items():
+            self._unsent.setdefault(user, []).append(nonce)
+        self._write(durable=True)
 
     def intend(self, user: str) -> str:
-        """A fresh nonce for a mint for `user`, durably on disk before this returns."""
+        """The nonce for a mint for `user`, on disk before this returns."""
+        if self._unsent.get(user):
+            return self._unsent[user].pop()
         nonce = secrets.token_hex(16)
-        self._write(replace(self.state, intents={**self.state.intents, nonce: user}), durable=True)
+        self._intents[nonce] = user
+        self._write(durable=True)
         return nonce
 
     def settle(self, nonce: str, user: str | None = None, accessor: str | None = None) -> None:
         """The mint of `nonce` is accounted for: its token is now `user`'s record (when given) or none
-        exists. Not fsynced: if this write is lost, the next run resolves the intent again."""
-        intents = {n: u for n, u in self.state.intents.items() if n != nonce}
-        records = dict(self.state.records)
+        exists."""
+        self._intents.pop(nonce, None)
         if user is not None and accessor is not None:
-            records[user] = accessor
-        self._write(State(records, self.state.pending_revoke, intents), durable=False)
+            self._records[user] = accessor
+        if self._written_at is None or self._clock() - self._written_at >= self.SETTLE_INTERVAL:
+            self._write(durable=False)
 
     def replace_all(self, state: State) -> None:
         """The state at the end of the run (computed from what the run saw and did)."""
-        self._write(_normal(state), durable=True)
+        self._records, self._pending, self._intents = dict(state.records), tuple(state.pending_revoke), \
+            dict(state.intents)
+        self._unsent = {}
+        write_state(self.root, self.state)
 
-    def _write(self, state: State, *, durable: bool) -> None:
-        write_state(self.root, state, durable=durable)
-        self.state = state
+    def _write(self, *, durable: bool) -> None:
+        path = state_path(self.root)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _ensure_modes(path)
+            write_atomically(path, render_state(self.state), 0o600, durable=durable)
+        except OSError as exc:
+            raise StateFileError(f"state file {path} cannot be written: {exc.strerror or exc}") from None
+        self._written_at = self._clock()
 
 
 def _ensure_modes(path: Path) -> None:

@@ -272,12 +272,19 @@ class ObservedVault:
     """Nonces of the state file's intents this observation accounted for (adopted, or searched for)."""
     garbage: Mapping[str, TokenInfo] = field(default_factory=lambda: MappingProxyType({}))
     """By accessor, live tokens this host minted that nothing here references (`apply --prune` only)."""
+    unresolved_intents: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Nonce -> user of the intents an admin run could not account for (listing accessors was denied)."""
 
     @property
     def problems(self) -> list[UserProblem]:
-        """One per user whose token could not be observed (FAILED): only that user's token work waits."""
-        return [UserProblem(user, f"token: {token.detail}") for user, token in sorted(self.tokens.items())
-                if token.state is TokenState.FAILED]
+        """One per user whose token could not be observed (FAILED): only that user's token work waits;
+        one per mint of an interrupted run that an admin run could not account for."""
+        problems = [UserProblem(user, f"token: {token.detail}") for user, token in sorted(self.tokens.items())
+                    if token.state is TokenState.FAILED]
+        problems += [UserProblem(user, "a token minted by an interrupted run cannot be looked for: listing "
+                                       "auth/token/accessors was denied (the admin token needs list and sudo "
+                                       "there)") for user in sorted(set(self.unresolved_intents.values()))]
+        return problems
 
 
 class TokenFileUnreadable(Exception):
@@ -363,7 +370,11 @@ def _resolve_intents(vault: Vault, intents: Mapping[str, str], tokens: Mapping[s
         return frozenset(adopted), {}
     # Only the token itself knows its nonce: look every accessor up once (this run's cost of a crash).
     strays: dict[str, PendingRevoke] = {}
-    for accessor in vault.list_accessors():
+    try:
+        accessors = vault.list_accessors()
+    except VaultDenied:  # the intents stay; each of their users gets a problem line (ObservedVault)
+        return frozenset(adopted), {}
+    for accessor in accessors:
         info = vault.lookup_accessor(accessor)
         if info is not None and info.meta.get(NONCE_META) in outstanding:
             strays[accessor] = PendingRevoke(accessor, checked=True, info=info, interrupted=True)
@@ -400,9 +411,11 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     resolved, strays = _resolve_intents(vault, intents or {}, tokens, admin=admin)
     for accessor, stray in strays.items():
         pending.setdefault(accessor, stray)
+    unresolved = {nonce: user for nonce, user in (intents or {}).items() if nonce not in resolved} if admin else {}
     observed = ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
                              tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
-                             pending=MappingProxyType(pending), resolved_intents=resolved)
+                             pending=MappingProxyType(pending), resolved_intents=resolved,
+                             unresolved_intents=MappingProxyType(unresolved))
     if admin and collect_garbage:
         observed = replace(observed, garbage=MappingProxyType(observe_garbage(vault, desired, observed)))
     return observed
@@ -648,6 +661,13 @@ def _orphan(kind: Kind, name: str, user: str, prune: bool, roster_users: frozens
 
 
 # --- apply: handlers the executor calls ------------------------------------------------------
+
+
+def mint_users(plan: Iterable[Change]) -> list[str]:
+    """The users the plan mints a token for (each mint's intent is written ahead: statefile.Journal)."""
+    return [change.desired.token.user for change in plan
+            if change.kind is Kind.TOKEN and isinstance(change.desired, MintOrder)
+            and change.action is not Action.ORPHANED]
 
 
 TokenWriter = Callable[[str, bytes, bool], None]

@@ -13,7 +13,8 @@ Then `apply` runs again to completion and must leave: exit 0, `plan` with
 nothing to do, no outstanding intent, no temporary file of the tool's naming
 anywhere under the root, and zero live tokens minted by the tool for these
 people that neither a token file nor the state file references (every
-accessor is listed and looked up with the root token).
+accessor is listed and looked up with the root token). About 25 s on an idle
+2-core machine.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -154,7 +154,6 @@ def kill_at(sandbox: Sandbox, process: subprocess.Popen[str], when: str, nth: in
 
 def test_a_killed_first_apply_leaves_no_token_unaccounted_for(bao: OpenBaoServer, tmp_path: Path) -> None:
     client = hvac.Client(url=bao.address, token=bao.root_token)
-    started = time.monotonic()
     with FaultProxy(upstream_port=bao.port) as proxy:
         for index, (when, nth) in enumerate(SCENARIOS):
             sandbox = Sandbox(tmp_path, bao, proxy, f"k{index:02d}")
@@ -182,7 +181,6 @@ def test_a_killed_first_apply_leaves_no_token_unaccounted_for(bao: OpenBaoServer
             assert unreferenced == set(), (when, nth)
             assert sandbox.temp_files() == [], (when, nth)
             assert_no_secrets(sandbox.outputs, set(files.values()) | {bao.root_token})
-    assert time.monotonic() - started < 60
 
 
 def test_apply_removes_stale_temporary_files_of_its_own_naming_only(world: World) -> None:
@@ -207,3 +205,25 @@ def test_apply_removes_stale_temporary_files_of_its_own_naming_only(world: World
     assert [path for path in ours if path.exists()] == []
     assert planted.is_symlink() and target.read_text() == "keep"
     assert all(path.exists() for path in not_ours)
+
+
+def test_an_intent_an_admin_token_cannot_search_for_is_kept_and_named(world: World,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    world.write_roster({"alice": {}, "bob": {}})
+    assert world.run("apply").code == Exit.OK
+    path = world.root / "var/lib/claude-auth/state.json"
+    document = json.loads(path.read_text())
+    document["intents"] = {"0123456789abcdef0123456789abcdef": {"user": "alice"}}
+    path.write_text(json.dumps(document))
+    monkeypatch.setenv("VAULT_TOKEN", world.admin_token(deny=("auth/token/accessors",)))
+    (world.root / "home/bob/.config/claude-auth-sync/vault-token").unlink()
+    applied = world.run("apply")
+    assert applied.code == Exit.ERROR
+    errors = [line for line in applied.err.splitlines() if line.startswith("ERROR")]
+    assert errors == ["ERROR alice: a token minted by an interrupted run cannot be looked for: listing "
+                      "auth/token/accessors was denied (the admin token needs list and sudo there)"]
+    assert world.token("bob")  # everyone else is still applied
+    assert json.loads(path.read_text())["intents"] == document["intents"]  # kept for a run that can look
+    monkeypatch.setenv("VAULT_TOKEN", world.server.root_token)
+    assert world.run("apply").code == Exit.OK
+    assert json.loads(path.read_text())["intents"] == {}

@@ -152,3 +152,16 @@ def test_timeout_and_deadline_come_from_the_environment() -> None:
     for bad in ("", "0", "-3", "nan", "inf", "soon"):
         policy = RetryPolicy.from_env({"CLAUDE_AUTH_VAULT_TIMEOUT": bad, "CLAUDE_AUTH_VAULT_DEADLINE": bad})
         assert (policy.request_timeout, policy.deadline) == (REQUEST_TIMEOUT, DEADLINE)
+
+
+def test_only_time_spent_on_vault_counts_against_the_deadline() -> None:
+    """A sync run's long Claude check between two requests must not use up the Vault budget."""
+    clock = FakeClock()
+    deadline = Deadline(10.0, clock=clock)
+    timeouts, attempt = failing(clock, [], cost=4.0)
+    run(clock, attempt, deadline=deadline)
+    clock.now += 600  # ten minutes of other work
+    assert deadline.remaining() == pytest.approx(6.0)
+    timeouts, attempt = failing(clock, [])
+    run(clock, attempt, deadline=deadline)
+    assert timeouts == [5.0]

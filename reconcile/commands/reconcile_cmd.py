@@ -43,7 +43,7 @@ from typing import Any, Iterator
 
 from reconcile import atomicfile, local_state, render, statefile
 from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
-from reconcile.executor import ExecContext, Result, execute, failures, finish, not_attempted
+from reconcile.executor import ExecContext, Result, execute, failures, finish, lost_to_vault
 from reconcile.exitcodes import Exit
 from reconcile.fleet import this_host
 from reconcile.homefs import (CONFIG_DIR, MINT_LOCK_FILE, TOKEN_FILE, HomeFsError, inspect, lock_private_file,
@@ -54,8 +54,8 @@ from reconcile.roster import Roster
 from reconcile.roster_loader import RosterInvalid, load_roster
 from reconcile.systemd import SystemdError
 from reconcile.vault import Secret, Vault, VaultDenied, VaultError, resolve_address, resolve_token
-from reconcile.vault_state import (VaultContext, desired_vault, next_pending, next_records, observe_vault,
-                                   token_reader)
+from reconcile.vault_state import (VaultContext, desired_vault, mint_users, next_pending, next_records,
+                                   observe_vault, token_reader)
 
 NO_ADMIN_ENV = "CLAUDE_AUTH_NO_ADMIN"
 CREATE_ORPHAN = "auth/token/create-orphan"
@@ -379,8 +379,8 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
             text = render.warning_text(result.change)
             warnings.append(text)
             print(f"WARN {text}", file=sys.stderr)
-        elif result.not_attempted:
-            pass  # one line for all of them, below
+        elif result.vault_down and session.vault.unreachable:
+            pass  # Vault is gone for the rest of the run: one line for all such changes, below
         elif not result.ok:
             print(render.error_line(result.change.name, result.message), file=sys.stderr)
         elif not as_json:
@@ -394,15 +394,21 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
                              write_token=_token_writer(session.accounts), mint_log=journal,
                              read_token=token_reader(session.accounts), mint_lock=_mint_lock(session.accounts))
     _remove_stale_temps(session)
+    if session.admin:
+        try:
+            journal.prepare(mint_users(session.plan))
+        except statefile.StateFileError as exc:  # no intent on disk: no mint may be asked for
+            print(render.error_line("state", str(exc)), file=sys.stderr)
+            return Exit.ERROR
     ctx = ExecContext(vault=vault_ctx, local=local_state.LocalContext.create(session.root, session.accounts))
     results: tuple[Result, ...] = ()
     try:
         results = execute(session.plan, ctx, report=report)
-        skipped = not_attempted(results)
-        if skipped:
-            names = sorted({r.change.name for r in skipped})
+        lost = lost_to_vault(results) if session.vault.unreachable else ()
+        if lost:
+            names = sorted({r.change.name for r in lost})
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            text = f"{len(skipped)} Vault change(s) not attempted ({shown}): {session.vault.unreachable}"
+            text = f"{len(lost)} Vault change(s) not made ({shown}): {session.vault.unreachable}"
             errors.append(f"vault: {text}")
             print(render.error_line("vault", text), file=sys.stderr)
         finish_error = finish(results, ctx)
@@ -418,7 +424,7 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
         strays = tuple(accessor for accessor, seen in observed.pending.items() if seen.interrupted)
         pending = next_pending(session.pending_revoke + strays, session.records, records, observed,
                                vault_ctx.outcomes)
-        intents = {nonce: user for nonce, user in journal.state.intents.items()
+        intents = {nonce: user for nonce, user in journal.outstanding().items()
                    if nonce not in observed.resolved_intents}
         try:
             journal.replace_all(statefile.State(records, pending, intents))
