@@ -43,7 +43,7 @@ import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
-from typing import Callable, ContextManager, Iterable, Mapping, Protocol
+from typing import Callable, ContextManager, Iterable, Iterator, Mapping, Protocol
 
 from reconcile.accounts import Account
 from reconcile.durations import format_duration
@@ -374,11 +374,28 @@ def _resolve_intents(vault: Vault, intents: Mapping[str, str], tokens: Mapping[s
         accessors = vault.list_accessors()
     except VaultDenied:  # the intents stay; each of their users gets a problem line (ObservedVault)
         return frozenset(adopted), {}
-    for accessor in accessors:
-        info = vault.lookup_accessor(accessor)
-        if info is not None and info.meta.get(NONCE_META) in outstanding:
+    for accessor, info in scan_tokens(vault, accessors):
+        if info.meta.get(NONCE_META) in outstanding:
             strays[accessor] = PendingRevoke(accessor, checked=True, info=info, interrupted=True)
     return frozenset(intents), strays
+
+
+def scan_tokens(vault: Vault, accessors: Iterable[str]) -> Iterator[tuple[str, TokenInfo]]:
+    """Each live token behind `accessors` (from `list_accessors`), looked up one by one.
+
+    Skipped: an accessor that is gone, and one the active node answers 403
+    for. A leader killed while minting can leave an accessor whose token
+    entry was never written (seen on OpenBao 2.7.2 after SIGKILL of the
+    leader during mints); no token can be used or revoked through it, and it
+    must not stop a scan of every other token.
+    """
+    for accessor in accessors:
+        try:
+            info = vault.lookup_accessor(accessor)
+        except VaultDenied:
+            continue
+        if info is not None:
+            yield accessor, info
 
 
 def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: Mapping[str, str],
@@ -439,14 +456,9 @@ def observe_garbage(vault: Vault, desired: DesiredVault, observed: ObservedVault
     in use may have been minted elsewhere, and only its minter revokes it.
     """
     referenced = _in_use(observed) | set(observed.pending)
-    garbage: dict[str, TokenInfo] = {}
-    for accessor in vault.list_accessors():
-        if accessor in referenced:
-            continue
-        info = vault.lookup_accessor(accessor)
-        if info is not None and is_garbage_candidate(info, desired):
-            garbage[accessor] = info
-    return garbage
+    unreferenced = [accessor for accessor in vault.list_accessors() if accessor not in referenced]
+    return {accessor: info for accessor, info in scan_tokens(vault, unreferenced)
+            if is_garbage_candidate(info, desired)}
 
 
 # --- plan (pure) --------------------------------------------------------------------
@@ -828,11 +840,9 @@ def _revoke_twins(ctx: VaultContext, nonce: str, keep: str) -> None:
     Costs one lookup per token in Vault, only on this rare path.
     """
     try:
-        for accessor in ctx.vault.list_accessors():
-            if accessor == keep:
-                continue
-            info = ctx.vault.lookup_accessor(accessor)
-            if info is not None and info.meta.get(NONCE_META) == nonce:
+        others = [accessor for accessor in ctx.vault.list_accessors() if accessor != keep]
+        for accessor, info in scan_tokens(ctx.vault, others):
+            if info.meta.get(NONCE_META) == nonce:
                 ctx.vault.revoke_accessor(accessor)
                 ctx.outcomes.revoked.add(accessor)
     except VaultError as exc:

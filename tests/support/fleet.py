@@ -132,8 +132,8 @@ def tool_tokens(client: hvac.Client, prefix: str) -> dict[str, dict[str, Any]]:
     for accessor in keys:
         try:
             data = client.auth.token.lookup_accessor(accessor)["data"]
-        except hvac.exceptions.InvalidRequest:
-            continue
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
+            continue  # gone, or an accessor a killed leader left without its token (403)
         meta = data.get("meta") or {}
         if meta.get("managed_by") == "claude-auth" and any(p.startswith(prefix) for p in data.get("policies") or ()):
             found[accessor] = data
