@@ -534,8 +534,9 @@ class Vault:
         OpenBao (2.5+) answers reads on standbys from their own copy, which lags
         the active node (70-90 ms seen), and 2.7.2 has no request header that
         makes a standby forward a read (docs/design.md, "Reads on a standby").
-        So: ask this node's `sys/leader` for the active node's address; ask that
-        node's `sys/leader` (it must say `is_self`, and gives `active_time`); read
+        So: ask this node's `sys/leader` for the active node's address (its
+        `api_addr`, which must be reachable from here); ask that node's
+        `sys/leader` (it must say `is_self`, and gives `active_time`); read
         there; ask its `sys/leader` again. An unchanged `active_time` means the
         node was active during the read, so the read saw every committed write.
         A node without HA is its own active node. No leader (an election) or a
@@ -546,12 +547,14 @@ class Vault:
             timeout = self._adapter.attempt_timeout
             target = self
             leader = _ask_leader(self._client)
-            if leader is not None and not leader.get("is_self"):
+            # Straight to the active node's own address even when this node says it is the one:
+            # behind a load balancer the next request may reach another node.
+            if leader is not None and str(leader.get("leader_address")).rstrip("/") != self.address.rstrip("/"):
                 target = self._active_client(str(leader.get("leader_address")))
                 target._adapter.attempt_timeout = timeout
                 leader = _ask_leader(target._client)
-                if leader is None or not leader.get("is_self"):
-                    raise hvac.exceptions.VaultDown("the named leader is not active (election)")
+            if leader is not None and not leader.get("is_self"):
+                raise hvac.exceptions.VaultDown("the named leader is not active (election)")
             since = None if leader is None else leader.get("active_time")
             outcome: Any
             try:

@@ -23,7 +23,7 @@ import pytest
 from reconcile.sync.backup import back_up
 from reconcile.vault import Secret, Vault
 from tests.support.cluster import RaftCluster
-from tests.support.fleet import Host, Outcome, make_hosts, run_all, tool_tokens, write_roster
+from tests.support.fleet import Host, Outcome, Relay, make_hosts, run_all, tool_tokens, write_roster
 from tests.support.leaks import assert_no_secrets
 
 PEOPLE = ["alice", "bob", "carol", "dave"]
@@ -324,6 +324,20 @@ def test_a_token_minted_a_moment_ago_is_not_gone_on_a_standby(cluster: RaftClust
         minting.auth.token.revoke_accessor(auth["accessor"])
 
 
+def test_behind_a_load_balancer_the_confirming_read_goes_to_the_active_node(cluster: RaftCluster) -> None:
+    """VAULT_ADDR a round-robin balancer over a standby and the leader: `sys/leader` may come from the
+    leader (is_self) while the next request lands on the standby, so the read must go to leader_address."""
+    leader = cluster.wait_leader()
+    standby = next(n for n in cluster.nodes if n is not leader)
+    minting = hvac.Client(url=leader.address, token=cluster.root_token)
+    with Relay([standby.address, leader.address]) as balancer:
+        reading = Vault(balancer.address, Secret(cluster.root_token))
+        for _ in range(12):
+            auth = minting.auth.token.create_orphan(policies=["default"], ttl="10m")["auth"]
+            assert reading.lookup_accessor(auth["accessor"]) is not None
+            minting.auth.token.revoke_accessor(auth["accessor"])
+
+
 def test_racing_revokes_of_one_accessor_all_succeed(cluster: RaftCluster) -> None:
     leader = cluster.wait_leader()
     minting = hvac.Client(url=leader.address, token=cluster.root_token)
@@ -434,40 +448,17 @@ class _Log:
 def test_a_mint_a_standby_forwarded_and_answered_307_leaves_no_twin(openbao: Any) -> None:
     """A standby forwards the mint, the leader commits it and dies before answering; the standby
     answers 307 (FACTS.md), the retry policy sends the mint again. The first copy must not live on."""
-    import http.server
-    import requests as plain
-
-    upstream = openbao.address
     mints: list[int] = []
 
-    class Standby(http.server.BaseHTTPRequestHandler):
-        def _relay(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            answer = plain.request(self.command, upstream + self.path, data=body,
-                                   headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
-            if self.path.startswith("/v1/auth/token/create-orphan"):
-                mints.append(answer.status_code)
-                if len(mints) == 1:  # committed, answer lost: point at the dead leader
-                    self.send_response(307)
-                    self.send_header("Location", "http://127.0.0.1:9" + self.path)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-            self.send_response(answer.status_code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
-            self.wfile.write(answer.content)
+    def standby(method: str, path: str, answer: tuple[int, bytes]) -> tuple[int, dict[str, str], bytes] | None:
+        if not path.startswith("/v1/auth/token/create-orphan"):
+            return None
+        mints.append(answer[0])
+        if len(mints) == 1:  # committed, answer lost: point at the dead leader
+            return 307, {"Location": "http://127.0.0.1:9" + path}, b""
+        return None
 
-        do_GET = do_POST = do_PUT = do_LIST = do_DELETE = _relay  # noqa: N815
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Standby)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with Relay([openbao.address], standby) as relay:
         from reconcile.model import Action, Change, Kind
         from reconcile.roster import Roster, User, VaultSettings
         from reconcile.vault_state import MintOrder, VaultContext, apply_token, desired_vault
@@ -477,20 +468,17 @@ def test_a_mint_a_standby_forwarded_and_answered_307_leaves_no_twin(openbao: Any
                              "h1").tokens["alice"]
         written: dict[str, bytes] = {}
         log = _Log()
-        ctx = VaultContext(vault=Vault(f"http://127.0.0.1:{server.server_address[1]}", Secret(openbao.root_token)),
+        ctx = VaultContext(vault=Vault(relay.address, Secret(openbao.root_token)),
                            admin=True, write_token=lambda user, data, durable: written.__setitem__(user, data),
                            mint_log=log)
         change = Change(Action.CREATE, Kind.TOKEN, want.display_name, "no token yet; mint", user="alice",
                         needs_admin=True, desired=MintOrder(token=want, revoke=()))
         apply_token(change, ctx)
         assert mints == [200, 200]  # the mint really was made twice
-        client = hvac.Client(url=upstream, token=openbao.root_token)
+        client = hvac.Client(url=openbao.address, token=openbao.root_token)
         twins = [a for a, data in tool_tokens(client, prefix).items() if data["meta"].get("mint_nonce") == log.nonce]
         assert twins == [ctx.outcomes.minted["alice"]]
         assert client.auth.token.lookup(written["alice"].decode())["data"]["accessor"] == twins[0]
         for accessor in twins:
             client.auth.token.revoke_accessor(accessor)
         assert_no_secrets([str(log.settled)], [written["alice"].decode()])
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -9,17 +9,21 @@ an NFS mount would be).
 
 from __future__ import annotations
 
+import http.server
+import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import hvac
 import hvac.exceptions
+import requests as plain_requests
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,3 +142,61 @@ def tool_tokens(client: hvac.Client, prefix: str) -> dict[str, dict[str, Any]]:
         if meta.get("managed_by") == "claude-auth" and any(p.startswith(prefix) for p in data.get("policies") or ()):
             found[accessor] = data
     return found
+
+
+class Relay:
+    """An HTTP relay on loopback in front of Vault nodes: a load balancer (round robin over `upstreams`,
+    one request at a time), or a standby stand-in when `intercept` answers some requests itself.
+
+    `intercept(method, path, answer)` sees each relayed answer (status, body) and may return another
+    (status, headers, body) for the client instead.
+    """
+
+    def __init__(self, upstreams: list[str],
+                 intercept: Callable[[str, str, tuple[int, bytes]], tuple[int, dict[str, str], bytes] | None]
+                 | None = None) -> None:
+        relay = self
+        self.upstreams = upstreams
+        self.intercept = intercept
+        self.turn = itertools.count()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                upstream = relay.upstreams[next(relay.turn) % len(relay.upstreams)]
+                answer = plain_requests.request(self.command, upstream + self.path, data=body, timeout=30,
+                                                allow_redirects=False,
+                                                headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                status, headers, content = answer.status_code, {"Content-Type": "application/json"}, answer.content
+                if "Location" in answer.headers:
+                    headers["Location"] = answer.headers["Location"]
+                if relay.intercept is not None:
+                    replaced = relay.intercept(self.command, self.path, (status, content))
+                    if replaced is not None:
+                        status, headers, content = replaced
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PUT = do_LIST = do_DELETE = _relay
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "Relay":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
