@@ -21,10 +21,12 @@ shown to people as `~/.config/claude-auth-sync`.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import secrets
 import stat
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -457,3 +459,55 @@ def fix_owner_mode(account: Account, rel_path: str, mode: int) -> None:
         _fix(fd, account, mode, display)
     finally:
         os.close(fd)
+
+
+MINT_LOCK_FILE = ".config/claude-auth-sync/mint.lock"
+"""Serialises token mints for one person across hosts that share the home folder (docs/design.md, "Fleet")."""
+
+
+def lock_private_file(account: Account, rel_path: str, *, timeout: float) -> int:
+    """An exclusive flock on ~/rel_path (created empty, 0600, owner the user); returns the descriptor.
+
+    The lock is dropped by closing the descriptor. The file is opened as every
+    other file here: parents walked without following links, the leaf created
+    with O_NOFOLLOW, and refused unless it is a regular file with one link. It
+    waits up to `timeout` seconds for another holder (another host's apply
+    over a shared home, or the person, who owns the file); then HomeFsError.
+    """
+    parts = _split(rel_path)
+    display = shown(rel_path)
+    parent = _walk(account, parts[:-1], create=True)
+    assert parent is not None
+    try:
+        try:
+            fd = os.open(parts[-1], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(f"{display} is a symbolic link; refusing to follow it") from None
+            if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP, errno.EISDIR):
+                raise UnsafePath(f"{display} is not a regular file; refusing to use it") from None
+            raise HomeFsError(f"cannot open {display}: {exc.strerror}") from None
+    finally:
+        os.close(parent)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{display} is {_describe_kind(_state(st).kind)}, not a regular file; refusing to use it")
+        if st.st_nlink > 1:
+            raise UnsafePath(f"{display} has {st.st_nlink} hard links (one may be planted); refusing to use it")
+        _fix(fd, account, 0o600, display)
+        ends = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= ends:
+                    raise HomeFsError(f"{display} is held by another process for over {timeout:g} s") from None
+                time.sleep(0.02)
+            except OSError as exc:
+                raise HomeFsError(f"cannot lock {display}: {exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise

@@ -35,8 +35,10 @@ import json
 from typing import Iterable
 
 from reconcile.executor import Result
+from reconcile.fleet import is_assigned
 from reconcile.model import Change, Plan, UserProblem, display_key, is_pending, sort_for_display
 from reconcile.planner import counts, has_pending
+from reconcile.roster import Roster
 
 NO_CHANGES = "No changes."
 
@@ -77,6 +79,12 @@ def plan_text(plan: Plan, *, diff: bool = False) -> str:
         lines.append(f"{orphaned} orphaned (users no longer in the roster): `apply --prune` removes them.")
     lines.append(summary_line(plan))
     return "\n".join(lines)
+
+
+def elsewhere_lines(roster: Roster, host: str) -> list[str]:
+    """One line per roster user not assigned to `host` (the roster's `hosts`): not managed here."""
+    return [f"= user {name}: not managed on host {host} (hosts: {', '.join(user.hosts or ())})"
+            for name, user in roster.users.items() if not is_assigned(user.hosts, host)]
 
 
 def plan_json(plan: Plan) -> str:

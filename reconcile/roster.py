@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from reconcile.fleet import is_assigned
 from reconcile.loginmode import DEFAULT as DEFAULT_LOGIN
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class User:
     namespaces: tuple[str, ...] = ()
     code_layout: str | None = None
     repos: tuple[str, ...] = ()
+    hosts: tuple[str, ...] | None = None
+    """Host names or shell-style patterns this user is reconciled on; None: every host (reconcile.fleet)."""
     claude_login: str = DEFAULT_LOGIN.value
     """oauth | setup-token (reconcile.loginmode)."""
 
@@ -72,6 +75,11 @@ class Roster:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "users", MappingProxyType(dict(sorted(self.users.items()))))
+
+    def for_host(self, host: str) -> "Roster":
+        """The roster as one host reconciles it: only the users assigned to `host`."""
+        users = {name: user for name, user in self.users.items() if is_assigned(user.hosts, host)}
+        return Roster(users=users, vault=self.vault, sync=self.sync, status=self.status, source=self.source)
 
     def policy_name(self, user: str) -> str:
         return f"{self.vault.policy_prefix}{user}"

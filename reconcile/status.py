@@ -10,7 +10,6 @@ value cannot be known the row says so and why, instead of guessing.
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from reconcile import local_state, statefile
 from reconcile.loginmode import Login
 from reconcile.sync import setup_token
 from reconcile.accounts import Account, lookup_accounts
+from reconcile.fleet import this_host
 from reconcile.homefs import STATE_DIR, HomeFsError, read_private_tail
 from reconcile.metrics import UserMetrics
 from reconcile.model import UserProblem
@@ -188,7 +188,7 @@ def _read_world(roster: Roster, roster_path: str, root: Path, vault: Vault | Non
         except statefile.StateFileError as exc:
             records = {}
             world.notes["state"] = str(exc)
-        desired = desired_vault(roster, socket.gethostname())
+        desired = desired_vault(roster, this_host())
 
         try:
             world.observed_vault = observe_vault(vault, desired, admin=admin, records=records,
@@ -335,6 +335,8 @@ def user_status(world: _World, roster: Roster, user: str) -> UserStatus:
 
 def gather(roster: Roster, roster_path: str, root: Path, vault: Vault | None, *, admin: bool,
            vault_note: str | None = None) -> list[UserStatus]:
+    # One row per user this host reconciles (the roster's `hosts`); the others are managed elsewhere.
+    roster = roster.for_host(this_host())
     world = _read_world(roster, roster_path, root, vault, admin, vault_note)
     return [user_status(world, roster, user) for user in roster.users]
 

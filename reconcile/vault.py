@@ -378,6 +378,17 @@ def _never_connected(exc: BaseException) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
+def _ask_leader(client: hvac.Client) -> dict[str, Any] | None:
+    """`sys/leader` (no token needed): None when the node runs without HA; raises VaultDown (transient)
+    while it knows no active node."""
+    data = client.adapter.get("/v1/sys/leader")
+    if not isinstance(data, dict) or not data.get("ha_enabled"):
+        return None
+    if not data.get("leader_address"):
+        raise hvac.exceptions.VaultDown("no active node (election)")
+    return data
+
+
 @contextmanager
 def _reading(what: str) -> Iterator[None]:
     """Shaping an answer into typed values: a field of the wrong type is a VaultMalformed error."""
@@ -432,7 +443,25 @@ def _is_unsupported(exc: Exception) -> bool:
 
 
 def _is_invalid_accessor(exc: Exception) -> bool:
-    return isinstance(exc, hvac.exceptions.InvalidRequest) and "invalid accessor" in str(exc)
+    """The accessor names no token. A standby may also say "invalid request" for one it has not yet
+    replicated: lookups ask the active node again (Vault._on_active) before believing it."""
+    text = str(exc)
+    return isinstance(exc, hvac.exceptions.InvalidRequest) and ("invalid accessor" in text
+                                                               or "invalid request" in text)
+
+
+def _is_refused(exc: Exception) -> bool:
+    """Any 400 or 403 to a token lookup. A standby that has not yet replicated a token answers one of
+    "invalid accessor", "invalid request" or "permission denied" (OpenBao 2.7.2, seen here), so such an
+    answer is only a reason to ask the active node, whose answer is then taken as it is."""
+    return isinstance(exc, (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden))
+
+
+def _is_revoked_already(exc: Exception) -> bool:
+    """A revoke that lost a race with another revoke of the same accessor: 400 "token not found"
+    (OpenBao 2.7.2, seen with two hosts revoking at once), or the accessor is already gone."""
+    return _is_invalid_accessor(exc) or (isinstance(exc, hvac.exceptions.InvalidRequest)
+                                         and "token not found" in str(exc))
 
 
 class Vault:
@@ -470,6 +499,8 @@ class Vault:
             counter[_count_key(method, url)] += 1
 
         self._adapter.on_request = count
+        self._active: dict[str, Vault] = {}
+        """Clients at the active node's address, for reads that must be answered there (_on_active)."""
 
     @property
     def requests(self) -> Counter[str]:
@@ -540,6 +571,63 @@ class Vault:
         the deadline and whether Vault is down)."""
         return Vault(self.address, token, _link=self._link)
 
+    # --- reads the active node answers ------------------------------------------
+
+    def _on_active(self, what: str, gone: Callable[[Exception], bool] | None,
+                   read: Callable[[hvac.Client], Any]) -> Any:
+        """`read` answered by the node that is active throughout it; None when `gone` says "not there".
+
+        OpenBao (2.5+) answers reads on standbys from their own copy, which lags
+        the active node (70-90 ms seen), and 2.7.2 has no request header that
+        makes a standby forward a read (docs/design.md, "Reads on a standby").
+        So: ask this node's `sys/leader` for the active node's address (its
+        `api_addr`, which must be reachable from here); ask that node's
+        `sys/leader` (it must say `is_self`, and gives `active_time`); read
+        there; ask its `sys/leader` again. An unchanged `active_time` means the
+        node was active during the read, so the read saw every committed write.
+        A node without HA is its own active node. No leader (an election) or a
+        changed leadership is a transient failure for the one retry policy,
+        which starts the whole sequence over.
+        """
+        def attempt() -> Any:
+            timeout = self._adapter.attempt_timeout
+            target = self
+            leader = _ask_leader(self._client)
+            # Straight to the active node's own address even when this node says it is the one:
+            # behind a load balancer the next request may reach another node.
+            if leader is not None and str(leader.get("leader_address")).rstrip("/") != self.address.rstrip("/"):
+                target = self._active_client(str(leader.get("leader_address")))
+                target._adapter.attempt_timeout = timeout
+                leader = _ask_leader(target._client)
+            if leader is not None and not leader.get("is_self"):
+                raise hvac.exceptions.VaultDown("the named leader is not active (election)")
+            since = None if leader is None else leader.get("active_time")
+            outcome: Any
+            try:
+                outcome = read(target._client)
+            except Exception as exc:
+                if gone is None or not gone(exc):
+                    raise
+                outcome = exc
+            if leader is not None:
+                after = _ask_leader(target._client)
+                if after is None or not after.get("is_self") or after.get("active_time") != since:
+                    raise hvac.exceptions.VaultDown("leadership changed during the read (election)")
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        return self._call(f"{what} on the active node", attempt, _gone=gone)
+
+    def _active_client(self, address: str) -> "Vault":
+        """A client for this token at the active node's address (kept per address for the run)."""
+        cached = self._active.get(address)
+        if cached is None:
+            token = self._client.token
+            cached = Vault(address, Secret(token) if token else None, _link=self._link)
+            self._active[address] = cached
+        return cached
+
     # --- any token: itself ---------------------------------------------------
 
     def lookup_self(self) -> TokenInfo:
@@ -562,8 +650,11 @@ class Vault:
 
     # --- KV v2 -----------------------------------------------------------------
 
-    def kv_read(self, mount: str, path: str) -> KvSecret | None:
+    def kv_read(self, mount: str, path: str, *, consistent: bool = False) -> KvSecret | None:
         """The latest version of a KV v2 secret, or None when the path has none.
+
+        `consistent`: answered by the active node (`_on_active`), for the read
+        that a check-and-set write depends on.
 
         A deleted or destroyed latest version N reads as KvSecret(N, {}): its
         data is gone, but a check-and-set write must still name N. The data
@@ -573,11 +664,15 @@ class Vault:
         deep, too large, not a map) is a VaultMalformed error.
         """
         what = f"read {mount}/data/{path}"
-        data = self._call_or_none(what, _is_not_found, self._client.secrets.kv.v2.read_secret_version,
-                                  path=path, mount_point=mount, raise_on_deleted_version=False)
+        if consistent:
+            data = self._on_active(what, _is_not_found, lambda client: client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=mount, raise_on_deleted_version=False))
+        else:
+            data = self._call_or_none(what, _is_not_found, self._client.secrets.kv.v2.read_secret_version,
+                                      path=path, mount_point=mount, raise_on_deleted_version=False)
         if data is None:
             try:
-                versions = self.kv_metadata(mount, path)
+                versions = self.kv_metadata(mount, path, consistent=consistent)
             except VaultDenied:  # a policy without metadata read: the path counts as new, as before
                 return None
             if versions is None or versions.current_version <= 0:
@@ -603,10 +698,14 @@ class Vault:
         with _reading(what):
             return int((result.get("data") or {}).get("version") or 0)
 
-    def kv_metadata(self, mount: str, path: str) -> KvMetadata | None:
+    def kv_metadata(self, mount: str, path: str, *, consistent: bool = False) -> KvMetadata | None:
         what = f"read {mount}/metadata/{path}"
-        data = self._call_or_none(what, _is_not_found, self._client.secrets.kv.v2.read_secret_metadata,
-                                  path=path, mount_point=mount)
+        if consistent:
+            data = self._on_active(what, _is_not_found, lambda client: client.secrets.kv.v2.read_secret_metadata(
+                path=path, mount_point=mount))
+        else:
+            data = self._call_or_none(what, _is_not_found, self._client.secrets.kv.v2.read_secret_metadata,
+                                      path=path, mount_point=mount)
         if data is None:
             return None
         with _reading(what):
@@ -620,8 +719,12 @@ class Vault:
     # over. These two read and write the map's values as JSON text instead; see
     # reconcile.boundedjson. Both go through _call like every other request.
 
-    def kv_read_raw(self, mount: str, path: str, limit: int = KV_BODY_LIMIT) -> KvRawSecret | None:
+    def kv_read_raw(self, mount: str, path: str, limit: int = KV_BODY_LIMIT, *,
+                    consistent: bool = False) -> KvRawSecret | None:
         """As kv_read, but each value is its JSON text as Vault sent it (decoded by the caller).
+
+        `consistent`: answered by the active node, as in kv_read (for the read a
+        check-and-set write names the version of).
 
         The answer is streamed and refused (VaultError) past `limit` bytes;
         its structure is read without recursion. One request, or two (the
@@ -630,11 +733,11 @@ class Vault:
         what = f"read {mount}/data/{path}"
         url = hvac.utils.format_url("/v1/{mount}/data/{path}", mount=mount, path=path)
 
-        def fetch() -> KvRawSecret | bytes | None:
+        def fetch(client: hvac.Client) -> KvRawSecret | bytes | None:
             self.requests["GET"] += 1
             try:
                 # RawAdapter's request, not the client's: hvac's JSON adapter would decode the answer.
-                response = hvac.adapters.RawAdapter.request(self._client.adapter, "GET", url, stream=True)
+                response = hvac.adapters.RawAdapter.request(client.adapter, "GET", url, stream=True)
             except hvac.exceptions.InvalidPath as exc:  # 404: no data; a deleted version still names itself
                 answer = exc.json if isinstance(exc.json, dict) else {}
                 metadata = (answer.get("data") or {}).get("metadata")
@@ -644,12 +747,15 @@ class Vault:
             with response:
                 return _read_limited(response, limit, what)
 
-        body = self._call(what, fetch)
+        if consistent:
+            body = self._on_active(what, None, fetch)
+        else:
+            body = self._call(what, fetch, self._client)
         if isinstance(body, KvRawSecret):
             return body
         if body is None:
             try:
-                versions = self.kv_metadata(mount, path)
+                versions = self.kv_metadata(mount, path, consistent=consistent)
             except VaultDenied:  # a policy without metadata read: the path counts as new, as in kv_read
                 return None
             if versions is None or versions.current_version <= 0:
@@ -720,7 +826,10 @@ class Vault:
     def lookup_token(self, token: Secret) -> TokenInfo | None:
         """Look another token up (admin API, token in the POST body); None when it is expired, revoked,
         unknown, or not even shaped like a token (Vault answers 400 to text it cannot decode)."""
-        data = self._call_or_none("token lookup", _is_bad_token, self._client.auth.token.lookup, token.reveal())
+        data = self._call_or_none("token lookup", _is_refused, self._client.auth.token.lookup, token.reveal())
+        if data is None:  # "gone" leads to a re-mint: only the active node may say so
+            data = self._on_active("token lookup", _is_bad_token,
+                                   lambda client: client.auth.token.lookup(token.reveal()))
         if data is None:
             return None
         with _reading("token lookup"):
@@ -746,9 +855,17 @@ class Vault:
             return TokenInfo.from_lookup(data["data"])
 
     def lookup_accessor(self, accessor: str) -> TokenInfo | None:
-        """The token behind an accessor; None when it no longer exists."""
-        data = self._call_or_none("token lookup-accessor", _is_invalid_accessor,
+        """The token behind an accessor; None when it no longer exists (as the active node says).
+
+        A standby answers 400 or 403 for an accessor minted a moment ago
+        (`_is_refused`); such an answer is asked again of the active node,
+        whose word is final.
+        """
+        data = self._call_or_none("token lookup-accessor", _is_refused,
                                   self._client.auth.token.lookup_accessor, accessor)
+        if data is None:  # "gone" makes a record forgotten: only the active node may say so
+            data = self._on_active("token lookup-accessor", _is_invalid_accessor,
+                                   lambda client: client.auth.token.lookup_accessor(accessor))
         if data is None:
             return None
         with _reading("token lookup-accessor"):
@@ -778,5 +895,5 @@ class Vault:
 
     def revoke_accessor(self, accessor: str) -> None:
         """Revoke the token behind an accessor; an accessor that no longer exists is not an error."""
-        self._call_or_none("token revoke-accessor", _is_invalid_accessor,
+        self._call_or_none("token revoke-accessor", _is_revoked_already,
                            self._client.auth.token.revoke_accessor, accessor)

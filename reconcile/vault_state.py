@@ -40,13 +40,14 @@ header line naming that user), so hand-made policies under the prefix stay.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping, Protocol
+from typing import Callable, ContextManager, Iterable, Iterator, Mapping, Protocol
 
 from reconcile.accounts import Account
 from reconcile.durations import format_duration
+from reconcile.fleet import is_assigned
 from reconcile.homefs import TOKEN_FILE, HomeFsError, read_private_file
 from reconcile.identity import token_display_name, vault_display_name
 from reconcile.model import Action, Change, Kind, UserProblem
@@ -104,6 +105,13 @@ class DesiredVault:
     """By user name: only users with claude_auth true."""
     users: frozenset[str]
     """Every roster user."""
+    host: str = ""
+    """This host's name, as written into the metadata of every token it mints."""
+    here: frozenset[str] | None = None
+    """Roster users assigned to this host (the roster's `hosts`); None: every roster user."""
+
+    def is_here(self, user: str) -> bool:
+        return self.here is None or user in self.here
 
 
 def render_policy(roster: Roster, user: str) -> str:
@@ -111,21 +119,26 @@ def render_policy(roster: Roster, user: str) -> str:
 
 
 def desired_vault(roster: Roster, host: str) -> DesiredVault:
-    """What Vault should hold for this roster (pure apart from reading the template)."""
+    """What Vault should hold for this roster (pure apart from reading the template).
+
+    Policies are fleet-wide: one per roster user whatever the host. Tokens are
+    per host: only for users assigned to `host` (reconcile.fleet).
+    """
     prefix = roster.vault.policy_prefix.lower()  # Vault stores policy names lower-cased
     policies: dict[str, DesiredPolicy] = {}
     tokens: dict[str, DesiredToken] = {}
     for name, user in roster.users.items():
         policy = f"{prefix}{name}"
         policies[policy] = DesiredPolicy(name=policy, user=name, text=render_policy(roster, name))
-        if user.wants_token:
+        if user.wants_token and is_assigned(user.hosts, host):
             tokens[name] = DesiredToken(
                 user=name, policy=policy, display_name=token_display_name(name),
                 period=roster.vault.token_period, period_seconds=roster.vault.token_period_seconds,
                 meta=MappingProxyType({"managed_by": TOOL, "user": name, "host": host}),
             )
     return DesiredVault(policy_prefix=prefix, policies=MappingProxyType(policies),
-                        tokens=MappingProxyType(tokens), users=frozenset(roster.users))
+                        tokens=MappingProxyType(tokens), users=frozenset(roster.users), host=host,
+                        here=frozenset(name for name, user in roster.users.items() if is_assigned(user.hosts, host)))
 
 
 def is_managed_policy(name: str, prefix: str) -> bool:
@@ -164,6 +177,25 @@ def is_tool_policy(name: str, text: str, prefix: str) -> bool:
 def is_minted_for(info: TokenInfo, user: str) -> bool:
     """Whether the token's metadata says this tool minted it for `user` (the only tokens ever revoked)."""
     return info.meta.get("managed_by") == TOOL and info.meta.get("user") == user
+
+
+def is_minted_here(info: TokenInfo, host: str) -> bool:
+    """Whether the token's metadata names `host` as the host that minted it."""
+    return bool(host) and info.meta.get("host") == host
+
+
+def is_ours_to_revoke(info: TokenInfo, user: str, desired: DesiredVault) -> bool:
+    """Whether this host may revoke a token its state file records for `user`.
+
+    For a user whose token this host still manages, a token minted for them
+    (by any host: in a shared home every host adopts one token) that this
+    host found in its own files. For anybody else (offboarded, claude_auth
+    false, or not assigned here), only a token this host minted: in a shared
+    home another host may still be using the one it adopted.
+    """
+    if not is_minted_for(info, user):
+        return False
+    return user in desired.tokens or is_minted_here(info, desired.host)
 
 
 def minted_for_whom(info: TokenInfo) -> str | None:
@@ -238,6 +270,8 @@ class ObservedVault:
     outstanding intent minted that is in nobody's file."""
     resolved_intents: frozenset[str] = frozenset()
     """Nonces of the state file's intents this observation accounted for (adopted, or searched for)."""
+    garbage: Mapping[str, TokenInfo] = field(default_factory=lambda: MappingProxyType({}))
+    """By accessor, live tokens this host minted that nothing here references (`apply --prune` only)."""
     unresolved_intents: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Nonce -> user of the intents an admin run could not account for (listing accessors was denied)."""
 
@@ -340,16 +374,34 @@ def _resolve_intents(vault: Vault, intents: Mapping[str, str], tokens: Mapping[s
         accessors = vault.list_accessors()
     except VaultDenied:  # the intents stay; each of their users gets a problem line (ObservedVault)
         return frozenset(adopted), {}
-    for accessor in accessors:
-        info = vault.lookup_accessor(accessor)
-        if info is not None and info.meta.get(NONCE_META) in outstanding:
+    for accessor, info in scan_tokens(vault, accessors):
+        if info.meta.get(NONCE_META) in outstanding:
             strays[accessor] = PendingRevoke(accessor, checked=True, info=info, interrupted=True)
     return frozenset(intents), strays
 
 
+def scan_tokens(vault: Vault, accessors: Iterable[str]) -> Iterator[tuple[str, TokenInfo]]:
+    """Each live token behind `accessors` (from `list_accessors`), looked up one by one.
+
+    Skipped: an accessor that is gone, and one the active node answers 403
+    for. A leader killed while minting can leave an accessor whose token
+    entry was never written (seen on OpenBao 2.7.2 after SIGKILL of the
+    leader during mints); no token can be used or revoked through it, and it
+    must not stop a scan of every other token.
+    """
+    for accessor in accessors:
+        try:
+            info = vault.lookup_accessor(accessor)
+        except VaultDenied:
+            continue
+        if info is not None:
+            yield accessor, info
+
+
 def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: Mapping[str, str],
                   read_token: TokenReader, token_users: Iterable[str],
-                  pending_revoke: Iterable[str] = (), intents: Mapping[str, str] | None = None) -> ObservedVault:
+                  pending_revoke: Iterable[str] = (), intents: Mapping[str, str] | None = None,
+                  collect_garbage: bool = False) -> ObservedVault:
     """Read what Vault holds.
 
     With `admin`, `vault` holds the admin token: policies are read, tokens are
@@ -358,6 +410,10 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     should hold no token: each token looks itself up, and neither policies nor
     accessors can be read. `intents` (nonce -> user) are the mints the state
     file says were asked for and not accounted for: see `_resolve_intents`.
+
+    With `collect_garbage` (admin `--prune` runs), every accessor in Vault is
+    listed and looked up (one request per token in Vault, see
+    `observe_garbage`) to find the tokens this host minted that nothing references.
     """
     policies = _observe_policies(vault, desired.policy_prefix) if admin else None
     tokens = {user: _observe_token(vault, user, read_token, admin=admin) for user in token_users}
@@ -373,10 +429,36 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     for accessor, stray in strays.items():
         pending.setdefault(accessor, stray)
     unresolved = {nonce: user for nonce, user in (intents or {}).items() if nonce not in resolved} if admin else {}
-    return ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
-                         tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
-                         pending=MappingProxyType(pending), resolved_intents=resolved,
-                         unresolved_intents=MappingProxyType(unresolved))
+    observed = ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
+                             tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
+                             pending=MappingProxyType(pending), resolved_intents=resolved,
+                             unresolved_intents=MappingProxyType(unresolved))
+    if admin and collect_garbage:
+        observed = replace(observed, garbage=MappingProxyType(observe_garbage(vault, desired, observed)))
+    return observed
+
+
+def is_garbage_candidate(info: TokenInfo, desired: DesiredVault) -> bool:
+    """A token this tool minted on this host for a user under this roster's policy prefix."""
+    user = minted_for_whom(info)
+    return (user is not None and is_minted_here(info, desired.host)
+            and info.policies == (f"{desired.policy_prefix}{user}",))
+
+
+def observe_garbage(vault: Vault, desired: DesiredVault, observed: ObservedVault) -> dict[str, TokenInfo]:
+    """Live tokens this host minted (for this roster's prefix) that no token file, record or pending
+    revocation of this host references.
+
+    Vault lists accessors only, so each one costs a lookup: a run pays one
+    request per token in the whole Vault (about 1 ms each on loopback). Hence
+    only `apply --prune`/`plan --prune` (admin) collect garbage, never the hourly run.
+    Another host's tokens are never candidates: in a shared home the token
+    in use may have been minted elsewhere, and only its minter revokes it.
+    """
+    referenced = _in_use(observed) | set(observed.pending)
+    unreferenced = [accessor for accessor in vault.list_accessors() if accessor not in referenced]
+    return {accessor: info for accessor, info in scan_tokens(vault, unreferenced)
+            if is_garbage_candidate(info, desired)}
 
 
 # --- plan (pure) --------------------------------------------------------------------
@@ -492,10 +574,11 @@ def plan_tokens(desired: DesiredVault, observed: ObservedVault, *, prune: bool) 
     for user, record in observed.recorded.items():
         if user in desired.tokens:
             continue
-        if record.checked and (record.info is None or not is_minted_for(record.info, user)):
+        if record.checked and (record.info is None or not is_ours_to_revoke(record.info, user, desired)):
             continue  # already gone, or not ours: bookkeeping forgets it
         changes.append(_orphan(Kind.TOKEN, token_display_name(user), user, prune, desired.users,
-                               payload=RevokeOrder(user, record.accessor)))
+                               payload=RevokeOrder(user, record.accessor), host=desired.host,
+                               here=desired.is_here(user)))
     return changes
 
 
@@ -532,6 +615,27 @@ def plan_pending(observed: ObservedVault) -> list[Change]:
     return changes
 
 
+GARBAGE_REASON = "minted on host {host}, referenced by no token file or state record here"
+
+
+def plan_garbage(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -> list[Change]:
+    """Revoke (with `prune`; else list as orphaned) each token of `observed.garbage` (see observe_garbage)."""
+    changes: list[Change] = []
+    for accessor, info in sorted(observed.garbage.items()):
+        user = minted_for_whom(info)
+        if user is None:
+            continue
+        reason = GARBAGE_REASON.format(host=desired.host)
+        if prune:
+            changes.append(Change(Action.DELETE, Kind.TOKEN, token_display_name(user), f"{reason}; revoke",
+                                  user=user, needs_admin=True, desired=RevokeOrder(user, accessor)))
+        else:
+            changes.append(Change(Action.ORPHANED, Kind.TOKEN, token_display_name(user),
+                                  f"{reason} (apply --prune revokes it)", user=user, needs_admin=True,
+                                  desired=RevokeOrder(user, accessor)))
+    return changes
+
+
 def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -> list[Change]:
     """Every Vault change, unsorted. Orphans become deletions only with `prune`.
 
@@ -542,12 +646,20 @@ def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -
         changes.extend(plan_policies(desired, observed.policies, prune=prune))
     changes.extend(plan_tokens(desired, observed, prune=prune))
     changes.extend(plan_pending(observed))
+    changes.extend(plan_garbage(desired, observed, prune=prune))
     return changes
 
 
 def _orphan(kind: Kind, name: str, user: str, prune: bool, roster_users: frozenset[str], *,
-            payload: object, before_text: str | None = None) -> Change:
+            payload: object, before_text: str | None = None, host: str = "", here: bool = True) -> Change:
     what = "policy" if kind is Kind.POLICY else "token"
+    if user in roster_users and not here:  # the roster's `hosts` leaves this host out: as if removed here
+        if prune:
+            return Change(Action.DELETE, kind, name, f"user {user} is not assigned to host {host}; revoke",
+                          user=user, needs_admin=True, desired=payload, before_text=before_text)
+        return Change(Action.ORPHANED, kind, name,
+                      f"user {user} is not assigned to host {host} (apply --prune revokes the {what})",
+                      user=user, needs_admin=True, desired=payload, before_text=before_text)
     if user in roster_users:  # a token of a user whose claude_auth is false
         return Change(Action.DELETE, kind, name, f"claude_auth is false for user {user}; revoke",
                       user=user, needs_admin=True, desired=payload, before_text=before_text)
@@ -586,6 +698,10 @@ class TokenOutcomes:
     """Accessors of replaced tokens whose revocation failed after a mint: kept to retry."""
 
 
+MintLock = Callable[[str], ContextManager[None]]
+"""Holds a user's mint lock (homefs.MINT_LOCK_FILE) for the `with` block; raises when it cannot."""
+
+
 class MintLog(Protocol):
     """The write-ahead log of mints (reconcile.statefile.Journal)."""
 
@@ -605,6 +721,9 @@ class VaultContext:
     outcomes: TokenOutcomes = field(default_factory=TokenOutcomes)
     mint_log: MintLog | None = None
     """Where each mint is written ahead; None only in tests of pure handlers."""
+    read_token: TokenReader | None = None
+    """Re-reads a user's token file under the mint lock (None: no lock, no re-read)."""
+    mint_lock: MintLock | None = None
 
 
 class TokenFileWriteFailed(Exception):
@@ -633,11 +752,45 @@ def apply_token(change: Change, ctx: VaultContext) -> str:
         return "revoked"
     mint = change.desired
     assert isinstance(mint, MintOrder)
+    if ctx.mint_lock is None:
+        return _mint(mint, ctx)
+    with ctx.mint_lock(mint.token.user):
+        adopted = _adoptable(mint.token, ctx)
+        if adopted is not None:
+            ctx.outcomes.minted[mint.token.user] = adopted.accessor
+            return "adopted the valid token another host just wrote (shared home)"
+        return _mint(mint, ctx)
+
+
+def _adoptable(want: DesiredToken, ctx: VaultContext) -> TokenInfo | None:
+    """The token now in the user's file, when it is one this tool minted for them with no drift.
+
+    Read under the mint lock: where hosts share a home, another host may have
+    minted and written one since this run observed the file; every host then
+    uses that one token instead of minting its own (docs/design.md, "Fleet").
+    """
+    if ctx.read_token is None:
+        return None
+    try:
+        raw = ctx.read_token(want.user)
+    except TokenFileUnreadable:
+        return None
+    secret = parse_token_file(raw) if raw is not None else None
+    if secret is None:
+        return None
+    info = ctx.vault.lookup_token(secret)
+    if info is None or not is_minted_for(info, want.user) or token_drift(want, info):
+        return None
+    return info
+
+
+def _mint(mint: MintOrder, ctx: VaultContext) -> str:
     want = mint.token
     meta = dict(want.meta)
     nonce = ctx.mint_log.intend(want.user) if ctx.mint_log is not None else None
     if nonce is not None:
         meta[NONCE_META] = nonce
+    sent = ctx.vault.requests["POST"]
     try:
         minted = ctx.vault.create_orphan_token(policies=[want.policy], period=want.period,
                                                display_name=want.display_name, meta=meta)
@@ -657,6 +810,8 @@ def apply_token(change: Change, ctx: VaultContext) -> str:
     if nonce is not None and ctx.mint_log is not None:
         ctx.mint_log.settle(nonce, want.user, minted.accessor)
     ctx.outcomes.minted[want.user] = minted.accessor
+    if nonce is not None and ctx.vault.requests["POST"] - sent > 1:
+        _revoke_twins(ctx, nonce, minted.accessor)
     failed: VaultError | None = None
     for accessor in mint.revoke:
         try:
@@ -672,6 +827,27 @@ def apply_token(change: Change, ctx: VaultContext) -> str:
     if mint.revoke:
         return "minted, written, replaced token revoked"
     return "minted and written"
+
+
+def _revoke_twins(ctx: VaultContext, nonce: str, keep: str) -> None:
+    """Revoke every token but `keep` that carries this mint's nonce.
+
+    Only for a mint that was sent more than once. During a leader election a
+    standby that forwarded the mint and lost the leader's answer replies 307,
+    which the retry policy counts as "not done" and sends again; but the
+    leader may have committed the first one. Both carry the same nonce, and
+    the intent is settled by the second, so nothing else would find the first.
+    Costs one lookup per token in Vault, only on this rare path.
+    """
+    try:
+        others = [accessor for accessor in ctx.vault.list_accessors() if accessor != keep]
+        for accessor, info in scan_tokens(ctx.vault, others):
+            if info.meta.get(NONCE_META) == nonce:
+                ctx.vault.revoke_accessor(accessor)
+                ctx.outcomes.revoked.add(accessor)
+    except VaultError as exc:
+        raise VaultError(f"minted and written after a retried request, but the search for a first copy "
+                         f"of it failed ({exc}); `apply --prune` finds it") from None
 
 
 def _write_or_revoke(ctx: VaultContext, user: str, minted: MintedToken, *, durable: bool) -> None:
@@ -733,7 +909,7 @@ def next_records(records: Mapping[str, str], desired: DesiredVault, observed: Ob
         if accessor in outcomes.revoked:
             del result[user]
         elif (record is not None and record.accessor == accessor and record.checked
-              and (record.info is None or not is_minted_for(record.info, user))):
+              and (record.info is None or not is_ours_to_revoke(record.info, user, desired))):
             del result[user]
     return dict(sorted(result.items()))
 

@@ -77,7 +77,7 @@ BAD = [
     Bad("unknown-user", "users:\n  alice:\n    clade_auth: true\n", 3, "users.alice.clade_auth",
         "unknown field 'clade_auth' (did you mean 'claude_auth'?)"),
     Bad("unknown-user-no-match", "users:\n  alice: {shell: /bin/bash}\n", 2, "users.alice.shell",
-        "unknown field 'shell' (known fields: authentik_user, claude_auth, claude_login, code_layout,"),
+        "unknown field 'shell' (known fields: authentik_user, claude_auth, claude_login, code_layout, hosts,"),
     # --- user names
     Bad("name-dotdot", "users:\n  ../x: {}\n", 2, 'users["../x"]', "invalid user name '../x': it starts with '.'"),
     Bad("name-upper", "users:\n  Alice: {}\n", 2, "users.Alice", "it starts with 'A'; user names are POSIX account names"),

@@ -431,7 +431,7 @@ class FakeKv:
     def decoded(self) -> dict[str, Any]:
         return {key: json.loads(value) for key, value in (self.raw or {}).items()}
 
-    def kv_read_raw(self, mount: str, path: str) -> KvRawSecret | None:
+    def kv_read_raw(self, mount: str, path: str, *, consistent: bool = False) -> KvRawSecret | None:
         self.reads += 1
         if self.raw is None:
             return None

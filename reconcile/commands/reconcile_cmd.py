@@ -33,19 +33,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from reconcile import atomicfile, local_state, render, statefile
 from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
 from reconcile.executor import ExecContext, Result, execute, failures, finish, lost_to_vault
 from reconcile.exitcodes import Exit
-from reconcile.homefs import TOKEN_FILE, remove_stale_temps, write_private_file
+from reconcile.fleet import this_host
+from reconcile.homefs import (CONFIG_DIR, MINT_LOCK_FILE, TOKEN_FILE, HomeFsError, inspect, lock_private_file,
+                              remove_stale_temps, write_private_file)
 from reconcile.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
 from reconcile.roster import Roster
@@ -179,6 +181,21 @@ def _vault_failure(exc: VaultError, address: str) -> str:
 # --- reading the world ----------------------------------------------------------------------
 
 
+MINT_LOCK_TIMEOUT = 20.0
+"""Seconds to wait for another host's mint in a shared home (one mint takes milliseconds)."""
+
+
+def _mint_lock(accounts: dict[str, Account]) -> Any:
+    @contextmanager
+    def hold(user: str) -> Iterator[None]:
+        fd = lock_private_file(accounts[user], MINT_LOCK_FILE, timeout=MINT_LOCK_TIMEOUT)
+        try:
+            yield
+        finally:
+            os.close(fd)
+    return hold
+
+
 def _token_writer(accounts: dict[str, Account]) -> Any:
     def write_token(user: str, data: bytes, durable: bool) -> None:
         write_private_file(accounts[user], TOKEN_FILE, data, mode=0o600, durable=durable)
@@ -232,15 +249,18 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
     except statefile.StateFileError as exc:
         raise CommandFailed(str(exc)) from None
     records = state.records
+    host = this_host()
+    # Policies are fleet-wide (every roster user); tokens, homes and timers only for users assigned here.
+    local_roster = roster.for_host(host)
     # Accounts matter for users with claude_auth (their home holds the token file and folders).
-    home_users = [name for name, user in roster.users.items() if user.claude_auth]
+    home_users = [name for name, user in local_roster.users.items() if user.claude_auth]
     try:
         found = lookup_accounts(root, home_users)
     except UserDatabaseUnreadable as exc:
         raise CommandFailed(str(exc)) from None
-    d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path,
+    d_local = local_state.desired_local(local_roster, local_state.default_exec_path(), roster_path,
                                         local_state.homes_of(found))
-    d_vault = desired_vault(roster, socket.gethostname())
+    d_vault = desired_vault(roster, host)
     # The local read waits mostly on one systemctl process and the Vault read on
     # the network: overlap them. Token files are read without following links
     # whatever the local verdict; a user with a local problem gets no token work.
@@ -251,7 +271,8 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
             o_vault = observe_vault(vault, d_vault, admin=admin, records=records,
                                     read_token=token_reader(found_accounts),
                                     token_users=[user for user in d_vault.tokens if user in found_accounts],
-                                    pending_revoke=state.pending_revoke, intents=state.intents)
+                                    pending_revoke=state.pending_revoke, intents=state.intents,
+                                    collect_garbage=bool(getattr(args, "prune", False)))
         except VaultError as exc:
             raise CommandFailed(_vault_failure(exc, vault.address)) from None
         finally:
@@ -281,9 +302,18 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
 
 def _remove_stale_temps(session: Session) -> None:
     """Temporary files of this tool's own naming that a killed run left: a token file's may hold a live
-    token. Only apply removes them, holding the apply lock, so no run of ours is writing one now."""
-    for account in session.accounts.values():
-        remove_stale_temps(account, TOKEN_FILE)
+    token. Only apply removes them, holding the apply lock, so no run of ours is writing one now; in a
+    home that other hosts share, another host's apply may be, so a token file's temporaries are removed
+    under the person's mint lock, which every token-file write holds (skipped when it cannot be had)."""
+    hold = _mint_lock(session.accounts)
+    for user, account in session.accounts.items():
+        try:
+            if inspect(account, CONFIG_DIR).kind != "directory":
+                continue  # no token file yet, so no temporary one either
+            with hold(user):
+                remove_stale_temps(account, TOKEN_FILE)
+        except HomeFsError:
+            continue  # the next run tries again
     unit_dir = session.root / local_state.UNIT_DIR
     targets = [unit_dir / unit.name for unit in session.desired.local.units]
     targets += [unit_dir / name for name in session.observed.local.stray_drop_ins]
@@ -319,6 +349,8 @@ def run_plan(args: argparse.Namespace, roster_path: str) -> int:
     if args.json:
         print(render.plan_json(session.plan))
     else:
+        for line in render.elsewhere_lines(session.roster, session.desired.vault.host):
+            print(line)
         print(render.plan_text(session.plan, diff=bool(args.diff)))
     if session.problems:
         return Exit.ERROR
@@ -359,7 +391,8 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
 
     journal = statefile.Journal(session.root, session.state)
     vault_ctx = VaultContext(vault=session.vault, admin=session.admin,
-                             write_token=_token_writer(session.accounts), mint_log=journal)
+                             write_token=_token_writer(session.accounts), mint_log=journal,
+                             read_token=token_reader(session.accounts), mint_lock=_mint_lock(session.accounts))
     _remove_stale_temps(session)
     if session.admin:
         try:

@@ -52,7 +52,7 @@ class BackupError(Exception):
 class KvStore(Protocol):
     """What backup needs from reconcile.vault.Vault (a fake fits it in unit tests)."""
 
-    def kv_read_raw(self, mount: str, path: str) -> KvRawSecret | None: ...
+    def kv_read_raw(self, mount: str, path: str, *, consistent: bool = False) -> KvRawSecret | None: ...
 
     def kv_write_cas_raw(self, mount: str, path: str, fields: Mapping[str, bytes], cas: int) -> int: ...
 
@@ -144,7 +144,9 @@ def merge_write(store: KvStore, mount: str, path: str,
     the setup-token store.
     """
     for attempt in range(1, attempts + 1):
-        current = store.kv_read_raw(mount, path)
+        # The version this write's check-and-set names: read where it is current (the active node),
+        # not on a standby that may lag behind another host's write.
+        current = store.kv_read_raw(mount, path, consistent=True)
         stored = dict(current.fields) if current is not None else {}
         version = int(current.version) if current is not None else 0
         fields = updates(stored)
