@@ -634,7 +634,10 @@ class Vault:
             self.requests["GET"] += 1
             try:
                 # RawAdapter's request, not the client's: hvac's JSON adapter would decode the answer.
-                response = hvac.adapters.RawAdapter.request(self._client.adapter, "GET", url, stream=True)
+                # So what _BoundedAdapter.request does for every other request is done here: this
+                # attempt's timeout, and a standby's redirect raised (retried), never read as an answer.
+                response = hvac.adapters.RawAdapter.request(self._client.adapter, "GET", url, stream=True,
+                                                            timeout=self._adapter.attempt_timeout)
             except hvac.exceptions.InvalidPath as exc:  # 404: no data; a deleted version still names itself
                 answer = exc.json if isinstance(exc.json, dict) else {}
                 metadata = (answer.get("data") or {}).get("metadata")
@@ -642,6 +645,8 @@ class Vault:
                     return KvRawSecret(version=int(metadata.get("version") or 0), fields=MappingProxyType({}))
                 return None
             with response:
+                if 300 <= response.status_code < 400:
+                    raise _Redirected(response.status_code)
                 return _read_limited(response, limit, what)
 
         body = self._call(what, fetch)
