@@ -364,7 +364,9 @@ def classify(exc: BaseException) -> Transience:
                         hvac.exceptions.BadGateway)):
         return Transience.NOT_DONE
     if isinstance(exc, hvac.exceptions.InternalServerError):
-        text = str(exc).lower()
+        # Vault's own error texts only: str(exc) ends with the URL, which names people and paths
+        # (a person called `leader` must not make every 500 on their path look like an election).
+        text = " ".join(str(error) for error in (exc.errors or [exc.message])).lower()
         if any(marker in text for marker in _STANDBY_500):
             return Transience.NOT_DONE
     return Transience.PERMANENT
