@@ -638,8 +638,9 @@ class Vault:
                 # RawAdapter's request, not the client's: hvac's JSON adapter would decode the answer.
                 # So what _BoundedAdapter.request does for every other request is done here: this
                 # attempt's timeout, and a standby's redirect raised (retried), never read as an answer.
+                timeout = self._adapter.attempt_timeout
                 response = hvac.adapters.RawAdapter.request(self._client.adapter, "GET", url, stream=True,
-                                                            timeout=self._adapter.attempt_timeout)
+                                                            **({} if timeout is None else {"timeout": timeout}))
             except hvac.exceptions.InvalidPath as exc:  # 404: no data; a deleted version still names itself
                 answer = exc.json if isinstance(exc.json, dict) else {}
                 metadata = (answer.get("data") or {}).get("metadata")
