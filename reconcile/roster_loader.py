@@ -405,8 +405,9 @@ class _NodeReader:
             try:
                 return _to_int(value)
             except ValueError:
-                # Python converts at most 4,300 digits; no roster field wants more, so the text as
-                # written goes on for the schema or the rules to refuse in their own words.
+                # Python converts at most 4,300 digits (_to_int caps 0x/0o numbers alike); no roster
+                # field wants more, so the text as written goes on for the schema or the rules to
+                # refuse in their own words.
                 return value
         if tag == _YAML + "float":
             return _to_float(value)
@@ -422,9 +423,18 @@ class _NodeReader:
         self.document.issues.append(self.document.issue(path, message))
 
 
+_MAX_INT_BITS = 14_000
+"""About 4,200 decimal digits: an int bigger than this could not even be shown (Python's str() of an
+int stops at 4,300 digits), and no roster field wants one."""
+
+
 def _to_int(text: str) -> int:
-    # Base 0 only for 0o/0x: it would refuse a decimal written as "010".
-    return int(text, 0) if text[:2] in ("0o", "0x") else int(text)
+    # Base 0 only for 0o/0x: it would refuse a decimal written as "010". int() limits decimal digits
+    # only; a long 0x or 0o number is parsed, then refused here (ValueError) before anything shows it.
+    value = int(text, 0) if text[:2] in ("0o", "0x") else int(text)
+    if value.bit_length() > _MAX_INT_BITS:
+        raise ValueError("too large")
+    return value
 
 
 def _to_float(text: str) -> float:

@@ -226,12 +226,18 @@ class Journal:
         self._write(durable=True)
         return nonce
 
-    def settle(self, nonce: str, user: str | None = None, accessor: str | None = None) -> None:
+    def settle(self, nonce: str, user: str | None = None, accessor: str | None = None,
+               replaced: Iterable[str] = ()) -> None:
         """The mint of `nonce` is accounted for: its token is now `user`'s record (when given) or none
-        exists."""
+        exists. `replaced`: the tokens the new one replaces, still to revoke; they join
+        `pending_revoke` in the same write as the record, so a crash before their revocation leaves
+        them findable (the record no longer names them)."""
         self._intents.pop(nonce, None)
         if user is not None and accessor is not None:
             self._records[user] = accessor
+        fresh = set(replaced) - {accessor}
+        if fresh:
+            self._pending = tuple(sorted(set(self._pending) | fresh))
         if self._written_at is None or self._clock() - self._written_at >= self.SETTLE_INTERVAL:
             self._write(durable=False)
 

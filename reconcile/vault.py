@@ -364,7 +364,9 @@ def classify(exc: BaseException) -> Transience:
                         hvac.exceptions.BadGateway)):
         return Transience.NOT_DONE
     if isinstance(exc, hvac.exceptions.InternalServerError):
-        text = str(exc).lower()
+        # Vault's own error texts only: str(exc) ends with the URL, which names people and paths
+        # (a person called `leader` must not make every 500 on their path look like an election).
+        text = " ".join(str(error) for error in (exc.errors or [exc.message])).lower()
         if any(marker in text for marker in _STANDBY_500):
             return Transience.NOT_DONE
     return Transience.PERMANENT
@@ -737,7 +739,11 @@ class Vault:
             self.requests["GET"] += 1
             try:
                 # RawAdapter's request, not the client's: hvac's JSON adapter would decode the answer.
-                response = hvac.adapters.RawAdapter.request(client.adapter, "GET", url, stream=True)
+                # So what _BoundedAdapter.request does for every other request is done here: this
+                # attempt's timeout, and a standby's redirect raised (retried), never read as an answer.
+                timeout = self._adapter.attempt_timeout
+                response = hvac.adapters.RawAdapter.request(client.adapter, "GET", url, stream=True,
+                                                            **({} if timeout is None else {"timeout": timeout}))
             except hvac.exceptions.InvalidPath as exc:  # 404: no data; a deleted version still names itself
                 answer = exc.json if isinstance(exc.json, dict) else {}
                 metadata = (answer.get("data") or {}).get("metadata")
@@ -745,6 +751,8 @@ class Vault:
                     return KvRawSecret(version=int(metadata.get("version") or 0), fields=MappingProxyType({}))
                 return None
             with response:
+                if 300 <= response.status_code < 400:
+                    raise _Redirected(response.status_code)
                 return _read_limited(response, limit, what)
 
         if consistent:

@@ -708,8 +708,10 @@ class MintLog(Protocol):
     def intend(self, user: str) -> str:
         """A nonce for a mint for `user`, on disk before this returns; raises when it cannot be."""
 
-    def settle(self, nonce: str, user: str | None = None, accessor: str | None = None) -> None:
-        """The mint is accounted for: `user`'s token is now `accessor`, or no token exists."""
+    def settle(self, nonce: str, user: str | None = None, accessor: str | None = None,
+               replaced: Iterable[str] = ()) -> None:
+        """The mint is accounted for: `user`'s token is now `accessor` (replacing `replaced`, still to
+        revoke), or no token exists."""
 
 
 @dataclass
@@ -808,7 +810,7 @@ def _mint(mint: MintOrder, ctx: VaultContext) -> str:
             ctx.mint_log.settle(nonce)
         raise
     if nonce is not None and ctx.mint_log is not None:
-        ctx.mint_log.settle(nonce, want.user, minted.accessor)
+        ctx.mint_log.settle(nonce, want.user, minted.accessor, mint.revoke)
     ctx.outcomes.minted[want.user] = minted.accessor
     if nonce is not None and ctx.vault.requests["POST"] - sent > 1:
         _revoke_twins(ctx, nonce, minted.accessor)

@@ -44,3 +44,16 @@ def test_settling_records_the_token_and_writes_at_most_once_a_second(tmp_path: P
     state = read_state(tmp_path)
     assert state.records == {"alice": "acc-a", "bob": "acc-b"} and state.intents == {}
     assert journal.outstanding() == {}
+
+
+def test_a_record_that_replaces_a_token_keeps_the_replaced_one_to_revoke_in_the_same_write(tmp_path: Path) -> None:
+    """A crash after this write and before the revocation must leave the old token findable."""
+    clock = Clock()
+    journal = Journal(tmp_path, State({"alice": "acc-old"}, ("acc-other",)), clock=clock)
+    journal.prepare(["alice"])
+    nonce = journal.intend("alice")
+    clock.now = 1.5
+    journal.settle(nonce, "alice", "acc-new", replaced=("acc-old", "acc-new"))
+    state = read_state(tmp_path)
+    assert state.records == {"alice": "acc-new"}
+    assert state.pending_revoke == ("acc-old", "acc-other")  # never the new one

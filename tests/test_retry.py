@@ -6,9 +6,11 @@ The same policy against a real OpenBao behind a faulty proxy is in tests/test_va
 from __future__ import annotations
 
 import pytest
+from hvac.exceptions import InternalServerError
 
 from reconcile.retry import (DEADLINE, REQUEST_TIMEOUT, Deadline, GaveUp, RetryPolicy, Transience,
                              call_with_retries)
+from reconcile.vault import classify as vault_classify
 
 
 class FakeClock:
@@ -165,3 +167,17 @@ def test_only_time_spent_on_vault_counts_against_the_deadline() -> None:
     timeouts, attempt = failing(clock, [])
     run(clock, attempt, deadline=deadline)
     assert timeouts == [5.0]
+
+
+def test_a_500_is_an_election_by_vaults_error_text_never_by_the_url() -> None:
+    """The URL names people and paths: a person named `leader` must not make a real 500 on their path
+    (or a mint's) look transient, retried until the run counts Vault as gone."""
+    def error(text: str, url: str) -> InternalServerError:
+        return InternalServerError(text, errors=[text], method="get", url=url)
+
+    election = error("local node not active but active cluster node not found", "http://v/v1/sys/health")
+    assert vault_classify(election) is Transience.NOT_DONE
+    assert vault_classify(error("internal error", "http://v/v1/secret/data/claude-users/leader")) \
+        is Transience.PERMANENT
+    assert vault_classify(error("internal error", "http://v/v1/sys/policies/acl/claude-sealed")) \
+        is Transience.PERMANENT

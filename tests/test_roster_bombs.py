@@ -294,6 +294,8 @@ def test_problems_past_the_cap_are_counted_not_listed(tmp_path: Path) -> None:
 
 LONG = "v" * 100_000
 DIGITS = "1" * 5000  # past Python's 4,300-digit limit on int()
+HEX = "0x" + "f" * 5000  # int() takes it (a power-of-two base has no digit limit); str() of it does not
+OCTAL = "0o" + "7" * 7000
 EXCERPTS = [
     ("scalar", f"users:\n  alice:\n    tier: {LONG}\n", "users.alice.tier", "got 'vvvv"),
     # A plain key is at most 1,024 characters in YAML; a `?` key has no such limit.
@@ -308,6 +310,10 @@ EXCERPTS = [
     ("undefined-alias", f"users:\n  alice: *{LONG}\n", "", "invalid YAML: found undefined alias 'vvvv"),
     ("big-number", f"users:\n  alice:\n    tier: {DIGITS}\n", "users.alice.tier",
      f"got '{DIGITS[:40]}'… (5,000 characters)"),
+    ("duration-hex", f"sync:\n  interval: {HEX}\nusers: {{}}\n", "sync.interval",
+     f"'{HEX[:40]}'… (5,002 characters) is not a duration: too long"),
+    ("big-hex", f"users:\n  alice:\n    tier: {HEX}\n", "users.alice.tier", f"got '{HEX[:40]}'…"),
+    ("big-octal", f"users:\n  alice:\n    tier: {OCTAL}\n", "users.alice.tier", f"got '{OCTAL[:40]}'…"),
 ]
 
 

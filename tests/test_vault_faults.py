@@ -18,6 +18,7 @@ from typing import Iterator
 import pytest
 
 from reconcile.exitcodes import Exit
+from reconcile.vault import Secret, Vault
 from tests.support.faultproxy import FaultProxy
 from tests.support.openbao import OpenBaoServer, free_port
 from tests.support.world import World
@@ -145,3 +146,17 @@ def test_a_lost_mint_answer_is_not_retried_and_the_next_run_revokes_its_token(wo
     world.assert_converged()
     in_files = {world.lookup(world.token(user) or "")["accessor"] for user in users(3)}  # type: ignore[index]
     assert live_tool_tokens(world) == in_files
+
+
+def test_the_syncs_undecoded_backup_read_rides_out_a_leader_election_too(openbao: OpenBaoServer,
+                                                                       proxy: FaultProxy) -> None:
+    """kv_read_raw (the sync's read of a person's path) sends its request outside hvac's JSON adapter:
+    a standby's 307 must still be retried, not read as a malformed KV answer."""
+    path = f"faults/leader-{time.monotonic_ns()}"
+    Vault(openbao.address, Secret(openbao.root_token)).kv_write_cas("secret", path, {"k": "v"}, 0)
+    proxy.redirect(f"http://127.0.0.1:{free_port()}")
+    later(2.0, proxy.passthrough)
+    started = time.monotonic()
+    secret = Vault(proxy.address, Secret(openbao.root_token)).kv_read_raw("secret", path)
+    assert time.monotonic() - started >= 1.5  # it waited for the election to end
+    assert secret is not None and secret.version == 1 and secret.fields == {"k": b'"v"'}
