@@ -58,7 +58,10 @@ class RetryPolicy:
     """Per request: a hung server (TCP open, no answer) costs this much per attempt."""
     retry_window: float = RETRY_WINDOW
     """Per request: keep retrying transient failures this long after it was first sent."""
-    max_attempts: int = 12
+    max_attempts: int = 30
+    """A backstop against a server that fails instantly: with the backoff capped at 1 s, 12 tries
+    spent only about 7 s of the window, and an election on a loaded host outlasted them (seen in
+    tests/test_fleet.py); 30 leaves `retry_window` the bound that matters."""
     base_delay: float = 0.1
     max_delay: float = 1.0
     deadline: float = DEADLINE

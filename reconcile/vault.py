@@ -494,6 +494,10 @@ class Vault:
                                        session=session, allow_redirects=False, adapter=_BoundedAdapter)
         except ValueError as exc:  # a URL requests or hvac cannot parse; the text names no token
             raise VaultError(f"VAULT_ADDR={address!r} is not a valid Vault address ({exc})") from None
+        if token is None:
+            # hvac falls back to $VAULT_TOKEN or ~/.vault-token when given no token; a client meant
+            # to be tokenless (the hourly run, a health check) must not quietly carry root's.
+            self._client.token = None
         self._adapter: _BoundedAdapter = self._client.adapter
         counter = _link.requests
 

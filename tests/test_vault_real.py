@@ -750,3 +750,12 @@ def test_a_version_1_state_file_is_still_read(world: World) -> None:
     assert world.client.auth.token.lookup_accessor  # the old one is revoked:
     with pytest.raises(hvac.exceptions.InvalidRequest):
         world.client.auth.token.lookup_accessor(accessor)
+
+
+def test_a_tokenless_client_does_not_pick_up_vault_token(openbao: OpenBaoServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """hvac falls back to $VAULT_TOKEN when given none; the hourly run's tokenless client must not."""
+    from reconcile.vault import Vault, VaultError
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    with pytest.raises(VaultError):
+        Vault(openbao.address, None).lookup_self()
