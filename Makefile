@@ -48,7 +48,7 @@ demo: setup
 
 # Benchmarks print their figures as JSON; they are measurements, never tests.
 bench: setup
-	$(PY) bench/vault_bench.py --users 1000 --rounds 3
+	$(PY) bench/vault_bench.py --users 1000,10000 --rounds 3
 	$(PY) bench/sync_bench.py --runs 15
 
 clean:
