@@ -54,7 +54,7 @@ demo: setup
 
 # Benchmarks print their figures as JSON; they are measurements, never tests.
 bench: setup
-	$(PY) bench/vault_bench.py --users 1000 --rounds 3
+	$(PY) bench/vault_bench.py --users 1000,10000 --rounds 3
 	$(PY) bench/sync_bench.py --runs 15
 	$(PY) bench/fleet_bench.py --hosts 10 --users 100 --rounds 3
 

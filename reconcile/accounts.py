@@ -10,8 +10,10 @@ is not, and only reconcile.homefs touches it.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -99,9 +101,16 @@ def _system_entry(name: str) -> PasswdEntry | None:
     return PasswdEntry(record.pw_name, record.pw_uid, record.pw_gid, record.pw_dir)
 
 
-def home_under_root(root: Path, home: str) -> Path:
-    """The real path of a database home folder (`/home/alice`) under `root`."""
-    if is_system_root(root):
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF)
+"""What Path.exists() reads as "not there"."""
+
+
+def home_under_root(root: Path, home: str, *, system: bool | None = None) -> Path:
+    """The real path of a database home folder (`/home/alice`) under `root`.
+
+    `system`: whether `root` is `/`, when the caller already knows (a realpath per person adds up).
+    """
+    if is_system_root(root) if system is None else system:
         return Path(home)
     return Path(root) / home.lstrip("/")
 
@@ -125,11 +134,15 @@ def lookup_accounts(root: Path, names: Iterable[str]) -> dict[str, Account | Use
         if not entry.home.startswith("/"):
             result[name] = UserProblem(name, f"home folder {entry.home!r} in {where} is not an absolute path")
             continue
-        home = home_under_root(root, entry.home)
-        if not home.exists():
+        home = home_under_root(root, entry.home, system=system)
+        try:
+            is_folder = stat.S_ISDIR(os.stat(home).st_mode)  # one stat, not exists() then is_dir()
+        except OSError as exc:
+            if exc.errno not in _MISSING:
+                raise
             result[name] = UserProblem(name, f"home folder {home} does not exist")
             continue
-        if not home.is_dir():
+        if not is_folder:
             result[name] = UserProblem(name, f"home folder {home} is not a folder")
             continue
         result[name] = Account(entry.name, entry.uid, entry.gid, home, entry.home)

@@ -382,6 +382,13 @@ def observe_local(root: Path, desired: DesiredLocal,
     problems: list[UserProblem] = []
     good: dict[str, Account] = {}
     entries: dict[tuple[str, str], EntryState] = {}
+    # Each person's paths, grouped once: filtering the whole list per person made
+    # this loop quadratic (36 of 42 s at 10,000 people, issue 14).
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for directory in desired.directories:
+        wanted.setdefault(directory.user, []).append((directory.rel_path, "directory"))
+    for token_file in desired.token_files:
+        wanted.setdefault(token_file.user, []).append((token_file.rel_path, "file"))
     for user in desired.home_users:
         found = accounts.get(user)
         if found is None:
@@ -391,10 +398,8 @@ def observe_local(root: Path, desired: DesiredLocal,
             continue
         seen: dict[tuple[str, str], EntryState] = {}
         try:
-            for directory in (d for d in desired.directories if d.user == user):
-                seen[(user, directory.rel_path)] = _checked_state(found, directory.rel_path, "directory")
-            for token_file in (t for t in desired.token_files if t.user == user):
-                seen[(user, token_file.rel_path)] = _checked_state(found, token_file.rel_path, "file")
+            for rel_path, kind in wanted.get(user, ()):
+                seen[(user, rel_path)] = _checked_state(found, rel_path, kind)
         except HomeFsError as exc:  # UnsafePath included
             problems.append(UserProblem(user, str(exc)))
             continue

@@ -24,6 +24,7 @@ from reconcile.vault_state import (MintOrder, ObservedToken, ObservedVault, Pend
                                    RevokeOrder, TokenOutcomes, TokenState, desired_vault, is_managed_policy,
                                    is_tool_policy, next_pending, next_records, parse_token_file, plan_vault,
                                    policy_header, vault_display_name)
+from tests.support.policy_text import expected_policy
 
 HOST = "ws1"
 PERIOD = 768 * 3600
@@ -274,10 +275,9 @@ def test_desired_state() -> None:
     assert alice.vault_display_name == "token-devvm-claude-auth-alice"
     assert (alice.period, alice.period_seconds) == ("768h", PERIOD)
     assert dict(alice.meta) == {"managed_by": "claude-auth", "user": "alice", "host": HOST}
-    text = DESIRED.policies["workstation-claude-alice"].text
-    assert 'path "secret/data/workstation/claude-users/alice"' in text
-    assert '["create", "read", "update"]' in text
-    assert 'path "secret/metadata/workstation/claude-users/alice"' in text
+    # The whole text, exactly: an extra stanza or a wider path must not slip through.
+    assert DESIRED.policies["workstation-claude-alice"].text == expected_policy(
+        "alice", "workstation/claude-users/alice")
 
 
 def test_policy_prefix_is_lower_cased_like_vault() -> None:

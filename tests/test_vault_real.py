@@ -25,6 +25,7 @@ from reconcile.commands import reconcile_cmd
 from reconcile.exitcodes import Exit
 from reconcile.roster_loader import load_roster
 from tests.support.openbao import OpenBaoServer, free_port
+from tests.support.policy_text import expected_policy
 
 from tests.support.world import World
 
@@ -510,7 +511,7 @@ def test_prune_leaves_hand_made_policies_under_the_prefix(world: World) -> None:
     plan = world.run("plan")
     assert f"~ policy {world.prefix}zed: text differs from the template" in plan.lines
     assert world.run("apply").code == Exit.OK
-    assert (world.policy_text("zed") or "").startswith("# Managed by claude-auth for user zed;")
+    assert world.policy_text("zed") == expected_policy("zed", f"{world.path_prefix}/zed")
 
 
 # --- a replaced token that could not be revoked is not forgotten ---------------------------------------
