@@ -24,7 +24,7 @@ import pytest
 from reconcile.exitcodes import Exit
 from reconcile.sync import backup, livecheck
 from reconcile.sync.livecheck import Verdict
-from reconcile.vault import CasConflict, KvSecret, Secret, Vault
+from reconcile.vault import CasConflict, KvRawSecret, Secret, Vault
 from tests.support.openbao import OpenBaoServer
 from tests.support.policy_text import expected_policy
 from tests.support.world import World
@@ -33,7 +33,8 @@ from tests.test_sync_real import (  # noqa: F401  (claude_on_path and user are f
 )
 
 # --- 1. check-and-set: a stale version never overwrites ------------------------------------------
-# Bug guarded: Vault.kv_write_cas stops sending `cas` and simply overwrites.
+# Bug guarded: Vault.kv_write_cas (or kv_write_cas_raw, the one the backup uses) stops sending
+# `cas` and simply overwrites.
 
 
 def _kv_path() -> str:
@@ -55,6 +56,26 @@ def test_a_write_with_a_stale_version_is_a_conflict_and_changes_nothing(openbao:
     assert read_kv(root_client, path) == (2, {"a": "2"})
 
 
+def test_a_raw_write_with_a_stale_version_is_a_conflict_and_changes_nothing(openbao: OpenBaoServer,
+                                                                            root_client: hvac.Client) -> None:
+    vault = Vault(openbao.address, Secret(openbao.root_token))
+    path = _kv_path()
+    assert vault.kv_write_cas_raw(KV_MOUNT, path, {"a": b'"1"'}, cas=0) == 1
+    assert vault.kv_write_cas_raw(KV_MOUNT, path, {"a": b'"2"'}, cas=1) == 2
+
+    with pytest.raises(CasConflict):
+        vault.kv_write_cas_raw(KV_MOUNT, path, {"a": b'"stale"'}, cas=1)
+    with pytest.raises(CasConflict):
+        vault.kv_write_cas_raw(KV_MOUNT, path, {"a": b'"as-if-new"'}, cas=0)
+
+    assert read_kv(root_client, path) == (2, {"a": "2"})
+
+
+def _stored_oauth(data: Mapping[str, Any]) -> Any:
+    """The backed-up login as the sync decodes it, from a decoded KV map."""
+    return backup.decode_stored_oauth(backup.json_fields(data))[0]
+
+
 class _RacedStore:
     """A real Vault whose first read is followed at once by another tool's merge write.
 
@@ -67,15 +88,15 @@ class _RacedStore:
         self.competing_write = competing_write
         self.reads = 0
 
-    def kv_read(self, mount: str, path: str) -> KvSecret | None:
-        current = self.vault.kv_read(mount, path)
+    def kv_read_raw(self, mount: str, path: str, *, consistent: bool = False) -> KvRawSecret | None:
+        current = self.vault.kv_read_raw(mount, path, consistent=consistent)
         self.reads += 1
         if self.reads == 1:
             self.competing_write()
         return current
 
-    def kv_write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int) -> int:
-        return self.vault.kv_write_cas(mount, path, data, cas)
+    def kv_write_cas_raw(self, mount: str, path: str, fields: Mapping[str, bytes], cas: int) -> int:
+        return self.vault.kv_write_cas_raw(mount, path, fields, cas)
 
 
 @pytest.mark.parametrize("path_exists", [False, True], ids=["new-path", "existing-path"])
@@ -95,7 +116,7 @@ def test_a_sibling_written_between_the_backups_read_and_write_survives(
     assert data.get(SIBLING) == password
     assert (result.written, result.attempts) == (True, 2)  # the first write lost, the second merged
     assert version == result.version == (3 if path_exists else 2)
-    assert backup.stored_oauth(data) == oauth
+    assert _stored_oauth(data) == oauth
     if path_exists:
         assert data["other_tool"] == "kept"
 
@@ -106,16 +127,16 @@ def test_a_full_sync_keeps_a_sibling_written_between_its_read_and_its_write(
     password = "vw-" + secrets.token_urlsafe(16)
     user.remember(password)
     reads: list[int] = []
-    original = Vault.kv_read
+    original = Vault.kv_read_raw
 
-    def raced_read(self: Vault, mount: str, path: str) -> KvSecret | None:
-        current = original(self, mount, path)
+    def raced_read(self: Vault, mount: str, path: str, *args: Any, **kwargs: Any) -> KvRawSecret | None:
+        current = original(self, mount, path, *args, **kwargs)
         reads.append(current.version if current else 0)
         if len(reads) == 1:
             cas_merge(user.root, user.kv_path, {SIBLING: password})
         return current
 
-    monkeypatch.setattr(Vault, "kv_read", raced_read)
+    monkeypatch.setattr(Vault, "kv_read_raw", raced_read)
     oauth = new_oauth()
     user.login(oauth)
 
@@ -127,7 +148,7 @@ def test_a_full_sync_keeps_a_sibling_written_between_its_read_and_its_write(
     version, data = user.stored() or (0, {})
     assert version == 3
     assert (data[SIBLING], data["other_tool"]) == (password, "kept")
-    assert backup.stored_oauth(data) == oauth
+    assert _stored_oauth(data) == oauth
 
 
 # --- 2. a policy is compared by its whole text, never by its header --------------------------------
