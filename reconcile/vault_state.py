@@ -517,20 +517,45 @@ def _token_problem(current: ObservedToken) -> str:
     }.get(current.state, "token differs")
 
 
-def plan_token(want: DesiredToken, current: ObservedToken, record: RecordedToken | None) -> list[Change]:
-    """The change (at most one) that brings one user's token to the desired state."""
+def _superseded_record(want: DesiredToken, current: ObservedToken, record: RecordedToken | None,
+                       host: str) -> str | None:
+    """The recorded accessor a valid, wanted token in the file has replaced, when it still lives and
+    this host minted it for the user; else None.
+
+    A re-mint killed after writing the new token but before its record leaves
+    the old one recorded: revoking it in the same run the file is found good
+    lets that run converge, instead of moving it to `pending_revoke` first.
+    """
+    if record is None or not record.checked or record.info is None or current.info is None:
+        return None
+    if record.accessor == current.info.accessor:
+        return None
+    if not (is_minted_for(record.info, want.user) and is_minted_here(record.info, host)):
+        return None
+    return record.accessor
+
+
+def plan_token(want: DesiredToken, current: ObservedToken, record: RecordedToken | None,
+               host: str = "") -> list[Change]:
+    """The changes that bring one user's token to the desired state: at most one for the token
+    itself, and the revocation of a superseded record (`_superseded_record`)."""
     mint = MintOrder(token=want, revoke=_replaced_accessors(want.user, current, record))
     if current.state is TokenState.VALID and current.info is not None:
         drift = token_drift(want, current.info)
         if drift:
             return [Change(Action.UPDATE, Kind.TOKEN, want.display_name, "; ".join(drift) + "; re-mint",
                            user=want.user, needs_admin=True, desired=mint, observed=current)]
+        changes: list[Change] = []
+        superseded = _superseded_record(want, current, record, host)
+        if superseded is not None:
+            changes.append(Change(Action.DELETE, Kind.TOKEN, want.display_name, PENDING_REASON,
+                                  user=want.user, needs_admin=True, desired=RevokeOrder(want.user, superseded)))
         if needs_renewal(want, current.info):
             reason = (f"TTL {format_duration(current.info.ttl_seconds)} is below half the period "
                       f"({format_duration(want.period_seconds)}); renew")
-            return [Change(Action.UPDATE, Kind.TOKEN_RENEWAL, want.display_name, reason,
-                           user=want.user, needs_admin=False, desired=want, observed=current)]
-        return []
+            changes.append(Change(Action.UPDATE, Kind.TOKEN_RENEWAL, want.display_name, reason,
+                                  user=want.user, needs_admin=False, desired=want, observed=current))
+        return changes
     record_gone = record is None or (record.checked and record.info is None)
     if current.state is TokenState.NO_FILE and record_gone:
         return [Change(Action.CREATE, Kind.TOKEN, want.display_name, "no token yet; mint",
@@ -570,7 +595,7 @@ def plan_tokens(desired: DesiredVault, observed: ObservedVault, *, prune: bool) 
     for user, want in desired.tokens.items():
         current = observed.tokens.get(user)
         if current is not None and current.state is not TokenState.FAILED:  # else: a problem, reported
-            changes.extend(plan_token(want, current, observed.recorded.get(user)))
+            changes.extend(plan_token(want, current, observed.recorded.get(user), desired.host))
     for user, record in observed.recorded.items():
         if user in desired.tokens:
             continue
