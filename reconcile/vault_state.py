@@ -640,24 +640,29 @@ def plan_pending(observed: ObservedVault) -> list[Change]:
     return changes
 
 
-GARBAGE_REASON = "minted on host {host}, referenced by no token file or state record here"
+GARBAGE_REASON = "minted here, referenced by nothing; revoked by apply --prune"
+ACCESSOR_SHOWN = 8
+"""Characters of a garbage token's accessor shown in its change name (never the token itself)."""
 
 
-def plan_garbage(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -> list[Change]:
-    """Revoke (with `prune`; else list as orphaned) each token of `observed.garbage` (see observe_garbage)."""
+def garbage_name(accessor: str, user: str, host: str) -> str:
+    """`<accessor prefix>… (user alice, host h1)`: enough to find the token with the root token."""
+    return f"{accessor[:ACCESSOR_SHOWN]}… (user {user}, host {host})"
+
+
+def plan_garbage(desired: DesiredVault, observed: ObservedVault) -> list[Change]:
+    """One `!` change (Action.COLLECT) per token of `observed.garbage` (see observe_garbage).
+
+    Garbage is observed only in `--prune` runs, so the `apply --prune` that
+    lists it also revokes it; the plain and hourly runs never see it.
+    """
     changes: list[Change] = []
     for accessor, info in sorted(observed.garbage.items()):
         user = minted_for_whom(info)
         if user is None:
             continue
-        reason = GARBAGE_REASON.format(host=desired.host)
-        if prune:
-            changes.append(Change(Action.DELETE, Kind.TOKEN, token_display_name(user), f"{reason}; revoke",
-                                  user=user, needs_admin=True, desired=RevokeOrder(user, accessor)))
-        else:
-            changes.append(Change(Action.ORPHANED, Kind.TOKEN, token_display_name(user),
-                                  f"{reason} (apply --prune revokes it)", user=user, needs_admin=True,
-                                  desired=RevokeOrder(user, accessor)))
+        changes.append(Change(Action.COLLECT, Kind.TOKEN, garbage_name(accessor, user, desired.host),
+                              GARBAGE_REASON, user=user, needs_admin=True, desired=RevokeOrder(user, accessor)))
     return changes
 
 
@@ -671,7 +676,7 @@ def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -
         changes.extend(plan_policies(desired, observed.policies, prune=prune))
     changes.extend(plan_tokens(desired, observed, prune=prune))
     changes.extend(plan_pending(observed))
-    changes.extend(plan_garbage(desired, observed, prune=prune))
+    changes.extend(plan_garbage(desired, observed))
     return changes
 
 
@@ -771,7 +776,7 @@ def apply_policy(change: Change, ctx: VaultContext) -> str:
 
 
 def apply_token(change: Change, ctx: VaultContext) -> str:
-    if change.action is Action.DELETE:
+    if change.action in (Action.DELETE, Action.COLLECT):
         order = change.desired
         assert isinstance(order, RevokeOrder)
         ctx.vault.revoke_accessor(order.accessor)
@@ -907,6 +912,7 @@ HANDLERS: Mapping[tuple[Kind, Action], Callable[[Change, VaultContext], str]] = 
     (Kind.TOKEN, Action.CREATE): apply_token,
     (Kind.TOKEN, Action.UPDATE): apply_token,
     (Kind.TOKEN, Action.DELETE): apply_token,
+    (Kind.TOKEN, Action.COLLECT): apply_token,
     (Kind.TOKEN_RENEWAL, Action.UPDATE): apply_renewal,
 })
 

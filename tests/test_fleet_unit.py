@@ -18,8 +18,8 @@ from reconcile import homefs
 from reconcile.accounts import Account
 from reconcile.fleet import HOSTNAME_ENV, is_assigned, this_host
 from reconcile.homefs import MINT_LOCK_FILE, HomeFsError, UnsafePath, lock_private_file
-from reconcile.model import Action, Kind
-from reconcile.render import elsewhere_lines
+from reconcile.model import Action, Kind, is_pending
+from reconcile.render import change_line, elsewhere_lines, summary_line
 from reconcile.roster import Roster, User, VaultSettings
 from reconcile.vault import TokenInfo
 from reconcile.vault_state import (ObservedToken, ObservedVault, RecordedToken, TokenState, desired_vault,
@@ -112,11 +112,14 @@ def test_garbage_candidates_and_plan() -> None:
     assert not is_garbage_candidate(info("bob", "ws1"), desired)
     assert not is_garbage_candidate(replace(info("bob", "ws2"), policies=("other-bob",)), desired)
     garbage = MappingProxyType({"g1": info("bob", "ws2", "g1")})
-    [listed] = plan_garbage(desired, observed({}, garbage=garbage), prune=False)
-    assert (listed.action, listed.name) == (Action.ORPHANED, "devvm-claude-auth-bob")
-    [revoke] = plan_vault(desired, observed({}, garbage=garbage), prune=True)
-    assert (revoke.action, revoke.reason) == (
-        Action.DELETE, "minted on host ws2, referenced by no token file or state record here; revoke")
+    [listed] = plan_garbage(desired, observed({}, garbage=garbage))
+    assert [listed] == plan_vault(desired, observed({}, garbage=garbage), prune=True)
+    assert change_line(listed) == ("! token g1… (user bob, host ws2): minted here, referenced by nothing; "
+                                   "revoked by apply --prune")
+    assert listed.as_json()["action"] == "collect" and is_pending(listed)  # apply --prune revokes it
+    assert summary_line((listed,)) == "Plan: 0 to add, 0 to change, 1 to remove."
+    long = plan_garbage(desired, observed({}, garbage=MappingProxyType({"a" * 24: info("bob", "ws2", "a" * 24)})))
+    assert long[0].name == "aaaaaaaa… (user bob, host ws2)"  # a prefix of the accessor only
 
 
 # --- the mint lock on real files (root gives them to uid 5001) ---------------------------------------
