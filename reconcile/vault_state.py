@@ -40,11 +40,13 @@ header line naming that user), so hand-made policies under the prefix stay.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
 from typing import Callable, ContextManager, Iterable, Iterator, Mapping, Protocol
 
+from reconcile import retry
 from reconcile.accounts import Account
 from reconcile.durations import format_duration
 from reconcile.fleet import is_assigned
@@ -273,18 +275,32 @@ class ObservedVault:
     garbage: Mapping[str, TokenInfo] = field(default_factory=lambda: MappingProxyType({}))
     """By accessor, live tokens this host minted that nothing here references (`apply --prune` only)."""
     unresolved_intents: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    """Nonce -> user of the intents an admin run could not account for (listing accessors was denied)."""
+    """Nonce -> user of the intents an admin run could not account for (listing accessors was denied,
+    or the scan was cut short: `scan_cut_short`)."""
+    scan_cut_short: str = ""
+    """Why the scan of every token stopped before its end (its budget ran out, a request failed); empty
+    when it finished or never ran."""
 
     @property
     def problems(self) -> list[UserProblem]:
         """One per user whose token could not be observed (FAILED): only that user's token work waits;
-        one per mint of an interrupted run that an admin run could not account for."""
+        one per mint of an interrupted run that an admin run could not look for (listing denied)."""
         problems = [UserProblem(user, f"token: {token.detail}") for user, token in sorted(self.tokens.items())
                     if token.state is TokenState.FAILED]
-        problems += [UserProblem(user, "a token minted by an interrupted run cannot be looked for: listing "
-                                       "auth/token/accessors was denied (the admin token needs list and sudo "
-                                       "there)") for user in sorted(set(self.unresolved_intents.values()))]
+        if not self.scan_cut_short:
+            problems += [UserProblem(user, "a token minted by an interrupted run cannot be looked for: listing "
+                                           "auth/token/accessors was denied (the admin token needs list and sudo "
+                                           "there)") for user in sorted(set(self.unresolved_intents.values()))]
         return problems
+
+    @property
+    def scan_warning(self) -> str | None:
+        """One line for a scan cut short, naming the people whose interrupted mints stay outstanding."""
+        if not self.scan_cut_short or not self.unresolved_intents:
+            return None
+        users = ", ".join(sorted(set(self.unresolved_intents.values())))
+        return (f"token scan: {self.scan_cut_short}; the tokens interrupted runs minted for {users} are "
+                "not accounted for yet (the next admin run looks again)")
 
 
 class TokenFileUnreadable(Exception):
@@ -359,37 +375,76 @@ def _needs_accessor_check(user: str, accessor: str, desired: DesiredVault,
                 and current.info.accessor == accessor)
 
 
+@dataclass(frozen=True)
+class IntentScan:
+    """What `_resolve_intents` found."""
+
+    resolved: frozenset[str]
+    """Nonces accounted for (adopted from a file, or searched for in a complete scan)."""
+    strays: Mapping[str, PendingRevoke]
+    """By accessor: live tokens carrying an outstanding nonce, in nobody's file (to revoke)."""
+    cut_short: str = ""
+    """Why the scan stopped before its end (see ObservedVault.scan_cut_short)."""
+
+
+class ScanCutShort(Exception):
+    """Raised by `scan_tokens` when its `give_up` says the scan's budget is spent."""
+
+
 def _resolve_intents(vault: Vault, intents: Mapping[str, str], tokens: Mapping[str, ObservedToken], *,
-                     admin: bool) -> tuple[frozenset[str], dict[str, PendingRevoke]]:
-    """(the intents accounted for, the tokens they minted that nobody holds, by accessor)."""
+                     admin: bool, budget: float, clock: Callable[[], float] = time.monotonic) -> IntentScan:
+    """Account for the mints interrupted runs asked for.
+
+    An intent whose user's file holds a token carrying its nonce is adopted
+    without any scan. Only the token itself knows its nonce, so the others
+    (admin runs only) cost a look-up of every accessor in Vault. That scan has
+    its own `budget` of seconds, well inside the run's Vault deadline: when it
+    runs out, or a request of it fails, the intents stay outstanding (the
+    caller prints one WARN line) and the run goes on with everyone's changes;
+    without a budget a big or slow Vault would fail every admin run as
+    unreachable and never clear them. Strays found before the cut are still
+    revoked.
+    """
     adopted = {nonce for nonce, user in intents.items()
                if (token := tokens.get(user)) is not None and token.info is not None
                and token.info.meta.get(NONCE_META) == nonce}
     outstanding = set(intents) - adopted
     if not outstanding or not admin:
-        return frozenset(adopted), {}
-    # Only the token itself knows its nonce: look every accessor up once (this run's cost of a crash).
+        return IntentScan(frozenset(adopted), {})
     strays: dict[str, PendingRevoke] = {}
+    started = clock()
+    looked = 0
     try:
         accessors = vault.list_accessors()
+        for accessor, info in scan_tokens(vault, accessors, give_up=lambda: clock() - started > budget):
+            looked += 1
+            if info.meta.get(NONCE_META) in outstanding:
+                strays[accessor] = PendingRevoke(accessor, checked=True, info=info, interrupted=True)
     except VaultDenied:  # the intents stay; each of their users gets a problem line (ObservedVault)
-        return frozenset(adopted), {}
-    for accessor, info in scan_tokens(vault, accessors):
-        if info.meta.get(NONCE_META) in outstanding:
-            strays[accessor] = PendingRevoke(accessor, checked=True, info=info, interrupted=True)
-    return frozenset(intents), strays
+        return IntentScan(frozenset(adopted), {})
+    except ScanCutShort:
+        return IntentScan(frozenset(adopted), strays,
+                          f"looking up every token in Vault ran out of its {budget:g} s budget "
+                          f"({retry.SCAN_BUDGET_ENV}) after {looked:,} of {len(accessors):,}")
+    except VaultError as exc:
+        return IntentScan(frozenset(adopted), strays, f"looking up every token in Vault failed ({exc})")
+    return IntentScan(frozenset(intents), strays)
 
 
-def scan_tokens(vault: Vault, accessors: Iterable[str]) -> Iterator[tuple[str, TokenInfo]]:
+def scan_tokens(vault: Vault, accessors: Iterable[str],
+                give_up: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, TokenInfo]]:
     """Each live token behind `accessors` (from `list_accessors`), looked up one by one.
 
     Skipped: an accessor that is gone, and one the active node answers 403
     for. A leader killed while minting can leave an accessor whose token
     entry was never written (seen on OpenBao 2.7.2 after SIGKILL of the
     leader during mints); no token can be used or revoked through it, and it
-    must not stop a scan of every other token.
+    must not stop a scan of every other token. Raises ScanCutShort when
+    `give_up()` says so before a lookup.
     """
     for accessor in accessors:
+        if give_up():
+            raise ScanCutShort()
         try:
             info = vault.lookup_accessor(accessor)
         except VaultDenied:
@@ -401,7 +456,7 @@ def scan_tokens(vault: Vault, accessors: Iterable[str]) -> Iterator[tuple[str, T
 def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: Mapping[str, str],
                   read_token: TokenReader, token_users: Iterable[str],
                   pending_revoke: Iterable[str] = (), intents: Mapping[str, str] | None = None,
-                  collect_garbage: bool = False) -> ObservedVault:
+                  collect_garbage: bool = False, scan_budget: float | None = None) -> ObservedVault:
     """Read what Vault holds.
 
     With `admin`, `vault` holds the admin token: policies are read, tokens are
@@ -409,7 +464,8 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     ones still to revoke, `pending_revoke`) are checked. Without it, `vault`
     should hold no token: each token looks itself up, and neither policies nor
     accessors can be read. `intents` (nonce -> user) are the mints the state
-    file says were asked for and not accounted for: see `_resolve_intents`.
+    file says were asked for and not accounted for: see `_resolve_intents` (its scan gets
+    `scan_budget` seconds; None: retry.scan_budget(), from the environment).
 
     With `collect_garbage` (admin `--prune` runs), every accessor in Vault is
     listed and looked up (one request per token in Vault, see
@@ -425,14 +481,16 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
             recorded[user] = RecordedToken(user, accessor)
     pending = {accessor: PendingRevoke(accessor, checked=True, info=vault.lookup_accessor(accessor)) if admin
                else PendingRevoke(accessor) for accessor in sorted(set(pending_revoke))}
-    resolved, strays = _resolve_intents(vault, intents or {}, tokens, admin=admin)
-    for accessor, stray in strays.items():
+    scan = _resolve_intents(vault, intents or {}, tokens, admin=admin,
+                            budget=retry.scan_budget() if scan_budget is None else scan_budget)
+    for accessor, stray in scan.strays.items():
         pending.setdefault(accessor, stray)
-    unresolved = {nonce: user for nonce, user in (intents or {}).items() if nonce not in resolved} if admin else {}
+    unresolved = ({nonce: user for nonce, user in (intents or {}).items() if nonce not in scan.resolved}
+                  if admin else {})
     observed = ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
                              tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
-                             pending=MappingProxyType(pending), resolved_intents=resolved,
-                             unresolved_intents=MappingProxyType(unresolved))
+                             pending=MappingProxyType(pending), resolved_intents=scan.resolved,
+                             unresolved_intents=MappingProxyType(unresolved), scan_cut_short=scan.cut_short)
     if admin and collect_garbage:
         observed = replace(observed, garbage=MappingProxyType(observe_garbage(vault, desired, observed)))
     return observed

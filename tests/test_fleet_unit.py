@@ -200,3 +200,53 @@ def test_a_scan_of_every_token_steps_over_dangling_and_gone_accessors() -> None:
 
     found = list(scan_tokens(Lookups(), ["a1", "dangling", "gone", "a2"]))  # type: ignore[arg-type]
     assert [accessor for accessor, _ in found] == ["a1", "a2"]
+
+
+class _Scan:
+    """A fake Vault for the intent scan's bookkeeping (pure logic): lookups by accessor, counted."""
+
+    def __init__(self, tokens: dict[str, TokenInfo], failing: str = "") -> None:
+        self.tokens, self.failing, self.lookups, self.listed = tokens, failing, 0, 0
+
+    def list_accessors(self) -> list[str]:
+        self.listed += 1
+        return list(self.tokens)
+
+    def lookup_accessor(self, accessor: str) -> TokenInfo | None:
+        from reconcile.vault import VaultError
+        self.lookups += 1
+        if accessor == self.failing:
+            raise VaultError("InternalServerError (token lookup-accessor)")
+        return self.tokens[accessor]
+
+
+def test_an_intent_whose_token_is_in_the_file_resolves_without_a_scan() -> None:
+    from reconcile.vault_state import _resolve_intents
+    vault = _Scan({"a1": info("bob", "ws2", "a1")})
+    tokens = {"bob": ObservedToken("bob", TokenState.VALID, info=info("bob", "ws2", "f1", mint_nonce="n1"))}
+    scan = _resolve_intents(vault, {"n1": "bob"}, tokens, admin=True, budget=0.0)  # type: ignore[arg-type]
+    assert (scan.resolved, scan.cut_short, vault.listed, vault.lookups) == (frozenset({"n1"}), "", 0, 0)
+
+
+def test_a_failing_lookup_or_a_spent_budget_leaves_the_intents_outstanding() -> None:
+    from reconcile.vault_state import _resolve_intents
+    tokens = {"a1": info("bob", "ws2", "a1", mint_nonce="n1"), "a2": info("bob", "ws2", "a2"), "a3": info("bob", "ws2", "a3", mint_nonce="n2")}
+    failing = _resolve_intents(_Scan(tokens, failing="a2"), {"n1": "bob", "n2": "carol"}, {},  # type: ignore[arg-type]
+                               admin=True, budget=60.0)
+    assert failing.resolved == frozenset() and list(failing.strays) == ["a1"]  # found before the failure
+    assert failing.cut_short == ("looking up every token in Vault failed (InternalServerError (token "
+                                 "lookup-accessor))")
+    ticks = iter([0.0, 1.0, 2.0, 9.0])  # start, then before each lookup
+    vault = _Scan(tokens)
+    spent = _resolve_intents(vault, {"n2": "carol"}, {}, admin=True, budget=5.0,  # type: ignore[arg-type]
+                             clock=lambda: next(ticks))
+    assert (spent.resolved, dict(spent.strays), vault.lookups) == (frozenset(), {}, 2)
+    assert spent.cut_short.startswith("looking up every token in Vault ran out of its 5 s budget")
+    assert spent.cut_short.endswith("after 2 of 3")
+    whole = _resolve_intents(_Scan(tokens), {"n2": "carol"}, {}, admin=True, budget=5.0)  # type: ignore[arg-type]
+    assert (whole.resolved, list(whole.strays), whole.cut_short) == (frozenset({"n2"}), ["a3"], "")
+    observed = ObservedVault(admin=True, policies={}, tokens={}, recorded={},
+                             unresolved_intents=MappingProxyType({"n2": "carol", "n3": "alice"}),
+                             scan_cut_short=spent.cut_short)
+    assert observed.problems == []  # one WARN line instead, naming everyone
+    assert observed.scan_warning is not None and "minted for alice, carol are not" in observed.scan_warning
