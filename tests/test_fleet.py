@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import hvac
 import pytest
@@ -446,7 +446,8 @@ class _Log:
     def intend(self, user: str) -> str:
         return self.nonce
 
-    def settle(self, nonce: str, user: str | None = None, accessor: str | None = None) -> None:
+    def settle(self, nonce: str, user: str | None = None, accessor: str | None = None,
+               replaced: Iterable[str] = ()) -> None:
         self.settled.append((nonce, user, accessor))
 
 

@@ -250,3 +250,17 @@ def test_a_failing_lookup_or_a_spent_budget_leaves_the_intents_outstanding() -> 
                              scan_cut_short=spent.cut_short)
     assert observed.problems == []  # one WARN line instead, naming everyone
     assert observed.scan_warning is not None and "minted for alice, carol are not" in observed.scan_warning
+
+
+def test_a_file_token_that_superseded_a_live_record_revokes_it_only_when_this_host_minted_it() -> None:
+    from reconcile.vault_state import RevokeOrder, plan_token
+    want = desired_vault(ROSTER, "ws2").tokens["bob"]
+    in_file = ObservedToken("bob", TokenState.VALID, info=replace(info("bob", "ws2", "new"), policies=(want.policy,),
+                                                                   display_name=want.vault_display_name))
+    mine = RecordedToken("bob", "old", checked=True, info=info("bob", "ws2", "old"))
+    [revoke] = plan_token(want, in_file, mine, "ws2")
+    assert (revoke.action, revoke.desired) == (Action.DELETE, RevokeOrder("bob", "old"))
+    theirs = RecordedToken("bob", "old", checked=True, info=info("bob", "ws1", "old"))
+    assert plan_token(want, in_file, theirs, "ws2") == []  # another host's: pending_revoke, not here
+    assert plan_token(want, in_file, RecordedToken("bob", "old", checked=True), "ws2") == []  # gone
+    assert plan_token(want, in_file, RecordedToken("bob", "new", checked=False), "ws2") == []
