@@ -29,7 +29,7 @@ token in the user's file that carries the nonce is adopted (it becomes the
 record as usual); otherwise (admin runs only) every token accessor is listed
 and looked up once to find tokens carrying an outstanding nonce, which are
 then revoked like replaced tokens (`plan_pending`). That scan runs only when
-an intent is outstanding.
+an intent is outstanding, within its own time budget (`_resolve_intents`).
 
 A policy is observed, and reconciled for roster users, when its name is under
 the policy prefix; it is orphaned or deleted only when this tool wrote it
