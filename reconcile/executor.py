@@ -30,7 +30,7 @@ from reconcile.vault_state import TokenFileWriteFailed, VaultContext
 
 LOCAL_KINDS = frozenset({Kind.DIRECTORY, Kind.TOKEN_FILE, Kind.UNIT, Kind.TIMER})
 _DOMAIN_ERRORS = (VaultError, HomeFsError, SystemdError, TokenFileWriteFailed)
-_DONE = {Action.CREATE: "created", Action.UPDATE: "updated", Action.DELETE: "removed"}
+_DONE = {Action.CREATE: "created", Action.UPDATE: "updated", Action.DELETE: "removed", Action.COLLECT: "revoked"}
 
 
 @dataclass(frozen=True)

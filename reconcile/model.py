@@ -16,10 +16,13 @@ class Action(Enum):
     DELETE = "delete"
     ORPHANED = "orphaned"
     """Managed for a user no longer in the roster; only `apply --prune` removes it."""
+    COLLECT = "collect"
+    """Garbage (`plan --prune` only): a token this host minted that nothing references; marked `!` like an
+    orphan, but pending: the `apply --prune` that found it revokes it (counted as a removal)."""
 
     @property
     def symbol(self) -> str:
-        return {"create": "+", "update": "~", "delete": "-", "orphaned": "!"}[self.value]
+        return {"create": "+", "update": "~", "delete": "-", "orphaned": "!", "collect": "!"}[self.value]
 
 
 class Kind(str, Enum):

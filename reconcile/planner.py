@@ -52,5 +52,5 @@ def counts(plan: Plan) -> tuple[int, int, int]:
     """(to add, to change, to remove) among the pending changes."""
     add = sum(1 for c in plan if c.action is Action.CREATE)
     change = sum(1 for c in plan if c.action is Action.UPDATE)
-    remove = sum(1 for c in plan if c.action is Action.DELETE)
+    remove = sum(1 for c in plan if c.action in (Action.DELETE, Action.COLLECT))
     return add, change, remove

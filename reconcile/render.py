@@ -7,7 +7,8 @@ rendered here), so nothing needs scrubbing at this point.
 
 Human plan: one line per change, `<symbol> <kind> <name>: <reason>`, then
 `Plan: A to add, C to change, R to remove.` or exactly `No changes.` when
-nothing is pending (orphaned items, `!`, are shown but are not pending). JSON
+nothing is pending (orphaned items, `!`, are shown but are not pending; garbage a
+`--prune` run found, also `!`, is pending: that run revokes it). JSON
 plan: a list of {"action", "kind", "name", "reason"}. Both list the changes in
 model.sort_for_display's order: people in name order, each with all of their
 changes (policy, token, folders, token file, drop-in, timer), then the units

@@ -41,9 +41,20 @@ TIMEOUT_ENV = "CLAUDE_AUTH_VAULT_TIMEOUT"
 DEADLINE_ENV = "CLAUDE_AUTH_VAULT_DEADLINE"
 """Seconds all Vault requests of one run (and the waits between their retries) may take together;
 default DEADLINE."""
+SCAN_BUDGET_ENV = "CLAUDE_AUTH_TOKEN_SCAN_BUDGET"
+"""Seconds an admin run's scan of every token (resolving interrupted mints) may take; default SCAN_BUDGET."""
 REQUEST_TIMEOUT = 5.0
 RETRY_WINDOW = 10.0
 DEADLINE = 60.0
+SCAN_BUDGET = 20.0
+"""A third of DEADLINE: a scan cut short here (plus one last request's retry window) still leaves
+the run time for everyone's changes."""
+
+
+def scan_budget(environ: Mapping[str, str] | None = None) -> float:
+    """SCAN_BUDGET, or the environment's value when it is a positive number (like the deadline)."""
+    env = os.environ if environ is None else environ
+    return _seconds(env.get(SCAN_BUDGET_ENV), SCAN_BUDGET)
 
 
 class Transience(Enum):

@@ -29,7 +29,7 @@ token in the user's file that carries the nonce is adopted (it becomes the
 record as usual); otherwise (admin runs only) every token accessor is listed
 and looked up once to find tokens carrying an outstanding nonce, which are
 then revoked like replaced tokens (`plan_pending`). That scan runs only when
-an intent is outstanding.
+an intent is outstanding, within its own time budget (`_resolve_intents`).
 
 A policy is observed, and reconciled for roster users, when its name is under
 the policy prefix; it is orphaned or deleted only when this tool wrote it
@@ -40,11 +40,13 @@ header line naming that user), so hand-made policies under the prefix stay.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
 from typing import Callable, ContextManager, Iterable, Iterator, Mapping, Protocol
 
+from reconcile import retry
 from reconcile.accounts import Account
 from reconcile.durations import format_duration
 from reconcile.fleet import is_assigned
@@ -273,18 +275,32 @@ class ObservedVault:
     garbage: Mapping[str, TokenInfo] = field(default_factory=lambda: MappingProxyType({}))
     """By accessor, live tokens this host minted that nothing here references (`apply --prune` only)."""
     unresolved_intents: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    """Nonce -> user of the intents an admin run could not account for (listing accessors was denied)."""
+    """Nonce -> user of the intents an admin run could not account for (listing accessors was denied,
+    or the scan was cut short: `scan_cut_short`)."""
+    scan_cut_short: str = ""
+    """Why the scan of every token stopped before its end (its budget ran out, a request failed); empty
+    when it finished or never ran."""
 
     @property
     def problems(self) -> list[UserProblem]:
         """One per user whose token could not be observed (FAILED): only that user's token work waits;
-        one per mint of an interrupted run that an admin run could not account for."""
+        one per mint of an interrupted run that an admin run could not look for (listing denied)."""
         problems = [UserProblem(user, f"token: {token.detail}") for user, token in sorted(self.tokens.items())
                     if token.state is TokenState.FAILED]
-        problems += [UserProblem(user, "a token minted by an interrupted run cannot be looked for: listing "
-                                       "auth/token/accessors was denied (the admin token needs list and sudo "
-                                       "there)") for user in sorted(set(self.unresolved_intents.values()))]
+        if not self.scan_cut_short:
+            problems += [UserProblem(user, "a token minted by an interrupted run cannot be looked for: listing "
+                                           "auth/token/accessors was denied (the admin token needs list and sudo "
+                                           "there)") for user in sorted(set(self.unresolved_intents.values()))]
         return problems
+
+    @property
+    def scan_warning(self) -> str | None:
+        """One line for a scan cut short, naming the people whose interrupted mints stay outstanding."""
+        if not self.scan_cut_short or not self.unresolved_intents:
+            return None
+        users = ", ".join(sorted(set(self.unresolved_intents.values())))
+        return (f"token scan: {self.scan_cut_short}; the tokens interrupted runs minted for {users} are "
+                "not accounted for yet (the next admin run looks again)")
 
 
 class TokenFileUnreadable(Exception):
@@ -359,37 +375,76 @@ def _needs_accessor_check(user: str, accessor: str, desired: DesiredVault,
                 and current.info.accessor == accessor)
 
 
+@dataclass(frozen=True)
+class IntentScan:
+    """What `_resolve_intents` found."""
+
+    resolved: frozenset[str]
+    """Nonces accounted for (adopted from a file, or searched for in a complete scan)."""
+    strays: Mapping[str, PendingRevoke]
+    """By accessor: live tokens carrying an outstanding nonce, in nobody's file (to revoke)."""
+    cut_short: str = ""
+    """Why the scan stopped before its end (see ObservedVault.scan_cut_short)."""
+
+
+class ScanCutShort(Exception):
+    """Raised by `scan_tokens` when its `give_up` says the scan's budget is spent."""
+
+
 def _resolve_intents(vault: Vault, intents: Mapping[str, str], tokens: Mapping[str, ObservedToken], *,
-                     admin: bool) -> tuple[frozenset[str], dict[str, PendingRevoke]]:
-    """(the intents accounted for, the tokens they minted that nobody holds, by accessor)."""
+                     admin: bool, budget: float, clock: Callable[[], float] = time.monotonic) -> IntentScan:
+    """Account for the mints interrupted runs asked for.
+
+    An intent whose user's file holds a token carrying its nonce is adopted
+    without any scan. Only the token itself knows its nonce, so the others
+    (admin runs only) cost a look-up of every accessor in Vault. That scan has
+    its own `budget` of seconds, well inside the run's Vault deadline: when it
+    runs out, or a request of it fails, the intents stay outstanding (the
+    caller prints one WARN line) and the run goes on with everyone's changes;
+    without a budget a big or slow Vault would fail every admin run as
+    unreachable and never clear them. Strays found before the cut are still
+    revoked.
+    """
     adopted = {nonce for nonce, user in intents.items()
                if (token := tokens.get(user)) is not None and token.info is not None
                and token.info.meta.get(NONCE_META) == nonce}
     outstanding = set(intents) - adopted
     if not outstanding or not admin:
-        return frozenset(adopted), {}
-    # Only the token itself knows its nonce: look every accessor up once (this run's cost of a crash).
+        return IntentScan(frozenset(adopted), {})
     strays: dict[str, PendingRevoke] = {}
+    started = clock()
+    looked = 0
     try:
         accessors = vault.list_accessors()
+        for accessor, info in scan_tokens(vault, accessors, give_up=lambda: clock() - started > budget):
+            looked += 1
+            if info.meta.get(NONCE_META) in outstanding:
+                strays[accessor] = PendingRevoke(accessor, checked=True, info=info, interrupted=True)
     except VaultDenied:  # the intents stay; each of their users gets a problem line (ObservedVault)
-        return frozenset(adopted), {}
-    for accessor, info in scan_tokens(vault, accessors):
-        if info.meta.get(NONCE_META) in outstanding:
-            strays[accessor] = PendingRevoke(accessor, checked=True, info=info, interrupted=True)
-    return frozenset(intents), strays
+        return IntentScan(frozenset(adopted), {})
+    except ScanCutShort:
+        return IntentScan(frozenset(adopted), strays,
+                          f"looking up every token in Vault ran out of its {budget:g} s budget "
+                          f"({retry.SCAN_BUDGET_ENV}) after {looked:,} of {len(accessors):,}")
+    except VaultError as exc:
+        return IntentScan(frozenset(adopted), strays, f"looking up every token in Vault failed ({exc})")
+    return IntentScan(frozenset(intents), strays)
 
 
-def scan_tokens(vault: Vault, accessors: Iterable[str]) -> Iterator[tuple[str, TokenInfo]]:
+def scan_tokens(vault: Vault, accessors: Iterable[str],
+                give_up: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, TokenInfo]]:
     """Each live token behind `accessors` (from `list_accessors`), looked up one by one.
 
     Skipped: an accessor that is gone, and one the active node answers 403
     for. A leader killed while minting can leave an accessor whose token
     entry was never written (seen on OpenBao 2.7.2 after SIGKILL of the
     leader during mints); no token can be used or revoked through it, and it
-    must not stop a scan of every other token.
+    must not stop a scan of every other token. Raises ScanCutShort when
+    `give_up()` says so before a lookup.
     """
     for accessor in accessors:
+        if give_up():
+            raise ScanCutShort()
         try:
             info = vault.lookup_accessor(accessor)
         except VaultDenied:
@@ -401,7 +456,7 @@ def scan_tokens(vault: Vault, accessors: Iterable[str]) -> Iterator[tuple[str, T
 def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: Mapping[str, str],
                   read_token: TokenReader, token_users: Iterable[str],
                   pending_revoke: Iterable[str] = (), intents: Mapping[str, str] | None = None,
-                  collect_garbage: bool = False) -> ObservedVault:
+                  collect_garbage: bool = False, scan_budget: float | None = None) -> ObservedVault:
     """Read what Vault holds.
 
     With `admin`, `vault` holds the admin token: policies are read, tokens are
@@ -409,7 +464,8 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     ones still to revoke, `pending_revoke`) are checked. Without it, `vault`
     should hold no token: each token looks itself up, and neither policies nor
     accessors can be read. `intents` (nonce -> user) are the mints the state
-    file says were asked for and not accounted for: see `_resolve_intents`.
+    file says were asked for and not accounted for: see `_resolve_intents` (its scan gets
+    `scan_budget` seconds; None: retry.scan_budget(), from the environment).
 
     With `collect_garbage` (admin `--prune` runs), every accessor in Vault is
     listed and looked up (one request per token in Vault, see
@@ -425,14 +481,16 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
             recorded[user] = RecordedToken(user, accessor)
     pending = {accessor: PendingRevoke(accessor, checked=True, info=vault.lookup_accessor(accessor)) if admin
                else PendingRevoke(accessor) for accessor in sorted(set(pending_revoke))}
-    resolved, strays = _resolve_intents(vault, intents or {}, tokens, admin=admin)
-    for accessor, stray in strays.items():
+    scan = _resolve_intents(vault, intents or {}, tokens, admin=admin,
+                            budget=retry.scan_budget() if scan_budget is None else scan_budget)
+    for accessor, stray in scan.strays.items():
         pending.setdefault(accessor, stray)
-    unresolved = {nonce: user for nonce, user in (intents or {}).items() if nonce not in resolved} if admin else {}
+    unresolved = ({nonce: user for nonce, user in (intents or {}).items() if nonce not in scan.resolved}
+                  if admin else {})
     observed = ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
                              tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
-                             pending=MappingProxyType(pending), resolved_intents=resolved,
-                             unresolved_intents=MappingProxyType(unresolved))
+                             pending=MappingProxyType(pending), resolved_intents=scan.resolved,
+                             unresolved_intents=MappingProxyType(unresolved), scan_cut_short=scan.cut_short)
     if admin and collect_garbage:
         observed = replace(observed, garbage=MappingProxyType(observe_garbage(vault, desired, observed)))
     return observed
@@ -517,20 +575,45 @@ def _token_problem(current: ObservedToken) -> str:
     }.get(current.state, "token differs")
 
 
-def plan_token(want: DesiredToken, current: ObservedToken, record: RecordedToken | None) -> list[Change]:
-    """The change (at most one) that brings one user's token to the desired state."""
+def _superseded_record(want: DesiredToken, current: ObservedToken, record: RecordedToken | None,
+                       host: str) -> str | None:
+    """The recorded accessor a valid, wanted token in the file has replaced, when it still lives and
+    this host minted it for the user; else None.
+
+    A re-mint killed after writing the new token but before its record leaves
+    the old one recorded: revoking it in the same run the file is found good
+    lets that run converge, instead of moving it to `pending_revoke` first.
+    """
+    if record is None or not record.checked or record.info is None or current.info is None:
+        return None
+    if record.accessor == current.info.accessor:
+        return None
+    if not (is_minted_for(record.info, want.user) and is_minted_here(record.info, host)):
+        return None
+    return record.accessor
+
+
+def plan_token(want: DesiredToken, current: ObservedToken, record: RecordedToken | None,
+               host: str = "") -> list[Change]:
+    """The changes that bring one user's token to the desired state: at most one for the token
+    itself, and the revocation of a superseded record (`_superseded_record`)."""
     mint = MintOrder(token=want, revoke=_replaced_accessors(want.user, current, record))
     if current.state is TokenState.VALID and current.info is not None:
         drift = token_drift(want, current.info)
         if drift:
             return [Change(Action.UPDATE, Kind.TOKEN, want.display_name, "; ".join(drift) + "; re-mint",
                            user=want.user, needs_admin=True, desired=mint, observed=current)]
+        changes: list[Change] = []
+        superseded = _superseded_record(want, current, record, host)
+        if superseded is not None:
+            changes.append(Change(Action.DELETE, Kind.TOKEN, want.display_name, PENDING_REASON,
+                                  user=want.user, needs_admin=True, desired=RevokeOrder(want.user, superseded)))
         if needs_renewal(want, current.info):
             reason = (f"TTL {format_duration(current.info.ttl_seconds)} is below half the period "
                       f"({format_duration(want.period_seconds)}); renew")
-            return [Change(Action.UPDATE, Kind.TOKEN_RENEWAL, want.display_name, reason,
-                           user=want.user, needs_admin=False, desired=want, observed=current)]
-        return []
+            changes.append(Change(Action.UPDATE, Kind.TOKEN_RENEWAL, want.display_name, reason,
+                                  user=want.user, needs_admin=False, desired=want, observed=current))
+        return changes
     record_gone = record is None or (record.checked and record.info is None)
     if current.state is TokenState.NO_FILE and record_gone:
         return [Change(Action.CREATE, Kind.TOKEN, want.display_name, "no token yet; mint",
@@ -570,7 +653,7 @@ def plan_tokens(desired: DesiredVault, observed: ObservedVault, *, prune: bool) 
     for user, want in desired.tokens.items():
         current = observed.tokens.get(user)
         if current is not None and current.state is not TokenState.FAILED:  # else: a problem, reported
-            changes.extend(plan_token(want, current, observed.recorded.get(user)))
+            changes.extend(plan_token(want, current, observed.recorded.get(user), desired.host))
     for user, record in observed.recorded.items():
         if user in desired.tokens:
             continue
@@ -615,24 +698,29 @@ def plan_pending(observed: ObservedVault) -> list[Change]:
     return changes
 
 
-GARBAGE_REASON = "minted on host {host}, referenced by no token file or state record here"
+GARBAGE_REASON = "minted here, referenced by nothing; revoked by apply --prune"
+ACCESSOR_SHOWN = 8
+"""Characters of a garbage token's accessor shown in its change name (never the token itself)."""
 
 
-def plan_garbage(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -> list[Change]:
-    """Revoke (with `prune`; else list as orphaned) each token of `observed.garbage` (see observe_garbage)."""
+def garbage_name(accessor: str, user: str, host: str) -> str:
+    """`<accessor prefix>… (user alice, host h1)`: enough to find the token with the root token."""
+    return f"{accessor[:ACCESSOR_SHOWN]}… (user {user}, host {host})"
+
+
+def plan_garbage(desired: DesiredVault, observed: ObservedVault) -> list[Change]:
+    """One `!` change (Action.COLLECT) per token of `observed.garbage` (see observe_garbage).
+
+    Garbage is observed only in `--prune` runs, so the `apply --prune` that
+    lists it also revokes it; the plain and hourly runs never see it.
+    """
     changes: list[Change] = []
     for accessor, info in sorted(observed.garbage.items()):
         user = minted_for_whom(info)
         if user is None:
             continue
-        reason = GARBAGE_REASON.format(host=desired.host)
-        if prune:
-            changes.append(Change(Action.DELETE, Kind.TOKEN, token_display_name(user), f"{reason}; revoke",
-                                  user=user, needs_admin=True, desired=RevokeOrder(user, accessor)))
-        else:
-            changes.append(Change(Action.ORPHANED, Kind.TOKEN, token_display_name(user),
-                                  f"{reason} (apply --prune revokes it)", user=user, needs_admin=True,
-                                  desired=RevokeOrder(user, accessor)))
+        changes.append(Change(Action.COLLECT, Kind.TOKEN, garbage_name(accessor, user, desired.host),
+                              GARBAGE_REASON, user=user, needs_admin=True, desired=RevokeOrder(user, accessor)))
     return changes
 
 
@@ -646,7 +734,7 @@ def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -
         changes.extend(plan_policies(desired, observed.policies, prune=prune))
     changes.extend(plan_tokens(desired, observed, prune=prune))
     changes.extend(plan_pending(observed))
-    changes.extend(plan_garbage(desired, observed, prune=prune))
+    changes.extend(plan_garbage(desired, observed))
     return changes
 
 
@@ -746,7 +834,7 @@ def apply_policy(change: Change, ctx: VaultContext) -> str:
 
 
 def apply_token(change: Change, ctx: VaultContext) -> str:
-    if change.action is Action.DELETE:
+    if change.action in (Action.DELETE, Action.COLLECT):
         order = change.desired
         assert isinstance(order, RevokeOrder)
         ctx.vault.revoke_accessor(order.accessor)
@@ -882,6 +970,7 @@ HANDLERS: Mapping[tuple[Kind, Action], Callable[[Change, VaultContext], str]] = 
     (Kind.TOKEN, Action.CREATE): apply_token,
     (Kind.TOKEN, Action.UPDATE): apply_token,
     (Kind.TOKEN, Action.DELETE): apply_token,
+    (Kind.TOKEN, Action.COLLECT): apply_token,
     (Kind.TOKEN_RENEWAL, Action.UPDATE): apply_renewal,
 })
 

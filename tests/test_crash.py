@@ -23,6 +23,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +36,7 @@ import pytest
 import yaml
 
 from reconcile.exitcodes import Exit
+from reconcile.retry import SCAN_BUDGET_ENV
 from tests.support.faultproxy import FaultProxy
 from tests.support.leaks import assert_no_secrets
 from tests.support.openbao import OpenBaoServer
@@ -227,3 +229,47 @@ def test_an_intent_an_admin_token_cannot_search_for_is_kept_and_named(world: Wor
     monkeypatch.setenv("VAULT_TOKEN", world.server.root_token)
     assert world.run("apply").code == Exit.OK
     assert json.loads(path.read_text())["intents"] == {}
+
+
+def test_a_token_scan_that_runs_out_of_its_budget_warns_and_the_run_goes_on(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted mint's token in nobody's file; this run's scan for it is cut short (its budget
+    made tiny, as a big or slow Vault would): one WARN line naming alice, bob still applied, the
+    intent kept; the next run with the default budget finds and revokes the token."""
+    world.write_roster({"alice": {}, "bob": {}})
+    assert world.run("apply").code == Exit.OK
+    nonce = "0123456789abcdef0123456789abcdef"
+    stray = world.client.auth.token.create_orphan(
+        policies=[world.policy_name("alice")], period="768h", no_default_policy=True,
+        display_name="devvm-claude-auth-alice",
+        meta={"managed_by": "claude-auth", "user": "alice", "host": socket.gethostname(), "mint_nonce": nonce})
+    world.secrets_seen.add(str(stray["auth"]["client_token"]))
+    accessor = str(stray["auth"]["accessor"])
+    path = world.root / "var/lib/claude-auth/state.json"
+    document = json.loads(path.read_text())
+    document["intents"] = {nonce: {"user": "alice"}}
+    path.write_text(json.dumps(document))
+    (world.root / "home/bob/.config/claude-auth-sync/vault-token").unlink()
+
+    monkeypatch.setenv(SCAN_BUDGET_ENV, "0.000001")
+    applied = world.run("apply")
+    assert applied.code == Exit.ERROR, applied.err
+    [warning] = [line for line in applied.err.splitlines() if line.startswith(("WARN", "ERROR"))]
+    assert re.fullmatch(rf"WARN token scan: looking up every token in Vault ran out of its 1e-06 s budget "
+                        rf"\({SCAN_BUDGET_ENV}\) after 0 of [0-9,]+; the tokens interrupted runs minted for "
+                        r"alice are not accounted for yet \(the next admin run looks again\)", warning), warning
+    assert world.token("bob") and world.lookup(world.token("bob") or "")  # everyone else is still applied
+    assert json.loads(path.read_text())["intents"] == document["intents"]  # kept for the next run
+    assert world.client.auth.token.lookup_accessor(accessor)["data"]  # not found yet: still alive
+    assert world.run("plan").code == Exit.ERROR  # plan says so too
+
+    monkeypatch.delenv(SCAN_BUDGET_ENV)
+    planned = world.run("plan")
+    assert planned.out.splitlines()[0] == ("- token devvm-claude-auth-alice: minted by an interrupted run and "
+                                           "in nobody's file; revoke"), planned.out
+    healed = world.run("apply")
+    assert healed.code == Exit.OK, healed.err
+    assert json.loads(path.read_text())["intents"] == {}
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        world.client.auth.token.lookup_accessor(accessor)
+    assert world.run("plan").out.splitlines()[-1:] == ["No changes."]

@@ -408,11 +408,16 @@ def test_prune_collects_this_hosts_unreferenced_tokens(cluster: RaftCluster, pre
 
     mine, theirs = stray("host0"), stray("host1")
     plan = hosts[0].run("plan", "--prune")
-    assert ("- token devvm-claude-auth-alice: minted on host host0, referenced by no token file or state "
-            "record here; revoke") in plan.out.splitlines(), plan.out
-    assert plan.out.count("referenced by no token file") == 1
-    assert hosts[0].run("plan").out.count("referenced by no token file") == 0  # only --prune pays the lookups
-    assert hosts[0].run("apply", "--prune").code == 0
+    assert (f"! token {mine[:8]}… (user alice, host host0): minted here, referenced by nothing; revoked by "
+            "apply --prune") in plan.out.splitlines(), plan.out
+    assert plan.out.count("referenced by nothing") == 1 and mine not in plan.out  # a prefix, never all of it
+    assert plan.out.splitlines()[-1] == "Plan: 0 to add, 0 to change, 1 to remove."
+    as_json = json.loads(hosts[0].run("plan", "--prune", "--json").out)
+    assert [c["action"] for c in as_json if c["name"].startswith(mine[:8])] == ["collect"]
+    assert hosts[0].run("plan").out.count("referenced by nothing") == 0  # only --prune pays the lookups
+    applied = hosts[0].run("apply", "--prune")
+    assert applied.code == 0
+    assert f"! token {mine[:8]}… (user alice, host host0): revoked" in applied.out.splitlines(), applied.out
     live = tool_tokens(client, prefix)
     assert mine not in live and theirs in live  # host1's stray is host1's to collect
     assert hosts[1].run("apply", "--prune").code == 0

@@ -18,8 +18,8 @@ from reconcile import homefs
 from reconcile.accounts import Account
 from reconcile.fleet import HOSTNAME_ENV, is_assigned, this_host
 from reconcile.homefs import MINT_LOCK_FILE, HomeFsError, UnsafePath, lock_private_file
-from reconcile.model import Action, Kind
-from reconcile.render import elsewhere_lines
+from reconcile.model import Action, Kind, is_pending
+from reconcile.render import change_line, elsewhere_lines, summary_line
 from reconcile.roster import Roster, User, VaultSettings
 from reconcile.vault import TokenInfo
 from reconcile.vault_state import (ObservedToken, ObservedVault, RecordedToken, TokenState, desired_vault,
@@ -112,11 +112,14 @@ def test_garbage_candidates_and_plan() -> None:
     assert not is_garbage_candidate(info("bob", "ws1"), desired)
     assert not is_garbage_candidate(replace(info("bob", "ws2"), policies=("other-bob",)), desired)
     garbage = MappingProxyType({"g1": info("bob", "ws2", "g1")})
-    [listed] = plan_garbage(desired, observed({}, garbage=garbage), prune=False)
-    assert (listed.action, listed.name) == (Action.ORPHANED, "devvm-claude-auth-bob")
-    [revoke] = plan_vault(desired, observed({}, garbage=garbage), prune=True)
-    assert (revoke.action, revoke.reason) == (
-        Action.DELETE, "minted on host ws2, referenced by no token file or state record here; revoke")
+    [listed] = plan_garbage(desired, observed({}, garbage=garbage))
+    assert [listed] == plan_vault(desired, observed({}, garbage=garbage), prune=True)
+    assert change_line(listed) == ("! token g1… (user bob, host ws2): minted here, referenced by nothing; "
+                                   "revoked by apply --prune")
+    assert listed.as_json()["action"] == "collect" and is_pending(listed)  # apply --prune revokes it
+    assert summary_line((listed,)) == "Plan: 0 to add, 0 to change, 1 to remove."
+    long = plan_garbage(desired, observed({}, garbage=MappingProxyType({"a" * 24: info("bob", "ws2", "a" * 24)})))
+    assert long[0].name == "aaaaaaaa… (user bob, host ws2)"  # a prefix of the accessor only
 
 
 # --- the mint lock on real files (root gives them to uid 5001) ---------------------------------------
@@ -197,3 +200,67 @@ def test_a_scan_of_every_token_steps_over_dangling_and_gone_accessors() -> None:
 
     found = list(scan_tokens(Lookups(), ["a1", "dangling", "gone", "a2"]))  # type: ignore[arg-type]
     assert [accessor for accessor, _ in found] == ["a1", "a2"]
+
+
+class _Scan:
+    """A fake Vault for the intent scan's bookkeeping (pure logic): lookups by accessor, counted."""
+
+    def __init__(self, tokens: dict[str, TokenInfo], failing: str = "") -> None:
+        self.tokens, self.failing, self.lookups, self.listed = tokens, failing, 0, 0
+
+    def list_accessors(self) -> list[str]:
+        self.listed += 1
+        return list(self.tokens)
+
+    def lookup_accessor(self, accessor: str) -> TokenInfo | None:
+        from reconcile.vault import VaultError
+        self.lookups += 1
+        if accessor == self.failing:
+            raise VaultError("InternalServerError (token lookup-accessor)")
+        return self.tokens[accessor]
+
+
+def test_an_intent_whose_token_is_in_the_file_resolves_without_a_scan() -> None:
+    from reconcile.vault_state import _resolve_intents
+    vault = _Scan({"a1": info("bob", "ws2", "a1")})
+    tokens = {"bob": ObservedToken("bob", TokenState.VALID, info=info("bob", "ws2", "f1", mint_nonce="n1"))}
+    scan = _resolve_intents(vault, {"n1": "bob"}, tokens, admin=True, budget=0.0)  # type: ignore[arg-type]
+    assert (scan.resolved, scan.cut_short, vault.listed, vault.lookups) == (frozenset({"n1"}), "", 0, 0)
+
+
+def test_a_failing_lookup_or_a_spent_budget_leaves_the_intents_outstanding() -> None:
+    from reconcile.vault_state import _resolve_intents
+    tokens = {"a1": info("bob", "ws2", "a1", mint_nonce="n1"), "a2": info("bob", "ws2", "a2"), "a3": info("bob", "ws2", "a3", mint_nonce="n2")}
+    failing = _resolve_intents(_Scan(tokens, failing="a2"), {"n1": "bob", "n2": "carol"}, {},  # type: ignore[arg-type]
+                               admin=True, budget=60.0)
+    assert failing.resolved == frozenset() and list(failing.strays) == ["a1"]  # found before the failure
+    assert failing.cut_short == ("looking up every token in Vault failed (InternalServerError (token "
+                                 "lookup-accessor))")
+    ticks = iter([0.0, 1.0, 2.0, 9.0])  # start, then before each lookup
+    vault = _Scan(tokens)
+    spent = _resolve_intents(vault, {"n2": "carol"}, {}, admin=True, budget=5.0,  # type: ignore[arg-type]
+                             clock=lambda: next(ticks))
+    assert (spent.resolved, dict(spent.strays), vault.lookups) == (frozenset(), {}, 2)
+    assert spent.cut_short.startswith("looking up every token in Vault ran out of its 5 s budget")
+    assert spent.cut_short.endswith("after 2 of 3")
+    whole = _resolve_intents(_Scan(tokens), {"n2": "carol"}, {}, admin=True, budget=5.0)  # type: ignore[arg-type]
+    assert (whole.resolved, list(whole.strays), whole.cut_short) == (frozenset({"n2"}), ["a3"], "")
+    observed = ObservedVault(admin=True, policies={}, tokens={}, recorded={},
+                             unresolved_intents=MappingProxyType({"n2": "carol", "n3": "alice"}),
+                             scan_cut_short=spent.cut_short)
+    assert observed.problems == []  # one WARN line instead, naming everyone
+    assert observed.scan_warning is not None and "minted for alice, carol are not" in observed.scan_warning
+
+
+def test_a_file_token_that_superseded_a_live_record_revokes_it_only_when_this_host_minted_it() -> None:
+    from reconcile.vault_state import RevokeOrder, plan_token
+    want = desired_vault(ROSTER, "ws2").tokens["bob"]
+    in_file = ObservedToken("bob", TokenState.VALID, info=replace(info("bob", "ws2", "new"), policies=(want.policy,),
+                                                                   display_name=want.vault_display_name))
+    mine = RecordedToken("bob", "old", checked=True, info=info("bob", "ws2", "old"))
+    [revoke] = plan_token(want, in_file, mine, "ws2")
+    assert (revoke.action, revoke.desired) == (Action.DELETE, RevokeOrder("bob", "old"))
+    theirs = RecordedToken("bob", "old", checked=True, info=info("bob", "ws1", "old"))
+    assert plan_token(want, in_file, theirs, "ws2") == []  # another host's: pending_revoke, not here
+    assert plan_token(want, in_file, RecordedToken("bob", "old", checked=True), "ws2") == []  # gone
+    assert plan_token(want, in_file, RecordedToken("bob", "new", checked=False), "ws2") == []

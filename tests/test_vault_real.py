@@ -568,19 +568,21 @@ def test_a_pending_token_already_gone_is_dropped(world: World) -> None:
     assert world.pending_revoke() == []
 
 
-def test_a_recorded_token_replaced_in_the_file_is_revoked_later(world: World) -> None:
+def test_a_recorded_token_replaced_in_the_file_is_revoked_in_the_same_run(world: World) -> None:
+    """What a re-mint killed before its record leaves: the file's good token supersedes the record."""
     world.write_roster({"alice": {}})
     assert world.run("apply").code == Exit.OK
     first = world.token("alice") or ""
-    first_accessor = world.state()["alice"]
     world.put_token("alice", world.mint_like_tool("alice"))  # another token of ours, otherwise as desired
+    plan = world.run("plan")
+    assert plan.lines == ["- token devvm-claude-auth-alice: replaced token still alive; revoke",
+                          "Plan: 0 to add, 0 to change, 1 to remove."], plan.lines
     run = world.run("apply")
     assert run.code == Exit.OK, run.err
+    assert "- token devvm-claude-auth-alice: revoked" in run.lines
     second = world.token("alice") or ""
     assert world.state()["alice"] == world.lookup(second)["accessor"]  # type: ignore[index]
-    assert world.pending_revoke() == [first_accessor]  # not forgotten while it lives
-    applied = world.run("apply")
-    assert "- token devvm-claude-auth-alice: revoked" in applied.lines
+    assert world.pending_revoke() == []
     assert world.lookup(first) is None and world.lookup(second) is not None
     world.assert_converged()
 

@@ -337,6 +337,14 @@ def _print_problems(problems: list[UserProblem]) -> None:
         print(render.error_line(problem.user, problem.message), file=sys.stderr)
 
 
+def _scan_warning(session: Session) -> str | None:
+    """The one WARN line of a token scan cut short (its intents stay for the next admin run), printed."""
+    text = session.observed.vault.scan_warning
+    if text is not None:
+        print(f"WARN {text}", file=sys.stderr)
+    return text
+
+
 # --- the commands ---------------------------------------------------------------------------
 
 
@@ -345,13 +353,14 @@ def run_plan(args: argparse.Namespace, roster_path: str) -> int:
     if isinstance(session, int):
         return session
     _print_problems(session.problems)
+    scan_cut_short = _scan_warning(session)
     if args.json:
         print(render.plan_json(session.plan))
     else:
         for line in render.elsewhere_lines(session.roster, session.desired.vault.host):
             print(line)
         print(render.plan_text(session.plan, diff=bool(args.diff)))
-    if session.problems:
+    if session.problems or scan_cut_short:
         return Exit.ERROR
     return Exit.CHANGES_PENDING if has_pending(session.plan) else Exit.OK
 
@@ -371,7 +380,8 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
     as_json = bool(args.json)
     _print_problems(session.problems)
     errors = [render.problem_text(p) for p in session.problems]
-    warnings: list[str] = []
+    scan_cut_short = _scan_warning(session)
+    warnings: list[str] = [scan_cut_short] if scan_cut_short else []
 
     def report(result: Result) -> None:
         if result.blocked:
@@ -447,5 +457,6 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
     else:
         print(render.apply_summary(results))
     failed = failures(results)
-    # Blocked changes are warnings (the hourly run exits 0); failures and problems are errors.
-    return Exit.ERROR if (failed or errors) else Exit.OK
+    # Blocked changes are warnings (the hourly run exits 0); failures and problems are errors, and so is
+    # a token scan cut short (admin runs only): interrupted mints are still unaccounted for.
+    return Exit.ERROR if (failed or errors or scan_cut_short) else Exit.OK
