@@ -13,7 +13,7 @@ from typing import Any
 
 from reconcile import local_state
 from reconcile.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
-from reconcile.vault_state import DesiredVault, ObservedVault, plan_vault
+from reconcile.vault_state import DesiredVault, ObservedVault, TokenState, plan_vault
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ def make_plan(desired: Desired, observed: Observed, *, prune: bool) -> Plan:
         # A timer waits for its person's token file, unless this run mints the token (admin mode).
         minting = {c.user for c in changes if c.kind is Kind.TOKEN and c.user is not None
                    and c.action in (Action.CREATE, Action.UPDATE) and (observed.vault.admin or not c.needs_admin)}
+        # The token files are read again by the Vault observation, after the local one: in a shared
+        # home another host may have written the file in between. A live token found there counts.
+        minting |= {user for user, token in observed.vault.tokens.items() if token.state is TokenState.VALID}
         changes.extend(local_state.plan_local(desired.local, observed.local, prune=prune, minting=minting))
     return sort_for_apply(changes)
 

@@ -8,6 +8,7 @@ OpenBao, real `systemctl --root`.
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -42,4 +43,33 @@ def test_the_hourly_run_leaves_the_timer_off_until_the_admin_run_mints_the_token
     assert admin.code == Exit.OK, admin.err
     assert world.token("alice") is not None
     assert timer_state(world, "alice") == "enabled"  # in the same run as the mint
+    world.assert_converged()
+
+
+def test_a_token_file_another_host_writes_between_the_two_reads_enables_the_timer(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shared /home: the local read finds no token file, another host writes it, then the token
+    observation reads it and finds it valid. The timer must not wait a whole run for that."""
+    from reconcile import local_state
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    token_file = world.root / "home/alice/.config/claude-auth-sync/vault-token"
+    written, st = token_file.read_bytes(), token_file.stat()
+    token_file.unlink()
+    subprocess.run(["systemctl", f"--root={world.root}", "disable", "claude-auth-sync@alice.timer"],
+                   check=True, capture_output=True)
+    original = local_state.observe_local
+
+    def then_another_host_writes(*args: object, **kwargs: object) -> object:
+        observed = original(*args, **kwargs)  # type: ignore[arg-type]
+        token_file.write_bytes(written)  # the other host's write lands here
+        os.chown(token_file, st.st_uid, st.st_gid)
+        token_file.chmod(0o600)
+        return observed
+
+    monkeypatch.setattr(local_state, "observe_local", then_another_host_writes)
+    result = world.run("apply")
+    assert result.code == Exit.OK, result.err
+    assert timer_state(world, "alice") == "enabled"
+    monkeypatch.setattr(local_state, "observe_local", original)
     world.assert_converged()
