@@ -57,6 +57,7 @@ bench: setup
 	$(PY) bench/vault_bench.py --users 1000,10000 --rounds 3
 	$(PY) bench/sync_bench.py --runs 15
 	$(PY) bench/fleet_bench.py --hosts 10 --users 100 --rounds 3
+	$(PY) bench/pool_bench.py --tokens 1000 --rounds 2
 
 # Idempotent: run again after `git pull` to upgrade in place. Installs from this
 # checkout (not editable), so the checkout may live anywhere, /root included.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,6 +120,9 @@ class Deadline:
         self._clock = clock
         self._spent = 0.0
         self._since: float | None = None
+        self._running = 0
+        """Requests in flight (a pool overlaps them): the clock runs while there is at least one."""
+        self._lock = threading.Lock()
 
     def remaining(self) -> float:
         running = self._clock() - self._since if self._since is not None else 0.0
@@ -130,16 +134,20 @@ class Deadline:
 
     @contextmanager
     def running(self) -> Iterator[None]:
-        """Count the time spent inside (once, if nested)."""
-        if self._since is not None:
-            yield
-            return
-        self._since = self._clock()
+        """Count the time spent inside: once, if nested or overlapped by other threads' requests
+        (wall time while any request runs, so a pool of connections cannot stretch the deadline)."""
+        with self._lock:
+            if self._running == 0:
+                self._since = self._clock()
+            self._running += 1
         try:
             yield
         finally:
-            self._spent += self._clock() - self._since
-            self._since = None
+            with self._lock:
+                self._running -= 1
+                if self._running == 0 and self._since is not None:
+                    self._spent += self._clock() - self._since
+                    self._since = None
 
 
 class GaveUp(Exception):

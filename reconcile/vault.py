@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -409,6 +410,8 @@ class _Link:
     requests: Counter[str]
     down: str | None = None
     """Why Vault counts as unreachable for the rest of the run; None while it answers."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Guards `requests`: pooled clients (`twin`) count from several threads."""
 
 
 _READ_ONLY_POSTS = ("/v1/auth/token/lookup", "/v1/auth/token/lookup-accessor", "/v1/sys/capabilities-self")
@@ -478,6 +481,7 @@ class Vault:
         check_address(address)
         self.address = address
         cacert = cacert or os.environ.get("VAULT_CACERT") or None
+        self._cacert = cacert
         if _link is None:
             policy = policy or RetryPolicy.from_env()
             _link = _Link(policy=policy, deadline=Deadline(policy.deadline), requests=Counter())
@@ -499,10 +503,11 @@ class Vault:
             # to be tokenless (the hourly run, a health check) must not quietly carry root's.
             self._client.token = None
         self._adapter: _BoundedAdapter = self._client.adapter
-        counter = _link.requests
+        counter, lock = _link.requests, _link.lock
 
         def count(method: str, url: str) -> None:
-            counter[_count_key(method, url)] += 1
+            with lock:
+                counter[_count_key(method, url)] += 1
 
         self._adapter.on_request = count
         self._active: dict[str, Vault] = {}
@@ -576,6 +581,12 @@ class Vault:
         """A client for another token at the same address (shares nothing secret; shares the count,
         the deadline and whether Vault is down)."""
         return Vault(self.address, token, _link=self._link)
+
+    def twin(self) -> "Vault":
+        """Another client for this client's token, with a connection of its own, sharing the count,
+        the deadline and whether Vault is down: one per worker of a pool (reconcile.vault_pool)."""
+        token = self._client.token
+        return Vault(self.address, Secret(token) if token else None, cacert=self._cacert, _link=self._link)
 
     # --- reads the active node answers ------------------------------------------
 

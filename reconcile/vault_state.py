@@ -55,6 +55,7 @@ from reconcile.identity import token_display_name, vault_display_name
 from reconcile.model import Action, Change, Kind, UserProblem
 from reconcile.roster import Roster
 from reconcile.templating import render
+from reconcile.vault_pool import ordered_map
 from reconcile.vault import (MintedToken, Secret, TokenInfo, Vault, VaultDenied, VaultError, VaultInvalid,
                              VaultUnreachable)
 
@@ -472,7 +473,10 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     `observe_garbage`) to find the tokens this host minted that nothing references.
     """
     policies = _observe_policies(vault, desired.policy_prefix) if admin else None
-    tokens = {user: _observe_token(vault, user, read_token, admin=admin) for user in token_users}
+    users = list(token_users)
+    # The per-person lookups depend on nothing but the person: a few at once (reconcile.vault_pool).
+    found = ordered_map(vault, lambda client, user: _observe_token(client, user, read_token, admin=admin), users)
+    tokens = dict(zip(users, found))
     recorded: dict[str, RecordedToken] = {}
     for user, accessor in sorted(records.items()):
         if admin and _needs_accessor_check(user, accessor, desired, tokens):
