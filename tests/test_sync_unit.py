@@ -809,3 +809,38 @@ def test_safe_read_refuses_special_files_links_and_big_files_without_reading(tmp
     with pytest.raises(safefile.UnsafeFile, match="is 1024 bytes, larger than the 1023 bytes cap"):
         safefile.read_capped(regular, 1023, "R")
     assert safefile.read_capped(tmp_path / "missing", 1024, "M") is None
+
+
+class LaggingKv(FakeKv):
+    """A store whose plain reads come from a standby one write behind; consistent reads from the
+    active node. `consistent_reads` counts the latter (each costs sys/leader requests)."""
+
+    def __init__(self, stale: dict[str, Any], current: dict[str, Any]) -> None:
+        super().__init__(data=current, version=2)
+        self.stale = {key: json.dumps(value).encode() for key, value in stale.items()}
+        self.consistent_reads = 0
+
+    def kv_read_raw(self, mount: str, path: str, *, consistent: bool = False) -> KvRawSecret | None:
+        if consistent:
+            self.consistent_reads += 1
+            return super().kv_read_raw(mount, path)
+        self.reads += 1
+        return KvRawSecret(version=1, fields=dict(self.stale))
+
+
+def test_a_backup_write_names_the_active_nodes_version_not_a_lagging_standbys() -> None:
+    old = oauth(access="old")
+    kv = LaggingKv(stale={"claude_ai_oauth_json": backup.encode_oauth(old)},
+                   current={"claude_ai_oauth_json": backup.encode_oauth(old), "other_tool": "kept"})
+    result = backup.back_up(kv, "secret", "p/alice", oauth(), "2025-01-01T00:00:00Z", sleep=lambda _: None)
+    assert result == backup.BackupResult(written=True, version=3, attempts=1)  # no CAS round lost
+    assert kv.consistent_reads == 1
+    assert kv.data is not None and kv.data["other_tool"] == "kept"
+
+
+def test_an_unchanged_backup_reads_once_from_any_node() -> None:
+    kv = LaggingKv(stale={"claude_ai_oauth_json": backup.encode_oauth(oauth())},
+                   current={"claude_ai_oauth_json": backup.encode_oauth(oauth())})
+    result = backup.back_up(kv, "secret", "p/alice", oauth(), "2025-01-01T00:00:00Z")
+    assert result.written is False and kv.writes == 0
+    assert (kv.reads, kv.consistent_reads) == (1, 0)

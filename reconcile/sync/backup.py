@@ -143,13 +143,22 @@ def merge_write(store: KvStore, mount: str, path: str,
     running out of attempts raises BackupError. Used by the backup and by
     the setup-token store.
     """
+    consistent = False
     for attempt in range(1, attempts + 1):
-        # The version this write's check-and-set names: read where it is current (the active node),
-        # not on a standby that may lag behind another host's write.
-        current = store.kv_read_raw(mount, path, consistent=True)
+        current = store.kv_read_raw(mount, path, consistent=consistent)
         stored = dict(current.fields) if current is not None else {}
         version = int(current.version) if current is not None else 0
         fields = updates(stored)
+        if fields is not None and not consistent:
+            # The version this write's check-and-set names: read it where it is current (the active
+            # node), not on a standby that may lag behind another host's write. Only a write needs
+            # that: "already holds it" from any node writes nothing, so an unchanged sync costs no
+            # sys/leader requests.
+            consistent = True
+            current = store.kv_read_raw(mount, path, consistent=True)
+            stored = dict(current.fields) if current is not None else {}
+            version = int(current.version) if current is not None else 0
+            fields = updates(stored)
         if fields is None:
             return BackupResult(written=False, version=version, attempts=attempt)
         try:
