@@ -23,7 +23,8 @@ median at the smaller one (flat cost: about 1).
 How it measures. Each phase runs in a child process of its own (this script
 with `--child`), so peak memory (`resource.getrusage(RUSAGE_SELF).ru_maxrss`)
 is that phase's alone. Requests are counted in the child at the HTTP layer
-(requests' HTTPAdapter.send is wrapped), whatever code sends them; a write is
+(requests' HTTPAdapter.send is wrapped, and the tool's pipelined requests as
+reconcile.vault_pipeline reports them sent), whatever code sends them; a write is
 any method other than GET/LIST/HEAD, except the read-only POST endpoints
 (token lookups, capabilities-self), exactly as reconcile.vault counts them.
 Wall time (`wall_s`, the one the targets use) is measured in the child
@@ -96,15 +97,32 @@ class Counter:
         counter = self
 
         def send(adapter: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-            method = request.method.upper()
-            path = request.path_url.split("?", 1)[0]
-            counter.requests += 1
-            counter.by_method[method] = counter.by_method.get(method, 0) + 1
-            if method not in ("GET", "LIST", "HEAD") and not path.endswith(READ_ONLY_POSTS):
-                counter.writes += 1
+            counter.note(request.method.upper(), request.path_url.split("?", 1)[0])
             return original(adapter, request, *args, **kwargs)
 
         requests.adapters.HTTPAdapter.send = send  # type: ignore[method-assign,assignment]
+
+    def install_pipeline(self) -> None:
+        """The tool's pipelined requests (reconcile.vault_pipeline) bypass requests: counted as sent."""
+        from reconcile import vault_pipeline
+
+        original = vault_pipeline.exchange
+        counter = self
+
+        def exchange(address: str, wanted: Any, **kwargs: Any) -> Any:
+            result = original(address, wanted, **kwargs)
+            for request, sent in zip(wanted, result.sent):
+                if sent:
+                    counter.note(request.method, request.path)
+            return result
+
+        vault_pipeline.exchange = exchange  # type: ignore[assignment]
+
+    def note(self, method: str, path: str) -> None:
+        self.requests += 1
+        self.by_method[method] = self.by_method.get(method, 0) + 1
+        if method not in ("GET", "LIST", "HEAD") and not path.endswith(READ_ONLY_POSTS):
+            self.writes += 1
 
 
 def _peak_mib() -> float:
@@ -114,6 +132,7 @@ def _peak_mib() -> float:
 def child_cli(argv: list[str]) -> dict[str, Any]:
     counter = Counter()
     counter.install()
+    counter.install_pipeline()
     # Imports happen before the clock starts, as hvac's do for the bare loops
     # (process_s, measured by the parent, includes them).
     import jsonschema  # noqa: F401  (the roster loader imports it on first use)

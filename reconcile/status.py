@@ -26,7 +26,7 @@ from reconcile.metrics import UserMetrics
 from reconcile.model import UserProblem
 from reconcile.roster import Roster
 from reconcile.systemd import SystemdError
-from reconcile.vault import Vault, VaultError
+from reconcile.vault import KvSecret, Secret, Vault, VaultError
 from reconcile.identity import shown_display_name
 from reconcile.vault_state import (ObservedToken, ObservedVault, TokenState, token_reader,
                                    desired_vault, observe_vault, render_policy)
@@ -173,6 +173,8 @@ class _World:
     observed_local: local_state.ObservedLocal | None = None
     notes: dict[str, str] = field(default_factory=dict)
     """Part (vault, systemd, state) -> why it is unknown."""
+    backups: dict[str, KvSecret | None] = field(default_factory=dict)
+    """Backups read ahead, pipelined (`_read_backups_ahead`); any other is read by `_backup` itself."""
 
 
 def _read_world(roster: Roster, roster_path: str, root: Path, vault: Vault | None, admin: bool,
@@ -241,7 +243,8 @@ def _backup(world: _World, roster: Roster, user: str,
     if client is None:
         return None, None, why
     try:
-        secret = client.kv_read(roster.vault.kv_mount, roster.kv_path(user))
+        secret = (world.backups[user] if user in world.backups
+                  else client.kv_read(roster.vault.kv_mount, roster.kv_path(user)))
     except VaultError as exc:
         return None, None, str(exc)
     if secret is None:
@@ -338,7 +341,29 @@ def gather(roster: Roster, roster_path: str, root: Path, vault: Vault | None, *,
     # One row per user this host reconciles (the roster's `hosts`); the others are managed elsewhere.
     roster = roster.for_host(this_host())
     world = _read_world(roster, roster_path, root, vault, admin, vault_note)
+    world.backups = _read_backups_ahead(world, roster)
     return [user_status(world, roster, user) for user in roster.users]
+
+
+def _read_backups_ahead(world: _World, roster: Roster) -> dict[str, KvSecret | None]:
+    """Every backup `_backup` will read, pipelined (Vault.kv_read_pipelined), each with the client
+    `_path_reader` gives it: those Vault answered plainly. `_backup` reads any other the ordinary way."""
+    if world.vault is None:
+        return {}
+    wanted: list[tuple[str, str, Secret | None]] = []
+    for user, spec in roster.users.items():
+        if not spec.claude_auth:
+            continue
+        observed = world.observed_vault.tokens.get(user) if world.observed_vault is not None else None
+        if world.admin:
+            wanted.append((user, roster.kv_path(user), None))
+        elif observed is not None and observed.token is not None and observed.state is TokenState.VALID:
+            wanted.append((user, roster.kv_path(user), observed.token))  # as _path_reader reads it
+    try:
+        found = world.vault.kv_read_pipelined(roster.vault.kv_mount, [(path, token) for _, path, token in wanted])
+    except Exception:  # noqa: BLE001 - a fast path only: `_backup` reads each one the ordinary way
+        return {}
+    return {wanted[index][0]: secret for index, secret in found.items()}
 
 
 def by_user(rows: list[UserStatus]) -> Mapping[str, UserStatus]:

@@ -26,14 +26,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import hvac
@@ -45,7 +47,7 @@ import urllib3.exceptions
 
 from reconcile.retry import Deadline, GaveUp, RetryPolicy, Transience, call_with_retries
 
-from reconcile import boundedjson
+from reconcile import boundedjson, vault_pipeline
 
 
 class VaultError(Exception):
@@ -469,6 +471,59 @@ def _is_revoked_already(exc: Exception) -> bool:
                                          and "token not found" in str(exc))
 
 
+def _quick_answer(answer: vault_pipeline.Answer | None) -> Any:
+    """A pipelined 200 answer decoded as _BoundedAdapter would, or None (ask again the ordinary way)."""
+    if answer is None or answer.status != 200:
+        return None
+    try:
+        return decode_answer(answer.body)
+    except _Unreadable:
+        return None
+
+
+def _quick_token_info(answer: vault_pipeline.Answer | None) -> TokenInfo | None:
+    data = _quick_answer(answer)
+    try:
+        return TokenInfo.from_lookup(data["data"]) if data is not None else None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return None  # the ordinary lookup reads it again and says what is wrong (VaultMalformed)
+
+
+def _kv_secret(data: Any) -> KvSecret:
+    """A KV v2 data read's answer; raises KeyError, TypeError, ValueError or AttributeError on a bad shape."""
+    inner = data.get("data") or {}
+    metadata = inner.get("metadata") or {}
+    version = int(metadata.get("version") or 0)
+    if metadata.get("deletion_time") or metadata.get("destroyed"):
+        return KvSecret(version=version, data=MappingProxyType({}))
+    return KvSecret(version=version, data=MappingProxyType(dict(inner.get("data") or {})))
+
+
+def _quick_kv_secret(answer: vault_pipeline.Answer | None) -> KvSecret | None:
+    data = _quick_answer(answer)
+    try:
+        return _kv_secret(data) if data is not None else None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return None
+
+
+def _is_plain_not_found(answer: vault_pipeline.Answer) -> bool:
+    """A 404 that names no deleted version (`{"errors":[]}`): nothing at the path, or destroyed."""
+    try:
+        data = decode_answer(answer.body)
+    except _Unreadable:
+        return False
+    return isinstance(data, dict) and "data" not in data
+
+
+def _quick_policy_text(answer: vault_pipeline.Answer | None) -> str | None:
+    data = _quick_answer(answer)
+    try:
+        return str(data["data"]["policy"]) if data is not None else None
+    except (KeyError, TypeError):
+        return None
+
+
 class Vault:
     """One hvac client for one token, with a count of the requests it made."""
 
@@ -493,6 +548,11 @@ class Vault:
             settings = session.merge_environment_settings(address, {}, None, cacert if cacert else True, None)
             session.proxies.update(settings["proxies"] or {})
             session.trust_env = False
+            # hvac takes a given session's `verify` over its own argument: without this the CA of
+            # VAULT_CACERT was never used (requests' default bundle was), found by the TLS test.
+            session.verify = settings["verify"]
+            self._verify: bool | str | None = settings["verify"]
+            self._proxied = bool(settings["proxies"])
             self._client = hvac.Client(url=address, token=token.reveal() if token else None,
                                        verify=settings["verify"], timeout=_link.policy.request_timeout,
                                        session=session, allow_redirects=False, adapter=_BoundedAdapter)
@@ -512,6 +572,7 @@ class Vault:
         self._adapter.on_request = count
         self._active: dict[str, Vault] = {}
         """Clients at the active node's address, for reads that must be answered there (_on_active)."""
+        self._ssl_context: ssl.SSLContext | None = None
 
     @property
     def requests(self) -> Counter[str]:
@@ -587,6 +648,126 @@ class Vault:
         the deadline and whether Vault is down: one per worker of a pool (reconcile.vault_pool)."""
         token = self._client.token
         return Vault(self.address, Secret(token) if token else None, cacert=self._cacert, _link=self._link)
+
+    # --- many independent requests at once (reconcile.vault_pipeline) ------------------
+
+    def _pipelined(self, requests: list[vault_pipeline.Request], count_as: str) -> list[vault_pipeline.Answer | None]:
+        """Requests that may be sent again, pipelined on a few connections; None for each one not
+        answered whole, which the caller sends again through `_call` (the retry policy's path).
+
+        Nothing is sent once Vault counts as unreachable, nor through an HTTP proxy (the fast path
+        speaks to Vault directly). The time spent counts against the run's deadline.
+        """
+        link = self._link
+        context = self._pipeline_ssl() if urlsplit(self.address).scheme == "https" else None
+        if (not requests or link.down is not None or self._proxied
+                or (context is None and urlsplit(self.address).scheme == "https")):
+            return [None] * len(requests)
+        with link.deadline.running():
+            left = link.deadline.remaining()
+            if left <= 0:
+                return [None] * len(requests)
+            result = vault_pipeline.exchange(self.address, requests, connections=vault_pipeline.connections(),
+                                             timeout=link.policy.request_timeout, until=time.monotonic() + left,
+                                             max_body=MAX_ANSWER_BYTES, ssl_context=context)
+        with link.lock:
+            link.requests[count_as] += result.sent_count
+        return result.answers
+
+    def _pipeline_ssl(self) -> ssl.SSLContext | None:
+        """The TLS settings requests uses for this client (its CA bundle or folder); None if unusable."""
+        if self._ssl_context is None:
+            where = self._verify if isinstance(self._verify, str) else (
+                requests.utils.DEFAULT_CA_BUNDLE_PATH if self._verify else None)
+            if where is None:
+                return None
+            try:
+                if os.path.isdir(where):
+                    context = ssl.create_default_context(capath=where)
+                else:
+                    context = ssl.create_default_context(cafile=where)
+                context.set_alpn_protocols(["http/1.1"])
+            except (OSError, ValueError, ssl.SSLError):
+                return None
+            self._ssl_context = context
+        return self._ssl_context
+
+    def _headers(self, token: str | None, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        base = (("X-Vault-Request", "true"),) + ((("X-Vault-Token", token),) if token else ())
+        return base + extra
+
+    def lookup_tokens_pipelined(self, tokens: Sequence[Secret], *, own: bool) -> list[TokenInfo | None]:
+        """Each token looked up through the admin API (`own`: each token's own lookup-self), pipelined.
+
+        Its TokenInfo where Vault answered 200 with a readable answer (taken as
+        lookup_token takes it, from whichever node answered); None where it did
+        not: look that one up the ordinary way (lookup_token or
+        lookup_token_self), which treats refusals, redirects, outages and
+        malformed answers as it always has.
+        """
+        if own:
+            wanted = [vault_pipeline.Request("GET", "/v1/auth/token/lookup-self",
+                                             self._headers(token.reveal())) for token in tokens]
+            count_as = "GET"
+        else:
+            admin = self._client.token
+            if not admin:
+                return [None] * len(tokens)
+            headers = self._headers(admin, ("Content-Type", "application/json"))
+            wanted = [vault_pipeline.Request("POST", "/v1/auth/token/lookup", headers,
+                                             json.dumps({"token": token.reveal()}).encode())
+                      for token in tokens]
+            count_as = "POST-READ"
+        return [_quick_token_info(answer) for answer in self._pipelined(wanted, count_as)]
+
+    def kv_read_pipelined(self, mount: str, reads: Sequence[tuple[str, Secret | None]]) -> dict[int, KvSecret | None]:
+        """kv_read of each (path, token), pipelined, each with its token (None: this client's own).
+
+        By index into `reads`, what kv_read would answer (None: nothing at the path), for each read
+        Vault answered plainly: a 200, or a 404 that the path's metadata (read pipelined in turn)
+        explains as kv_read would explain it. An index left out was not answered so (refused,
+        deleted, unreadable, not sent): read that one the ordinary way.
+        """
+        def request(kind: str, path: str, token: Secret | None) -> vault_pipeline.Request:
+            url = hvac.utils.format_url("/v1/{mount}/" + kind + "/{path}", mount=mount, path=path)
+            return vault_pipeline.Request("GET", url, self._headers(
+                token.reveal() if token is not None else self._client.token))
+
+        found: dict[int, KvSecret | None] = {}
+        missing: list[int] = []
+        for index, answer in enumerate(self._pipelined([request("data", path, token) for path, token in reads], "GET")):
+            if answer is not None and answer.status == 404 and _is_plain_not_found(answer):
+                missing.append(index)
+            elif (secret := _quick_kv_secret(answer)) is not None:
+                found[index] = secret
+        metadata = self._pipelined([request("metadata", *reads[index]) for index in missing], "GET")
+        for index, answer in zip(missing, metadata):
+            if answer is not None and answer.status in (403, 404):
+                found[index] = None  # kv_read: no metadata, or no right to read it, is "nothing there"
+            elif (versions := _quick_answer(answer)) is not None:
+                try:
+                    current = int(((versions.get("data") or {}).get("current_version")) or 0)
+                except (AttributeError, TypeError, ValueError, OverflowError):
+                    continue
+                found[index] = KvSecret(version=current, data=MappingProxyType({})) if current > 0 else None
+        return found
+
+    def write_policies_pipelined(self, policies: Sequence[tuple[str, str]]) -> list[bool]:
+        """write_policy for each (name, text), pipelined: True where Vault answered with success,
+        False where it did not (write that one the ordinary way)."""
+        headers = self._headers(self._client.token, ("Content-Type", "application/json"))
+        wanted = [vault_pipeline.Request("PUT", hvac.utils.format_url("/v1/sys/policies/acl/{name}", name=name),
+                                         headers, json.dumps({"policy": text}).encode())
+                  for name, text in policies]
+        return [answer is not None and 200 <= answer.status < 300 for answer in self._pipelined(wanted, "PUT")]
+
+    def read_policies_pipelined(self, names: Sequence[str]) -> list[str | None]:
+        """read_policy for each name, pipelined: the text where Vault answered 200 with a readable
+        answer, else None (read that one the ordinary way: it may also be "no such policy")."""
+        headers = self._headers(self._client.token)
+        wanted = [vault_pipeline.Request("GET", hvac.utils.format_url("/v1/sys/policies/acl/{name}", name=name),
+                                         headers) for name in names]
+        return [_quick_policy_text(answer) for answer in self._pipelined(wanted, "GET")]
 
     # --- reads the active node answers ------------------------------------------
 
@@ -696,12 +877,7 @@ class Vault:
                 return None
             return KvSecret(version=versions.current_version, data=MappingProxyType({}))
         with _reading(what):
-            inner = data.get("data") or {}
-            metadata = inner.get("metadata") or {}
-            version = int(metadata.get("version") or 0)
-            if metadata.get("deletion_time") or metadata.get("destroyed"):
-                return KvSecret(version=version, data=MappingProxyType({}))
-            return KvSecret(version=version, data=MappingProxyType(dict(inner.get("data") or {})))
+            return _kv_secret(data)
 
     def kv_write_cas(self, mount: str, path: str, data: Mapping[str, Any], cas: int) -> int:
         """Write the whole map only if the current version is `cas` (0: path is new). Returns the new version.

@@ -12,31 +12,17 @@ CONNECTIONS; 1 sends everything on the calling thread, as before).
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Mapping, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 from reconcile.vault import Vault
+from reconcile.vault_pipeline import CONNECTIONS, CONNECTIONS_ENV, MAX_CONNECTIONS, connections
+
+__all__ = ["CONNECTIONS", "CONNECTIONS_ENV", "MAX_CONNECTIONS", "connections", "ordered_map"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-CONNECTIONS_ENV = "CLAUDE_AUTH_VAULT_CONNECTIONS"
-"""How many Vault requests one run keeps in flight at most; default CONNECTIONS."""
-CONNECTIONS = 4
-"""A few: enough to hide the round trips on this 2-core class of machine, few enough not to load Vault."""
-MAX_CONNECTIONS = 64
-
-
-def connections(environ: Mapping[str, str] | None = None) -> int:
-    """CONNECTIONS, or the environment's value when it is a whole number from 1 to MAX_CONNECTIONS."""
-    env = os.environ if environ is None else environ
-    text = (env.get(CONNECTIONS_ENV) or "").strip()
-    if text.isdigit() and 1 <= int(text) <= MAX_CONNECTIONS:
-        return int(text)
-    return CONNECTIONS
-
 
 def ordered_map(vault: Vault, fn: Callable[[Vault, T], R], items: Iterable[T], *, size: int | None = None) -> list[R]:
     """[fn(client, item) for item in items], up to `size` at once (None: `connections()`), in order.

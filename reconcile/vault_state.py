@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
-from typing import Callable, ContextManager, Iterable, Iterator, Mapping, Protocol
+from typing import Callable, ContextManager, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from reconcile import retry
 from reconcile.accounts import Account
@@ -332,7 +332,8 @@ def parse_token_file(raw: bytes) -> Secret | None:
     return Secret(text)
 
 
-def _observe_token(vault: Vault, user: str, read_token: TokenReader, *, admin: bool) -> ObservedToken:
+def _read_token_entry(user: str, read_token: TokenReader) -> ObservedToken | Secret:
+    """The token in a user's file, or what is observed without asking Vault (no file, unreadable)."""
     try:
         raw = read_token(user)
     except TokenFileUnreadable as exc:
@@ -342,26 +343,60 @@ def _observe_token(vault: Vault, user: str, read_token: TokenReader, *, admin: b
     secret = parse_token_file(raw)
     if secret is None:
         return ObservedToken(user, TokenState.UNREADABLE, detail="it holds no token")
+    return secret
+
+
+def _looked_up(user: str, secret: Secret, info: TokenInfo | None, *, admin: bool) -> ObservedToken:
+    if info is None:
+        return ObservedToken(user, TokenState.DEAD if admin else TokenState.REFUSED, token=secret)
+    return ObservedToken(user, TokenState.VALID, info=info, token=secret)
+
+
+def _look_up(vault: Vault, user: str, secret: Secret, *, admin: bool) -> ObservedToken:
+    """One token, the ordinary way (the retry policy, the active node for a refusal)."""
     try:
         info = vault.lookup_token(secret) if admin else vault.lookup_token_self(secret)
     except VaultUnreachable:
         raise  # nobody's token can be observed: the run stops
     except VaultError as exc:  # about this token only (what is in the file is the user's doing)
         return ObservedToken(user, TokenState.FAILED, detail=f"looking up the token in the file failed: {exc}")
-    if info is None:
-        return ObservedToken(user, TokenState.DEAD if admin else TokenState.REFUSED, token=secret)
-    return ObservedToken(user, TokenState.VALID, info=info, token=secret)
+    return _looked_up(user, secret, info, admin=admin)
+
+
+def _observe_tokens(vault: Vault, users: list[str], read_token: TokenReader, *,
+                    admin: bool) -> dict[str, ObservedToken]:
+    """Every user's token file, and each token in it looked up.
+
+    The lookups depend on nothing but the person: they go pipelined
+    (Vault.lookup_tokens_pipelined) and every answer that is not a plain
+    success (a refusal, a redirect, a lost connection, an answer that cannot
+    be read) is asked again the ordinary way, a few at once
+    (reconcile.vault_pool), so each outcome is what the one-by-one loop gave.
+    """
+    entries = {user: _read_token_entry(user, read_token) for user in users}
+    asking = [(user, entry) for user, entry in entries.items() if isinstance(entry, Secret)]
+    quick = vault.lookup_tokens_pipelined([secret for _, secret in asking], own=not admin)
+    observed: dict[str, ObservedToken] = {}
+    again: list[tuple[str, Secret]] = []
+    for (user, secret), info in zip(asking, quick):
+        if info is None:
+            again.append((user, secret))
+        else:
+            observed[user] = _looked_up(user, secret, info, admin=admin)
+    slow = ordered_map(vault, lambda client, item: _look_up(client, item[0], item[1], admin=admin), again)
+    observed.update((user, result) for (user, _), result in zip(again, slow))
+    return {user: entry if isinstance(entry, ObservedToken) else observed[user] for user, entry in entries.items()}
 
 
 def _observe_policies(vault: Vault, prefix: str) -> dict[str, str]:
     bodies = vault.list_policies_detailed()  # OpenBao: every body in one request
-    if bodies is None:  # HashiCorp Vault: names, then one read per managed policy
+    if bodies is None:  # HashiCorp Vault: names, then one read per managed policy, pipelined
+        names = [name for name in vault.list_policy_names() if is_managed_policy(name, prefix)]
         bodies = {}
-        for name in vault.list_policy_names():
-            if is_managed_policy(name, prefix):
-                text = vault.read_policy(name)
-                if text is not None:
-                    bodies[name] = text
+        for name, quick in zip(names, vault.read_policies_pipelined(names)):
+            text = quick if quick is not None else vault.read_policy(name)  # not read plainly: ask again
+            if text is not None:
+                bodies[name] = text
     return {name: text for name, text in bodies.items() if is_managed_policy(name, prefix)}
 
 
@@ -473,10 +508,7 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     `observe_garbage`) to find the tokens this host minted that nothing references.
     """
     policies = _observe_policies(vault, desired.policy_prefix) if admin else None
-    users = list(token_users)
-    # The per-person lookups depend on nothing but the person: a few at once (reconcile.vault_pool).
-    found = ordered_map(vault, lambda client, user: _observe_token(client, user, read_token, admin=admin), users)
-    tokens = dict(zip(users, found))
+    tokens = _observe_tokens(vault, list(token_users), read_token, admin=admin)
     recorded: dict[str, RecordedToken] = {}
     for user, accessor in sorted(records.items()):
         if admin and _needs_accessor_check(user, accessor, desired, tokens):
@@ -835,6 +867,23 @@ def apply_policy(change: Change, ctx: VaultContext) -> str:
     assert isinstance(want, DesiredPolicy)
     ctx.vault.write_policy(want.name, want.text)
     return "created" if change.action is Action.CREATE else "updated"
+
+
+def apply_policies_pipelined(changes: Sequence[Change], ctx: VaultContext) -> list[str | None]:
+    """apply_policy's outcome for each policy write, sent pipelined (Vault.write_policies_pipelined);
+    None for every change that is not a write or was not answered with success: apply_policy runs it.
+
+    Policy writes set a whole text, so one sent again (after a lost answer) is harmless.
+    """
+    writes = [(index, change.desired) for index, change in enumerate(changes)
+              if change.kind is Kind.POLICY and change.action in (Action.CREATE, Action.UPDATE)
+              and isinstance(change.desired, DesiredPolicy)]
+    done = ctx.vault.write_policies_pipelined([(want.name, want.text) for _, want in writes])
+    outcomes: list[str | None] = [None] * len(changes)
+    for (index, _), written in zip(writes, done):
+        if written:
+            outcomes[index] = "created" if changes[index].action is Action.CREATE else "updated"
+    return outcomes
 
 
 def apply_token(change: Change, ctx: VaultContext) -> str:

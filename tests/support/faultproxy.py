@@ -25,7 +25,8 @@ so a test can kill a process when the Nth mint is on the wire.
 
 The proxy understands HTTP/1.1 just enough for that: it reads a request head
 and its Content-Length body before forwarding, one request at a time per
-connection. Threads only; stop() closes everything.
+connection; requests a client pipelines wait their turn (and are counted in
+`pipelined`). Threads only; stop() closes everything.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class FaultProxy:
     seen: dict[bytes, int] = field(default_factory=dict)
     """Requests that matched `hold_match` or `drop_match`, or a key of `count`, by match."""
     count: tuple[bytes, ...] = ()
+    pipelined: int = 0
+    """Requests that had already arrived, behind an earlier one, before its answer was sent."""
     _released: threading.Event = field(default_factory=threading.Event)
     _listener: socket.socket | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -160,11 +163,16 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
+        pending = bytearray()
         try:
             while not self._stopped:
-                request = _read_request(client)
+                ahead = bool(pending)
+                request = _read_request(client, pending)
                 if request is None:
                     return
+                if ahead:
+                    with self._lock:
+                        self.pipelined += 1
                 if self.mode == "hang":
                     while not self._stopped and self.mode == "hang":
                         time.sleep(0.05)
@@ -252,8 +260,8 @@ def _read_exactly(sock: socket.socket, buffer: bytearray, size: int) -> bytes | 
     return body
 
 
-def _read_request(sock: socket.socket) -> bytes | None:
-    buffer = bytearray()
+def _read_request(sock: socket.socket, buffer: bytearray) -> bytes | None:
+    """One request; what the client sent beyond it (pipelined requests) stays in `buffer`."""
     head = _read_head(sock, buffer)
     if head is None:
         return None

@@ -11,6 +11,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -37,10 +38,17 @@ class OpenBaoServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    tls: bool = False
+    """`-dev-tls`: HTTPS with a CA the server generates (`ca_path`)."""
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_path(self) -> Path:
+        assert self.log_path is not None and self.tls
+        return self.log_path.parent / "vault-ca.pem"
 
     def start(self, timeout: float = 20.0) -> "OpenBaoServer":
         log_dir = Path(tempfile.mkdtemp(prefix="openbao-"))
@@ -52,7 +60,8 @@ class OpenBaoServer:
         env["BAO_DEV_ROOT_TOKEN_ID"] = self.root_token
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [bao_binary(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{self.port}"],
+                [bao_binary(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{self.port}",
+                 *(["-dev-tls", f"-dev-tls-cert-dir={log_dir}"] if self.tls else [])],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
@@ -60,7 +69,8 @@ class OpenBaoServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"bao server exited early; see {self.log_path}")
             try:
-                with urllib.request.urlopen(f"{self.address}/v1/sys/health", timeout=1) as resp:
+                context = ssl.create_default_context(cafile=str(self.ca_path)) if self.tls else None
+                with urllib.request.urlopen(f"{self.address}/v1/sys/health", timeout=1, context=context) as resp:
                     if resp.status == 200:
                         return self
             except OSError:

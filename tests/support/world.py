@@ -12,7 +12,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import hvac
 import hvac.exceptions
@@ -20,6 +20,7 @@ import pytest
 import requests.adapters
 import yaml
 
+from reconcile import vault_pipeline
 from reconcile.cli import main
 from reconcile.exitcodes import Exit
 from tests.support.leaks import assert_no_secrets
@@ -198,6 +199,14 @@ def world(tmp_path: Path, openbao: OpenBaoServer, capsys: Any, caplog: Any,
         return original_send(adapter, request, *args, **kwargs)
 
     monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    original_exchange = vault_pipeline.exchange
+
+    def exchange(address: str, wanted: Sequence[vault_pipeline.Request], **kwargs: Any) -> vault_pipeline.Exchange:
+        result = original_exchange(address, wanted, **kwargs)
+        w.http.extend((request.method, request.path) for request, sent in zip(wanted, result.sent) if sent)
+        return result
+
+    monkeypatch.setattr(vault_pipeline, "exchange", exchange)
     yield w
     texts = w.texts + [record.getMessage() for record in caplog.records]
     state = root / "var/lib/claude-auth/state.json"
