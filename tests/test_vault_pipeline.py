@@ -34,6 +34,7 @@ ADMIN_LOOKUP = b"POST /v1/auth/token/lookup HTTP"
 SELF_LOOKUP = b"GET /v1/auth/token/lookup-self HTTP"
 POLICY_WRITE = b"PUT /v1/sys/policies/acl/"
 BACKUP_READ = b"GET /v1/secret/data/"
+ACCESSOR_LOOKUP = b"POST /v1/auth/token/lookup-accessor HTTP"
 PEOPLE = {f"p{index:02d}": {} for index in range(24)}
 
 
@@ -191,6 +192,33 @@ def test_status_reads_the_backups_pipelined_and_a_hostile_one_stays_its_owners_c
 
     ordinary_only(monkeypatch)
     assert status_rows(world) == pipelined
+
+
+def test_the_garbage_scan_of_apply_prune_looks_accessors_up_pipelined(
+        world: World, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`plan --prune` looks up every accessor in Vault: pipelined, with the ordinary output."""
+    monkeypatch.setenv("CLAUDE_AUTH_HOSTNAME", "pipe-host")
+    world.write_roster({"p00": {}, "p01": {}})
+    assert world.run("apply").code == Exit.OK
+    strays = sorted(str(world.client.auth.token.create_orphan(
+        policies=[world.policy_name("p01")], period="768h", no_default_policy=True,
+        display_name="devvm-claude-auth-p01",
+        meta={"managed_by": "claude-auth", "user": "p01", "host": "pipe-host"})["auth"]["accessor"])
+        for _ in range(30))
+    count(proxy, ACCESSOR_LOOKUP)
+    pipelined = world.run("plan", "--prune")
+    assert pipelined.code == Exit.CHANGES_PENDING, pipelined.err
+    assert proxy.pipelined > 0
+    listed = sorted(line.split()[2] for line in pipelined.out.splitlines() if "referenced by nothing" in line)
+    assert listed == sorted(f"{accessor[:8]}…" for accessor in strays)
+
+    ordinary_only(monkeypatch)
+    ordinary = world.run("plan", "--prune")
+    assert (pipelined.code, pipelined.out, pipelined.err) == (ordinary.code, ordinary.out, ordinary.err)
+    assert world.run("apply", "--prune").code == Exit.OK
+    for accessor in strays:
+        with pytest.raises(Exception):
+            world.client.auth.token.lookup_accessor(accessor)
 
 
 def test_the_pipeline_sends_nothing_once_vault_counts_as_down(openbao: OpenBaoServer) -> None:
