@@ -193,6 +193,9 @@ def test_a_scan_of_every_token_steps_over_dangling_and_gone_accessors() -> None:
     from reconcile.vault_state import scan_tokens
 
     class Lookups:
+        def lookup_accessors_pipelined(self, accessors: list[str]) -> list[TokenInfo | None]:
+            return [None] * len(accessors)  # none answered plainly: each asked the ordinary way
+
         def lookup_accessor(self, accessor: str) -> TokenInfo | None:
             if accessor == "dangling":
                 raise VaultDenied("permission denied (token lookup-accessor on the active node)")
@@ -211,6 +214,9 @@ class _Scan:
     def list_accessors(self) -> list[str]:
         self.listed += 1
         return list(self.tokens)
+
+    def lookup_accessors_pipelined(self, accessors: list[str]) -> list[TokenInfo | None]:
+        return [None] * len(accessors)  # none answered plainly: each asked the ordinary way
 
     def lookup_accessor(self, accessor: str) -> TokenInfo | None:
         from reconcile.vault import VaultError
@@ -236,7 +242,7 @@ def test_a_failing_lookup_or_a_spent_budget_leaves_the_intents_outstanding() -> 
     assert failing.resolved == frozenset() and list(failing.strays) == ["a1"]  # found before the failure
     assert failing.cut_short == ("looking up every token in Vault failed (InternalServerError (token "
                                  "lookup-accessor))")
-    ticks = iter([0.0, 1.0, 2.0, 9.0])  # start, then before each lookup
+    ticks = iter([0.0, 0.5, 1.0, 2.0, 9.0])  # start, before the chunk (pipelined), before each lookup asked again
     vault = _Scan(tokens)
     spent = _resolve_intents(vault, {"n2": "carol"}, {}, admin=True, budget=5.0,  # type: ignore[arg-type]
                              clock=lambda: next(ticks))

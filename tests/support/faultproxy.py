@@ -194,7 +194,7 @@ class FaultProxy:
                     self._track(upstream)
                 upstream.sendall(request)
                 if (self.drop_match is not None and self.drop_match in head
-                        and self.drop_nth in (None, self.seen.get(self.drop_match))):
+                        and self.drop_nth in (None, number)):  # this request's number, not a later count
                     _read_reply(upstream)  # the server has acted; its answer goes nowhere
                     return
                 reply = _read_reply(upstream)
