@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
@@ -519,8 +520,12 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     listed and looked up (one request per token in Vault, see
     `observe_garbage`) to find the tokens this host minted that nothing references.
     """
-    policies = _observe_policies(vault, desired.policy_prefix) if admin else None
-    tokens = _observe_tokens(vault, list(token_users), read_token, admin=admin)
+    # The policy list is one big answer the server takes a while to build: it is asked on a
+    # connection of its own while the token files are read and the tokens looked up.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-policies") as background:
+        listing = background.submit(_observe_policies, vault.twin(), desired.policy_prefix) if admin else None
+        tokens = _observe_tokens(vault, list(token_users), read_token, admin=admin)
+        policies = listing.result() if listing is not None else None
     recorded: dict[str, RecordedToken] = {}
     for user, accessor in sorted(records.items()):
         if admin and _needs_accessor_check(user, accessor, desired, tokens):

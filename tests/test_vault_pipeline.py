@@ -80,6 +80,26 @@ def test_a_no_op_plan_pipelines_its_lookups_and_prints_what_the_ordinary_path_pr
     assert (pipelined.code, pipelined.out, pipelined.err) == (ordinary.code, ordinary.out, ordinary.err)
 
 
+def test_the_policy_list_is_read_while_the_tokens_are_looked_up(world: World, proxy: FaultProxy) -> None:
+    """The LIST of every policy waits at the proxy until a token lookup has arrived: read before the
+    lookups (one after the other), it would wait in vain."""
+    world.write_roster(PEOPLE)
+    assert world.run("apply").code == Exit.OK
+    looked_up = threading.Event()
+    waited_in_vain: list[bool] = []
+
+    def on_request(head: bytes, number: int) -> None:
+        if ADMIN_LOOKUP in head:
+            looked_up.set()
+        elif b"LIST /v1/sys/policies/detailed/acl" in head:
+            waited_in_vain.append(not looked_up.wait(timeout=4))
+
+    proxy.on_request = on_request
+    planned = world.run("plan")
+    assert planned.code == Exit.OK, planned.err
+    assert waited_in_vain == [False]
+
+
 def test_a_connection_lost_mid_batch_sends_the_unanswered_lookups_again_the_ordinary_way(
         world: World, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
     world.write_roster(PEOPLE)
