@@ -118,7 +118,8 @@ def exchange(address: str, requests: Sequence[Request], *, connections: int, dep
     """
     parts = urlsplit(address)
     host_name, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    wire = [encode(request, parts.netloc) for request in requests]
+    host = parts.netloc.rpartition("@")[2]  # never a user:password part of the address
+    wire = [encode(request, host) for request in requests]
     answers: list[Answer | None] = [None] * len(requests)
     work = _Work([index for index, data in enumerate(wire) if data is not None], depth, connections,
                  total=len(requests))

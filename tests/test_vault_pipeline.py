@@ -301,6 +301,7 @@ class Scripted:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.received = 0
+        self.raw = b""
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
@@ -319,6 +320,7 @@ class Scripted:
                         return
                     buffer += chunk
                 self.received = buffer.count(b"\r\n\r\n")
+                self.raw = buffer
                 conn.sendall(self.replies[answered])
                 answered += 1
                 if self.close_after is not None and answered >= self.close_after:
@@ -389,6 +391,15 @@ def test_connection_close_ends_the_connection_after_that_answer(scripted: Callab
 def test_a_header_value_with_a_line_break_is_never_written() -> None:
     assert vault_pipeline.encode(Request("GET", "/v1/x", (("X-Vault-Token", "a\r\nX-Evil: 1"),)), "h") is None
     assert vault_pipeline.encode(Request("GET", "/v1/x", (("X-Vault-Token", "hvs.ok"),)), "h") is not None
+
+
+def test_the_host_header_never_carries_credentials_of_the_address(scripted: Callable[..., Scripted]) -> None:
+    server = scripted([ok(b"1")])
+    address = server.address.replace("http://", "http://user:pass@")
+    result = vault_pipeline.exchange(address, [Request("GET", "/v1/x")], connections=1, timeout=2.0,
+                                     until=time.monotonic() + 5, max_body=1000)
+    assert result.answers == [Answer(200, b"1")]
+    assert f"Host: 127.0.0.1:{server.port}\r\n".encode() in server.raw and b"pass" not in server.raw
 
 
 def test_a_refused_connection_leaves_everything_unanswered_and_unsent() -> None:
