@@ -453,7 +453,8 @@ def _resolve_intents(vault: Vault, intents: Mapping[str, str], tokens: Mapping[s
     looked = 0
     try:
         accessors = vault.list_accessors()
-        for accessor, info in scan_tokens(vault, accessors, give_up=lambda: clock() - started > budget):
+        for accessor, info in scan_tokens(vault, accessors, give_up=lambda: clock() - started > budget,
+                                          decides=lambda info: info.meta.get(NONCE_META) in outstanding):
             looked += 1
             if info.meta.get(NONCE_META) in outstanding:
                 strays[accessor] = PendingRevoke(accessor, checked=True, info=info, interrupted=True)
@@ -472,8 +473,8 @@ SCAN_CHUNK = 256
 """Accessors looked up per pipelined exchange in a scan: `give_up` is asked before each chunk."""
 
 
-def scan_tokens(vault: Vault, accessors: Iterable[str],
-                give_up: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, TokenInfo]]:
+def scan_tokens(vault: Vault, accessors: Iterable[str], give_up: Callable[[], bool] = lambda: False,
+                decides: Callable[[TokenInfo], bool] = lambda info: False) -> Iterator[tuple[str, TokenInfo]]:
     """Each live token behind `accessors` (from `list_accessors`), looked up SCAN_CHUNK at a time
     pipelined (Vault.lookup_accessors_pipelined); any lookup not answered plainly is asked again
     the ordinary way (Vault.lookup_accessor: the active node decides "gone").
@@ -484,6 +485,10 @@ def scan_tokens(vault: Vault, accessors: Iterable[str],
     leader during mints); no token can be used or revoked through it, and it
     must not stop a scan of every other token. Raises ScanCutShort when
     `give_up()` says so before a chunk or an ordinary lookup.
+
+    A pipelined answer that `decides` something (the caller will revoke that
+    token) is not taken on its own word: that token is asked again the
+    ordinary way, one request on its own, and that answer is yielded.
     """
     pending = list(accessors)
     for start in range(0, len(pending), SCAN_CHUNK):
@@ -491,6 +496,8 @@ def scan_tokens(vault: Vault, accessors: Iterable[str],
             raise ScanCutShort()
         chunk = pending[start:start + SCAN_CHUNK]
         for accessor, info in zip(chunk, vault.lookup_accessors_pipelined(chunk)):
+            if info is not None and decides(info):
+                info = None
             if info is None:
                 if give_up():
                     raise ScanCutShort()
@@ -568,8 +575,9 @@ def observe_garbage(vault: Vault, desired: DesiredVault, observed: ObservedVault
     """
     referenced = _in_use(observed) | set(observed.pending)
     unreferenced = [accessor for accessor in vault.list_accessors() if accessor not in referenced]
-    return {accessor: info for accessor, info in scan_tokens(vault, unreferenced)
-            if is_garbage_candidate(info, desired)}
+    candidate: Callable[[TokenInfo], bool] = lambda info: is_garbage_candidate(info, desired)
+    return {accessor: info for accessor, info in scan_tokens(vault, unreferenced, decides=candidate)
+            if candidate(info)}
 
 
 # --- plan (pure) --------------------------------------------------------------------
@@ -1001,7 +1009,7 @@ def _revoke_twins(ctx: VaultContext, nonce: str, keep: str) -> None:
     """
     try:
         others = [accessor for accessor in ctx.vault.list_accessors() if accessor != keep]
-        for accessor, info in scan_tokens(ctx.vault, others):
+        for accessor, info in scan_tokens(ctx.vault, others, decides=lambda info: info.meta.get(NONCE_META) == nonce):
             if info.meta.get(NONCE_META) == nonce:
                 ctx.vault.revoke_accessor(accessor)
                 ctx.outcomes.revoked.add(accessor)

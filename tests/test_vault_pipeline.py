@@ -226,9 +226,19 @@ def test_the_garbage_scan_of_apply_prune_looks_accessors_up_pipelined(
         meta={"managed_by": "claude-auth", "user": "p01", "host": "pipe-host"})["auth"]["accessor"])
         for _ in range(30))
     count(proxy, ACCESSOR_LOOKUP)
+    asked_alone: list[str] = []
+    original = Vault.lookup_accessor
+
+    def lookup_accessor(self: Vault, accessor: str) -> Any:
+        asked_alone.append(accessor)
+        return original(self, accessor)
+
+    monkeypatch.setattr(Vault, "lookup_accessor", lookup_accessor)
     pipelined = world.run("plan", "--prune")
     assert pipelined.code == Exit.CHANGES_PENDING, pipelined.err
     assert proxy.pipelined > 0
+    # A pipelined answer that would get a token revoked is asked again on its own before it counts.
+    assert set(strays) <= set(asked_alone)
     listed = sorted(line.split()[2] for line in pipelined.out.splitlines() if "referenced by nothing" in line)
     assert listed == sorted(f"{accessor[:8]}…" for accessor in strays)
 
