@@ -178,11 +178,13 @@ def _connection(host: str, port: int, ssl_context: ssl.SSLContext | None, wire: 
     if left <= 0:
         return
     sock = socket.create_connection((host, port), timeout=min(timeout, left))
+    reader: BinaryIO | None = None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ssl_context is not None:
             sock = ssl_context.wrap_socket(sock, server_hostname=host)
-        reader: BinaryIO = sock.makefile("rb", buffering=64 * 1024)  # type: ignore[assignment]
+        stream: BinaryIO = sock.makefile("rb", buffering=64 * 1024)  # type: ignore[assignment]
+        reader = stream
         while True:
             left = until - time.monotonic()
             if left <= 0:
@@ -199,11 +201,13 @@ def _connection(host: str, port: int, ssl_context: ssl.SSLContext | None, wire: 
                 if left <= 0:
                     return
                 sock.settimeout(min(timeout, left))
-                answer, keep_open = _read_answer(reader, max_body)
+                answer, keep_open = _read_answer(stream, max_body)
                 answers[index] = answer
                 if not keep_open:
                     return  # what was written after it is not answered on this connection
     finally:
+        if reader is not None:
+            reader.close()
         sock.close()
 
 
