@@ -364,15 +364,21 @@ def _open_regular(account: Account, rel_path: str, verb: str) -> int | None:
     if fd is None:
         return None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePath(f"{display} is {_describe_kind(_state(st).kind)}, not a regular file; refusing to {verb} it")
-        if st.st_nlink > 1:
-            raise UnsafePath(f"{display} has {st.st_nlink} hard links (one may be planted); refusing to {verb} it")
+        _require_plain_file(fd, display, verb)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _require_plain_file(fd: int, display: str, verb: str) -> os.stat_result:
+    """Raise UnsafePath unless `fd` is a regular file with one link (a second may be planted)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePath(f"{display} is {_describe_kind(_state(st).kind)}, not a regular file; refusing to {verb} it")
+    if st.st_nlink > 1:
+        raise UnsafePath(f"{display} has {st.st_nlink} hard links (one may be planted); refusing to {verb} it")
+    return st
 
 
 def _read_to_end(fd: int, limit: int) -> bytes:
@@ -491,11 +497,7 @@ def lock_private_file(account: Account, rel_path: str, *, timeout: float) -> int
     finally:
         os.close(parent)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePath(f"{display} is {_describe_kind(_state(st).kind)}, not a regular file; refusing to use it")
-        if st.st_nlink > 1:
-            raise UnsafePath(f"{display} has {st.st_nlink} hard links (one may be planted); refusing to use it")
+        _require_plain_file(fd, display, "use")
         _fix(fd, account, 0o600, display)
         ends = time.monotonic() + timeout
         while True:

@@ -499,6 +499,13 @@ def _kv_secret(data: Any) -> KvSecret:
     return KvSecret(version=version, data=MappingProxyType(dict(inner.get("data") or {})))
 
 
+def _kv_metadata(data: Any) -> KvMetadata:
+    """A KV v2 metadata read's answer; raises TypeError, ValueError or AttributeError on a bad shape."""
+    inner = data.get("data") or {}
+    return KvMetadata(current_version=int(inner.get("current_version") or 0),
+                      updated_time=str(inner.get("updated_time") or ""))
+
+
 def _quick_kv_secret(answer: vault_pipeline.Answer | None) -> KvSecret | None:
     data = _quick_answer(answer)
     try:
@@ -659,9 +666,9 @@ class Vault:
         speaks to Vault directly). The time spent counts against the run's deadline.
         """
         link = self._link
-        context = self._pipeline_ssl() if urlsplit(self.address).scheme == "https" else None
-        if (not requests or link.down is not None or self._proxied
-                or (context is None and urlsplit(self.address).scheme == "https")):
+        https = urlsplit(self.address).scheme == "https"
+        context = self._pipeline_ssl() if https else None
+        if not requests or link.down is not None or self._proxied or (https and context is None):
             return [None] * len(requests)
         with link.deadline.running():
             left = link.deadline.remaining()
@@ -746,9 +753,9 @@ class Vault:
                 found[index] = None  # kv_read: no metadata, or no right to read it, is "nothing there"
             elif (versions := _quick_answer(answer)) is not None:
                 try:
-                    current = int(((versions.get("data") or {}).get("current_version")) or 0)
+                    current = _kv_metadata(versions).current_version
                 except (AttributeError, TypeError, ValueError, OverflowError):
-                    continue
+                    continue  # read again the ordinary way, which says what is wrong
                 found[index] = KvSecret(version=current, data=MappingProxyType({})) if current > 0 else None
         return found
 
@@ -911,9 +918,7 @@ class Vault:
         if data is None:
             return None
         with _reading(what):
-            inner = data.get("data") or {}
-            return KvMetadata(current_version=int(inner.get("current_version") or 0),
-                              updated_time=str(inner.get("updated_time") or ""))
+            return _kv_metadata(data)
 
     # --- KV v2, undecoded (for data other people control) -----------------------
     # hvac decodes every answer with the stdlib json, which raises RecursionError on a
