@@ -4,6 +4,11 @@ Changes run in Kind order (model.sort_for_apply: policies, folders, tokens,
 renewals, token files, units, timers), dispatched on (kind, action) only to
 the domain handlers: Vault kinds to reconcile.vault_state, local kinds to
 reconcile.local_state. A failed change is recorded and the rest still run.
+Results are reported in that order too, but two kinds of work start early:
+the policy writes are sent together pipelined, and when timers change, the
+unit files are written first and the timers' enablement links (one slow
+`systemctl enable` over every unit folder per name) are made in a thread
+while the tokens are minted; the timers start (live root) only after them.
 Without an admin Vault token, a change that needs one is not attempted: it is
 recorded as blocked (a WARN line for people). Orphaned items are never acted
 on; `apply --prune` turns them into deletions at planning time.
@@ -17,6 +22,7 @@ the caller can report it with the rest in one line.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -110,24 +116,49 @@ def _run_one(change: Change, ctx: ExecContext) -> Result:
     return Result(change, ok=True, message=message)
 
 
-def _run_timers(changes: list[Change], ctx: ExecContext) -> list[Result]:
-    """Timers go to systemctl in one call per verb, not one process per user.
-
-    Whatever the batch handler raises (a failed daemon-reload before the
-    timers, say) is the failure of every change in the batch: one result each.
-    """
-    try:
-        outcomes: list[object] = list(local_state.apply_timer_changes(changes, ctx.local))
-    except Exception as exc:  # recorded; never a traceback
-        message = error_text(exc)
-        return [Result(change, ok=False, message=message) for change in changes]
+def _as_results(changes: list[Change], outcomes: list[str | Exception]) -> list[Result]:
     if len(outcomes) != len(changes):
         message = f"the timer handler answered {len(outcomes)} outcomes for {len(changes)} changes"
         return [Result(change, ok=False, message=message) for change in changes]
     return [Result(change, ok=False, message=error_text(outcome)) if isinstance(outcome, Exception)
-            else Result(change, ok=True, message=outcome if isinstance(outcome, str) and outcome
-                        else _DONE[change.action])
+            else Result(change, ok=True, message=outcome or _DONE[change.action])
             for change, outcome in zip(changes, outcomes)]
+
+
+class _TimerLinks:
+    """The timers' enablement links, made by one systemctl run per verb in a thread of its own
+    while the tokens are minted, then (live root only) the starts and stops after them.
+
+    The links start nothing, so they need not wait for the tokens: only the unit files they
+    name, which are written ahead for that. A timer starts (and so, being new, runs its first
+    sync at once: OnBootSec) only in the timers' own turn, after every token and token file.
+    Whatever the batch handlers raise is the failure of every change in the batch.
+    """
+
+    def __init__(self, timers: list[Change], ctx: ExecContext) -> None:
+        self._timers = timers
+        self._ctx = ctx
+        self._linked: list[str | Exception] | Exception = []
+        self._thread = threading.Thread(target=self._link, name="timer-links", daemon=True)
+        self._thread.start()
+
+    def _link(self) -> None:
+        try:
+            self._linked = local_state.link_timers(self._timers, self._ctx.local)
+        except Exception as exc:  # handed to the results, never a traceback
+            self._linked = exc
+
+    def results(self) -> list[Result]:
+        self._thread.join()
+        linked = self._linked
+        try:
+            if isinstance(linked, Exception):
+                raise linked
+            outcomes = local_state.start_timers(self._timers, linked, self._ctx.local)
+        except Exception as exc:  # recorded; never a traceback
+            message = error_text(exc)
+            return [Result(change, ok=False, message=message) for change in self._timers]
+        return _as_results(self._timers, outcomes)
 
 
 def _written_ahead(runnable: list[Change], ctx: ExecContext) -> dict[int, Result]:
@@ -158,10 +189,14 @@ def execute(plan: Plan, ctx: ExecContext, *, report: Reporter) -> tuple[Result, 
             runnable.append(change)
     timers = [c for c in runnable if c.kind is Kind.TIMER]
     ahead = _written_ahead(runnable, ctx)
+    links = None
+    if timers:  # the links name the unit files: those are written first
+        ahead.update((id(change), _run_one(change, ctx)) for change in runnable if change.kind is Kind.UNIT)
+        links = _TimerLinks(timers, ctx)
     for change in runnable:
         if change.kind is Kind.TIMER:
-            if change is timers[0]:  # timers sort last: every other change has run by now
-                for result in _run_timers(timers, ctx):
+            if links is not None and change is timers[0]:  # timers sort last: all else has run
+                for result in links.results():
                     results.append(result)
                     report(result)
             continue

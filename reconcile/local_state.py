@@ -751,15 +751,44 @@ def apply_timer_changes(changes: Sequence[Change], ctx: LocalContext) -> list[st
     disabled (parked, not in the roster) is disabled and stopped, whatever the
     action. Returns, per change, what was done or the exception it raised.
     """
+    return start_timers(changes, link_timers(changes, ctx), ctx)
+
+
+def link_timers(changes: Sequence[Change], ctx: LocalContext) -> list[str | Exception]:
+    """The first half of apply_timer_changes: the enablement links only (enable/disable).
+
+    Nothing starts or stops here, so this may run while tokens are still being
+    minted; start_timers, after them, does the rest. Per change: "" when its
+    links are as wanted, or the exception that says why not.
+    """
+    return _timer_stage(changes, ctx, links=True, given=None)
+
+
+def start_timers(changes: Sequence[Change], linked: Sequence[str | Exception],
+                 ctx: LocalContext) -> list[str | Exception]:
+    """The second half of apply_timer_changes: start or stop (live root only) each timer whose
+    links link_timers made; per change, what was done or the exception it raised."""
+    return _timer_stage(changes, ctx, links=False, given=linked)
+
+
+def _timer_stage(changes: Sequence[Change], ctx: LocalContext, *, links: bool,
+                 given: Sequence[str | Exception] | None) -> list[str | Exception]:
     live = ctx.is_live
-    try:
-        _reload_if_pending(ctx)
-    except systemd.SystemdError as exc:
-        return [exc for _ in changes]  # a timer must not start from a stale unit
+    if links:
+        try:
+            _reload_if_pending(ctx)
+        except systemd.SystemdError as exc:
+            return [exc for _ in changes]  # a timer must not start from a stale unit
+    elif given is None or len(given) != len(changes):
+        return [LocalChangeError("timer links were not made") for _ in changes]
     outcomes: list[str | Exception] = []
     groups: dict[bool, list[int]] = {True: [], False: []}
     for index, change in enumerate(changes):
         desired = change.desired
+        earlier = None if given is None else given[index]
+        if isinstance(earlier, Exception):
+            outcomes.append(earlier)
+            continue
         if change.kind is not Kind.TIMER or not isinstance(desired, DesiredTimer):
             outcomes.append(LocalChangeError(f"{change.name}: not a timer change"))
             continue
@@ -769,6 +798,8 @@ def apply_timer_changes(changes: Sequence[Change], ctx: LocalContext) -> list[st
         if not indexes:
             continue
         verbs, done = _timer_verbs(ctx.root, enabled, live)
+        verbs = verbs[:1] if links else verbs[1:]
+        done = "" if links else done
         units = [cast(DesiredTimer, changes[i].desired).unit for i in indexes]
         try:
             for verb in verbs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -597,7 +598,7 @@ def test_a_failing_timer_batch_fails_each_timer_change(world: World, monkeypatch
     def fail(changes: Any, ctx: Any) -> Any:
         raise SystemdError("systemctl daemon-reload failed: Access denied")
 
-    monkeypatch.setattr(local_state, "apply_timer_changes", fail)
+    monkeypatch.setattr(local_state, "link_timers", fail)
     world.write_roster({"alice": {}, "bob": {}})
     run = world.run("apply")
     assert run.code == Exit.ERROR
@@ -607,6 +608,69 @@ def test_a_failing_timer_batch_fails_each_timer_change(world: World, monkeypatch
     assert "Traceback" not in run.err
     assert run.lines[-1].startswith("Applied: ") and run.lines[-1].endswith(" 3 failed, 0 need an admin run.")
     assert world.token("alice") and world.token("bob")  # everything else was applied
+
+
+def test_timer_links_are_made_while_the_tokens_are_minted(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`systemctl enable` of many timers is slow (it searches every unit folder per name), so its
+    links are made alongside the mints rather than after them. Each mint here waits until the
+    links have begun: it cannot see that when they come after it."""
+    from reconcile import local_state, vault_state
+
+    linking = threading.Event()
+    seen_by_mints: list[bool] = []
+    real_link, real_mint = local_state.link_timers, vault_state._mint
+
+    def link(changes: Any, ctx: Any) -> Any:
+        linking.set()
+        return real_link(changes, ctx)
+
+    def mint(order: Any, ctx: Any) -> Any:
+        seen_by_mints.append(linking.wait(timeout=5 if not seen_by_mints else 0))
+        return real_mint(order, ctx)
+
+    monkeypatch.setattr(local_state, "link_timers", link)
+    monkeypatch.setattr(vault_state, "_mint", mint)
+    world.write_roster({"alice": {}, "bob": {}})
+    run = world.run("apply")
+    assert run.code == Exit.OK, run.err
+    assert seen_by_mints == [True, True]
+    timer_lines = [line for line in run.lines if " timer " in line]
+    assert timer_lines == [f"+ timer {unit}: enabled" for unit in
+                           ("claude-auth-reconcile.timer", "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer")]
+    assert run.lines.index(timer_lines[0]) > max(i for i, line in enumerate(run.lines) if " unit " in line)
+    world.assert_converged()
+
+
+def test_a_live_root_starts_each_timer_only_after_every_token_is_written(world: World,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new timer runs its first sync as soon as it starts (OnBootSec= has long passed): the start
+    must wait for the token files, though the links need not."""
+    from reconcile import local_state, systemd, vault_state
+
+    started: list[tuple[str, bool]] = []
+    start_called = threading.Event()
+    mints: list[Any] = []
+    real_mint = vault_state._mint
+
+    def start(units: Any) -> None:
+        started.extend((unit, all(world.token(user) for user in ("alice", "bob"))) for unit in units)
+        start_called.set()
+
+    def mint(order: Any, ctx: Any) -> Any:
+        mints.append(order)  # the first one waits: a start that does not wait for tokens comes first
+        start_called.wait(timeout=1.5 if len(mints) == 1 else 0)
+        return real_mint(order, ctx)
+
+    monkeypatch.setattr(local_state.LocalContext, "is_live", property(lambda self: True))
+    monkeypatch.setattr(systemd, "start", start)
+    monkeypatch.setattr(vault_state, "_mint", mint)
+    monkeypatch.setattr(systemd, "daemon_reload", lambda: None)
+    world.write_roster({"alice": {}, "bob": {}})
+    run = world.run("apply")
+    assert run.code == Exit.OK, run.err
+    assert started == [(unit, True) for unit in
+                       ("claude-auth-reconcile.timer", "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer")]
+    assert "+ timer claude-auth-sync@bob.timer: enabled and started" in run.lines
 
 
 def test_user_database_that_is_a_folder(world: World) -> None:
