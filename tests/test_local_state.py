@@ -386,6 +386,36 @@ def test_a_failed_reload_fails_the_timer_changes_without_a_traceback(tmp_path: P
     assert [str(o) for o in outcomes] == ["`systemctl daemon-reload` failed: Access denied"]
 
 
+def test_a_live_root_starts_only_the_timers_whose_links_were_made(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Links and starts are two stages (the links run alongside the mints): a timer whose link
+    failed is not started, and each failure, of either stage, names its own timer."""
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def verb(name: str, refuse: str) -> Any:
+        def run(units: list[str]) -> None:
+            calls.append((name, tuple(units)))
+            if refuse in units:
+                raise systemd.SystemdError(f"`systemctl {name}` refused {refuse}")
+        return run
+
+    monkeypatch.setattr(systemd, "is_live_root", lambda root: True)
+    monkeypatch.setattr(systemd, "enable", lambda root, units: verb("enable", "claude-auth-sync@bob.timer")(units))
+    monkeypatch.setattr(systemd, "start", verb("start", "claude-auth-sync@carol.timer"))
+    ctx = LocalContext(tmp_path, {})
+    timers = [DesiredTimer(f"claude-auth-sync@{user}.timer", True, user) for user in ("alice", "bob", "carol")]
+    changes = [Change(A, Kind.TIMER, timer.unit, "x", desired=timer) for timer in timers]
+    linked = local_state.link_timers(changes, ctx)
+    assert [str(o) for o in linked] == ["", "`systemctl enable` refused claude-auth-sync@bob.timer", ""]
+    assert not [name for name, _ in calls if name == "start"]  # nothing starts in the link stage
+    outcomes = local_state.start_timers(changes, linked, ctx)
+    assert [str(o) for o in outcomes] == ["enabled and started",
+                                          "`systemctl enable` refused claude-auth-sync@bob.timer",
+                                          "`systemctl start` refused claude-auth-sync@carol.timer"]
+    started = {unit for name, units in calls if name == "start" for unit in units}
+    assert "claude-auth-sync@bob.timer" not in started
+
+
 def test_intermediate_folders(root: Path) -> None:
     bob = root / "home" / "bob"
     (bob / ".config").mkdir()
