@@ -22,11 +22,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -183,6 +185,66 @@ def test_a_killed_first_apply_leaves_no_token_unaccounted_for(bao: OpenBaoServer
             assert unreferenced == set(), (when, nth)
             assert sandbox.temp_files() == [], (when, nth)
             assert_no_secrets(sandbox.outputs, set(files.values()) | {bao.root_token})
+
+
+def test_an_apply_killed_while_its_systemctl_makes_the_links_converges(bao: OpenBaoServer, tmp_path: Path) -> None:
+    """The timers' links are made by a systemctl running beside the mints (docs/design.md, "Timer
+    links alongside the mints"). Kill the apply while that systemctl is held before it starts, let
+    the next apply run to the end, then let the orphaned systemctl make the same links: one more
+    apply and plan find nothing to do and every token is accounted for."""
+    real = shutil.which("systemctl")
+    assert real
+    bin_dir, gate, held, done = (tmp_path / name for name in ("bin", "gate", "held", "done"))
+    bin_dir.mkdir()
+    wrapper = bin_dir / "systemctl"
+    wrapper.write_text(f"""#!/bin/sh
+case " $* " in *" enable "*)
+  touch {held}
+  while [ ! -e {gate} ]; do sleep 0.02; done
+  {real} "$@"; status=$?; touch {done}; exit $status;;
+esac
+exec {real} "$@"
+""")
+    wrapper.chmod(0o755)
+    client = hvac.Client(url=bao.address, token=bao.root_token)
+    with FaultProxy(upstream_port=bao.port) as proxy:
+        sandbox = Sandbox(tmp_path, bao, proxy, "held")
+        env = {**sandbox.env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        process = subprocess.Popen([sys.executable, "-m", "reconcile", "apply", "--roster", str(sandbox.roster),
+                                    "--root", str(sandbox.root)], cwd=REPO, env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not (held.exists() and len(sandbox.token_values()) >= 10):  # links held, mints under way
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        process.kill()
+        sandbox.outputs += list(process.communicate(timeout=60))
+        wants = sandbox.root / "etc/systemd/system/timers.target.wants"
+        assert not wants.exists()  # the kill landed before any link
+
+        code, out, err = sandbox.run("apply")  # the real systemctl, while the orphan still waits
+        assert code == Exit.OK, err
+        gate.touch()
+        while not done.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert sorted(link.name for link in wants.iterdir()) == sorted(
+            ["claude-auth-reconcile.timer"] + [f"claude-auth-sync@{user}.timer" for user in PEOPLE])
+
+        code, out, err = sandbox.run("apply")
+        assert code == Exit.OK and out.splitlines()[-1:] == ["No changes."], out + err
+        code, out, err = sandbox.run("plan")
+        assert (code, out.splitlines()[-1:]) == (Exit.OK, ["No changes."]), out + err
+        files = sandbox.token_values()
+        assert sorted(files) == PEOPLE
+        state = sandbox.state()
+        in_files = {str(client.auth.token.lookup(value)["data"]["accessor"]) for value in files.values()}
+        tokens: dict[str, dict[str, str]] = state["tokens"]  # type: ignore[assignment]
+        pending: list[str] = state["pending_revoke"]  # type: ignore[assignment]
+        referenced = in_files | {entry["accessor"] for entry in tokens.values()} | set(pending)
+        assert set(tool_tokens(client, sandbox.prefix)) - referenced == set()
+        assert sandbox.temp_files() == []
+        assert_no_secrets(sandbox.outputs, set(files.values()) | {bao.root_token})
 
 
 def test_apply_removes_stale_temporary_files_of_its_own_naming_only(world: World) -> None:

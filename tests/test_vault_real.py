@@ -618,9 +618,13 @@ def test_timer_links_are_made_while_the_tokens_are_minted(world: World, monkeypa
 
     linking = threading.Event()
     seen_by_mints: list[bool] = []
+    written_first: list[bool] = []  # the links name the unit files: those come first
     real_link, real_mint = local_state.link_timers, vault_state._mint
 
     def link(changes: Any, ctx: Any) -> Any:
+        units = world.root / "etc/systemd/system"
+        written_first.append(all((units / name).exists() for name in
+                                 ("claude-auth-sync@.timer", "claude-auth-reconcile.timer")))
         linking.set()
         return real_link(changes, ctx)
 
@@ -633,7 +637,7 @@ def test_timer_links_are_made_while_the_tokens_are_minted(world: World, monkeypa
     world.write_roster({"alice": {}, "bob": {}})
     run = world.run("apply")
     assert run.code == Exit.OK, run.err
-    assert seen_by_mints == [True, True]
+    assert seen_by_mints == [True, True] and written_first == [True]
     timer_lines = [line for line in run.lines if " timer " in line]
     assert timer_lines == [f"+ timer {unit}: enabled" for unit in
                            ("claude-auth-reconcile.timer", "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer")]
