@@ -150,12 +150,11 @@ class _TimerLinks:
 
     def results(self) -> list[Result]:
         self._thread.join()
-        linked = self._linked
         try:
-            if isinstance(linked, Exception):
-                raise linked
-            outcomes = local_state.start_timers(self._timers, linked, self._ctx.local)
-        except Exception as exc:  # recorded; never a traceback
+            if isinstance(self._linked, Exception):
+                raise self._linked
+            outcomes = local_state.start_timers(self._timers, self._linked, self._ctx.local)
+        except Exception as exc:  # the link stage's or this one's: recorded, never a traceback
             message = error_text(exc)
             return [Result(change, ok=False, message=message) for change in self._timers]
         return _as_results(self._timers, outcomes)
