@@ -13,6 +13,20 @@ Files are written atomically: a fresh temporary file (O_CREAT|O_EXCL|
 O_NOFOLLOW) in the same folder, renamed over the old entry through folder
 descriptors, so an existing link is replaced, never written through.
 
+Root gives a person only what it has just created. An existing entry is
+changed (mode, group) only when the descriptor root opened shows it already
+belongs to that person; a root-owned file (or one of anyone else) that root
+did not create in this very call is never chowned, never chmodded and never
+read: a person can race a link to such a file into the name between root's
+open and its checks, and the check that counts is the one made on the
+descriptor after opening (docs/design.md, "The trust boundary"). The one
+exception is what a killed run (or another host's run over a shared home,
+between its mkdir and its chown) leaves half-made: an empty root-owned
+folder of no more than 0700, or an empty root-owned file with one link and
+no more than 0600.
+Such an object holds nothing and has no other name (folders cannot be
+hard-linked), so giving it to the person gives nothing away.
+
 The home folder itself (from the user database) is trusted as chosen by root.
 Paths are given relative to the home folder (`.config/claude-auth-sync`) and
 shown to people as `~/.config/claude-auth-sync`.
@@ -26,6 +40,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -63,6 +78,7 @@ class EntryState:
     uid: int
     gid: int
     nlink: int
+    size: int = 0
 
 
 MISSING = EntryState(kind="missing", mode=0, uid=-1, gid=-1, nlink=0)
@@ -89,7 +105,8 @@ def _state(st: os.stat_result) -> EntryState:
         kind = "symlink"
     else:
         kind = "other"
-    return EntryState(kind=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, nlink=st.st_nlink)
+    return EntryState(kind=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, nlink=st.st_nlink,
+                      size=st.st_size if kind == "file" else 0)
 
 
 def _describe_kind(kind: EntryKind) -> str:
@@ -143,14 +160,37 @@ def _make_dir(parent_fd: int, name: str, display: str, account: Account, mode: i
     fd = _open_dir(parent_fd, name, display)
     if fd is None:
         raise UnsafePath(f"{display} disappeared while it was being created; refusing to continue")
-    if created:
-        try:
+    try:
+        st = os.fstat(fd)
+        made_here = created and st.st_uid == os.geteuid() and st.st_uid != account.uid
+        if made_here or _half_made(fd, st):
+            # The folder root made a moment ago (or a killed run half-made), unless it was swapped
+            # meanwhile: a fresh one is empty.
+            if st.st_nlink != 2 or os.listdir(fd):
+                raise UnsafePath(f"{display} changed while it was being created; refusing to use it")
             os.fchown(fd, account.uid, account.gid)
             os.fchmod(fd, mode)
-        except OSError as exc:
-            os.close(fd)
-            raise HomeFsError(f"cannot set owner and mode of {display}: {exc.strerror}") from None
+        else:
+            _require_owner(st, account, display, "use")
+    except OSError as exc:
+        os.close(fd)
+        raise HomeFsError(f"cannot set owner and mode of {display}: {exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
+
+
+def _adopt_if_half_made(fd: int, account: Account, display: str) -> None:
+    """Finish an intermediate folder a killed run made but did not yet give to the person."""
+    try:
+        st = os.fstat(fd)
+        if _half_made(fd, st):
+            os.fchown(fd, account.uid, account.gid)
+            os.fchmod(fd, INTERMEDIATE_MODE)
+    except OSError as exc:
+        os.close(fd)
+        raise HomeFsError(f"cannot set owner and mode of {display}: {exc.strerror}") from None
 
 
 def _walk(account: Account, parts: list[str], *, create: bool) -> int | None:
@@ -171,6 +211,8 @@ def _walk(account: Account, parts: list[str], *, create: bool) -> int | None:
                     os.close(fd)
                     return None
                 child = _make_dir(fd, name, display, account, INTERMEDIATE_MODE)
+            elif create:
+                _adopt_if_half_made(child, account, display)
             os.close(fd)
             fd = child
     except BaseException:
@@ -200,8 +242,41 @@ def inspect(account: Account, rel_path: str) -> EntryState:
     return _state(st)
 
 
+def _owner_text(uid: int) -> str:
+    return "root" if uid == 0 else f"uid {uid}"
+
+
+def _require_owner(st: os.stat_result, account: Account, display: str, verb: str) -> None:
+    """Raise UnsafePath unless the opened object already belongs to the person."""
+    if st.st_uid != account.uid:
+        raise UnsafePath(f"{display} is owned by {_owner_text(st.st_uid)}, not by {account.name}; refusing to "
+                         f"{verb} it (root gives a person only what it has just created: remove it, "
+                         f"or chown it to {account.name} yourself)")
+
+
+def is_half_made(state: EntryState) -> bool:
+    """Whether an entry looks like what a run killed between create and chown leaves (see above).
+
+    Decided from lstat-like facts; the descriptor check in _half_made is the one that counts."""
+    if state.uid != 0 or os.geteuid() != 0:
+        return False
+    if state.kind == "directory":  # made 0700 (less under a umask), and nothing in it yet
+        return state.nlink == 2 and not state.mode & 0o077
+    return state.kind == "file" and state.nlink == 1 and not state.mode & 0o177 and state.size == 0
+
+
+def _half_made(fd: int, st: os.stat_result) -> bool:
+    """is_half_made, checked on the opened descriptor: an empty folder, or an empty plain file."""
+    if not is_half_made(_state(st)):
+        return False
+    return not stat.S_ISDIR(st.st_mode) or not os.listdir(fd)
+
+
 def _fix(fd: int, account: Account, mode: int, display: str) -> None:
+    """Group and mode of an object the person already owns, or a half-made one of root's (on the descriptor)."""
     st = os.fstat(fd)
+    if not _half_made(fd, st):
+        _require_owner(st, account, display, "change")
     try:
         if (st.st_uid, st.st_gid) != (account.uid, account.gid):
             os.fchown(fd, account.uid, account.gid)
@@ -364,20 +439,24 @@ def _open_regular(account: Account, rel_path: str, verb: str) -> int | None:
     if fd is None:
         return None
     try:
-        _require_plain_file(fd, display, verb)
+        _require_plain_file(fd, account, display, verb)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _require_plain_file(fd: int, display: str, verb: str) -> os.stat_result:
-    """Raise UnsafePath unless `fd` is a regular file with one link (a second may be planted)."""
+def _require_plain_file(fd: int, account: Account, display: str, verb: str, *,
+                        half_made_ok: bool = False) -> os.stat_result:
+    """Raise UnsafePath unless `fd` is a regular file of the person's with one link (a second may be
+    planted). Checked on the descriptor, after opening: a name may point elsewhere by now."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise UnsafePath(f"{display} is {_describe_kind(_state(st).kind)}, not a regular file; refusing to {verb} it")
     if st.st_nlink > 1:
         raise UnsafePath(f"{display} has {st.st_nlink} hard links (one may be planted); refusing to {verb} it")
+    if not (half_made_ok and _half_made(fd, st)):
+        _require_owner(st, account, display, verb)
     return st
 
 
@@ -432,11 +511,12 @@ def read_private_tail(account: Account, rel_path: str, max_bytes: int = 65536) -
 
 
 def fix_owner_mode(account: Account, rel_path: str, mode: int) -> None:
-    """Give the existing file or folder ~/rel_path the user as owner and `mode`.
+    """Give the existing file or folder ~/rel_path, which the person owns, their group and `mode`.
 
     Acts through a descriptor opened without following links. A symbolic
-    link, a special file, or a regular file with more than one hard link is
-    refused with UnsafePath; a missing entry raises HomeFsError.
+    link, a special file, a regular file with more than one hard link, or
+    anything the person does not own (checked on the descriptor) is refused
+    with UnsafePath; a missing entry raises HomeFsError.
     """
     parts = _split(rel_path)
     display = shown(rel_path)
@@ -470,46 +550,114 @@ def fix_owner_mode(account: Account, rel_path: str, mode: int) -> None:
 MINT_LOCK_FILE = ".config/claude-auth-sync/mint.lock"
 """Serialises token mints for one person across hosts that share the home folder (docs/design.md, "Fleet")."""
 
+LOCK_WAIT_ALLOWANCE = 3.0
+"""Seconds one whole run may spend waiting on locks in homes, all people together."""
 
-def lock_private_file(account: Account, rel_path: str, *, timeout: float) -> int:
-    """An exclusive flock on ~/rel_path (created empty, 0600, owner the user); returns the descriptor.
 
-    The lock is dropped by closing the descriptor. The file is opened as every
-    other file here: parents walked without following links, the leaf created
-    with O_NOFOLLOW, and refused unless it is a regular file with one link. It
-    waits up to `timeout` seconds for another holder (another host's apply
-    over a shared home, or the person, who owns the file); then HomeFsError.
+class LockHeld(HomeFsError):
+    """A lock in a home is held by someone else beyond what this run may wait: that person's row is skipped."""
+
+
+class LockAllowance:
+    """One run's allowance of waiting on locks that people can hold (their mint locks).
+
+    A person owns the lock file in her home and may hold it forever. Waiting per person
+    would let a few people stall everyone's run, so the waiting is shared: every wait
+    draws on one allowance of `seconds` for the run, and once it is spent each lock is
+    only tried, never waited for. Another host's mint over a shared home holds the lock
+    for milliseconds, well within it. Thread-safe.
     """
-    parts = _split(rel_path)
-    display = shown(rel_path)
-    parent = _walk(account, parts[:-1], create=True)
-    assert parent is not None
-    try:
+
+    def __init__(self, seconds: float = LOCK_WAIT_ALLOWANCE) -> None:
+        self._left = seconds
+        self.total = seconds
+        self._guard = threading.Lock()
+
+    def left(self) -> float:
+        with self._guard:
+            return max(0.0, self._left)
+
+    def spend(self, seconds: float) -> None:
+        with self._guard:
+            self._left -= seconds
+
+
+def _open_lock_file(parent: int, leaf: str, account: Account, display: str) -> int:
+    """The lock file, created by root (and given to the person) or the person's own, never another's."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    for _ in range(3):  # created and removed by others in between: try a few times
         try:
-            fd = os.open(parts[-1], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+            fd = os.open(leaf, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=parent)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise HomeFsError(f"cannot create {display}: {exc.strerror}") from None
+        else:
+            try:
+                os.fchown(fd, account.uid, account.gid)
+                os.fchmod(fd, 0o600)
+            except OSError as exc:
+                os.close(fd)
+                raise HomeFsError(f"cannot set owner and mode of {display}: {exc.strerror}") from None
+            return fd
+        try:
+            fd = os.open(leaf, flags, dir_fd=parent)
+        except FileNotFoundError:
+            continue
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafePath(f"{display} is a symbolic link; refusing to follow it") from None
             if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP, errno.EISDIR):
                 raise UnsafePath(f"{display} is not a regular file; refusing to use it") from None
             raise HomeFsError(f"cannot open {display}: {exc.strerror}") from None
+        try:
+            _require_plain_file(fd, account, display, "use", half_made_ok=True)
+            _fix(fd, account, 0o600, display)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    raise UnsafePath(f"{display} keeps appearing and disappearing; refusing to use it")
+
+
+def lock_private_file(account: Account, rel_path: str, *, timeout: float,
+                      allowance: LockAllowance | None = None) -> int:
+    """An exclusive flock on ~/rel_path (created empty, 0600, owner the user); returns the descriptor.
+
+    The lock is dropped by closing the descriptor. The file is opened as every
+    other file here: parents walked without following links, the leaf created
+    by root with O_EXCL (and given to the person) or else opened with
+    O_NOFOLLOW and refused unless it is a regular file with one link that the
+    person already owns. A holder (another host's apply over a shared home, or
+    the person) is waited for at most `timeout` seconds and never beyond what
+    is left of the run's `allowance` (none given: the timeout alone); then LockHeld.
+    """
+    allowance = allowance if allowance is not None else LockAllowance(timeout)
+    parts = _split(rel_path)
+    display = shown(rel_path)
+    parent = _walk(account, parts[:-1], create=True)
+    assert parent is not None
+    try:
+        fd = _open_lock_file(parent, parts[-1], account, display)
     finally:
         os.close(parent)
     try:
-        _require_plain_file(fd, display, "use")
-        _fix(fd, account, 0o600, display)
-        ends = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() >= ends:
-                    raise HomeFsError(f"{display} is held by another process for over {timeout:g} s") from None
-                time.sleep(0.02)
-            except OSError as exc:
-                raise HomeFsError(f"cannot lock {display}: {exc.strerror}") from None
+        started = time.monotonic()
+        ends = started + min(timeout, allowance.left())
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    if time.monotonic() >= ends:
+                        raise LockHeld(f"{display} is held by another process (this run waits on "
+                                       f"such locks for {allowance.total:g} s in all)") from None
+                    time.sleep(0.02)
+                except OSError as exc:
+                    raise HomeFsError(f"cannot lock {display}: {exc.strerror}") from None
+        finally:
+            allowance.spend(time.monotonic() - started)
     except BaseException:
         os.close(fd)
         raise

@@ -58,7 +58,7 @@ from functools import partial
 from typing import Callable, Collection, Iterable, Mapping, Sequence, cast
 
 from reconcile import execaccess, homefs, systemd
-from reconcile.atomicfile import write_atomically
+from reconcile.atomicfile import make_folders, write_atomically
 from reconcile.accounts import Account, lookup_accounts, names_by_uid
 from reconcile.durations import format_duration
 from reconcile.loginmode import DEFAULT as DEFAULT_LOGIN
@@ -334,6 +334,12 @@ def _checked_state(account: Account, rel_path: str, want: str) -> EntryState:
     if state.kind == "file" and state.nlink > 1:
         raise homefs.UnsafePath(
             f"{shown} has {state.nlink} hard links (one may be planted); refusing to touch it")
+    if state.kind != "missing" and state.uid != account.uid and not homefs.is_half_made(state):
+        # Root gives a person only what it has just created (homefs), or what a killed run half-made:
+        # an existing entry of someone else's, root's included, is theirs to remove.
+        owner = "root" if state.uid == 0 else f"uid {state.uid}"
+        raise homefs.UnsafePath(f"{shown} is owned by {owner}, not by {account.name}; refusing to give it "
+                                f"to {account.name} (remove it, or chown it to {account.name} yourself)")
     return state
 
 
@@ -667,7 +673,7 @@ class LocalContext:
 def write_unit(root: Path, name: str, text: str) -> None:
     """Atomically write a unit file (0644) into DIR/etc/systemd/system."""
     path = Path(root) / UNIT_DIR / name
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    make_folders(path.parent, 0o755)
     # Flushed with everything else in one os.sync() at the end of apply: a
     # thousand drop-ins need not wait for a thousand pairs of fsyncs.
     write_atomically(path, text.encode(), 0o644, durable=False)

@@ -92,12 +92,22 @@ def test_ensure_directory_keeps_the_mode_of_existing_intermediates(account: Acco
     assert mode_owner(config / "claude-auth-sync") == (0o700, UID, GID)
 
 
-def test_ensure_directory_fixes_mode_and_owner_of_the_final_folder(account: Account) -> None:
+def test_ensure_directory_fixes_mode_and_group_of_the_persons_final_folder(account: Account) -> None:
     folder = account.home / ".config" / "claude-auth-sync"
     folder.mkdir(parents=True)
-    folder.chmod(0o755)  # owned by root, 0755
+    folder.chmod(0o755)
+    os.chown(folder, UID, 0)  # the person's, of root's group, 0755
     homefs.ensure_directory(account, CONFIG_DIR)
     assert mode_owner(folder) == (0o700, UID, GID)
+
+
+def test_ensure_directory_never_gives_away_a_folder_root_did_not_just_create(account: Account) -> None:
+    folder = account.home / ".config" / "claude-auth-sync"
+    folder.mkdir(parents=True)
+    folder.chmod(0o755)  # root's (an admin's `sudo mkdir`), 0755
+    with pytest.raises(UnsafePath, match=r"~/\.config/claude-auth-sync is owned by root, not by alice"):
+        homefs.ensure_directory(account, CONFIG_DIR)
+    assert mode_owner(folder) == (0o755, 0, 0)
 
 
 def test_ensure_directory_refuses_a_file_in_the_way(account: Account) -> None:
@@ -132,6 +142,9 @@ def test_read_private_file_refuses_special_and_large_files(account: Account) -> 
         homefs.read_private_file(account, TOKEN_FILE)  # and does not hang on the FIFO
     token.unlink()
     token.write_bytes(b"x" * 100)
+    with pytest.raises(UnsafePath, match="owned by root, not by alice"):
+        homefs.read_private_file(account, TOKEN_FILE)  # root's file in her folder: never read
+    os.chown(token, UID, GID)
     with pytest.raises(UnsafePath, match="larger than 10 bytes"):
         homefs.read_private_file(account, TOKEN_FILE, max_bytes=10)
     assert homefs.read_private_file(account, TOKEN_FILE, max_bytes=100) == b"x" * 100
@@ -143,7 +156,7 @@ def test_inspect(account: Account, victim_dir: Path) -> None:
     assert homefs.inspect(account, CONFIG_DIR) == EntryState("directory", 0o700, UID, GID, 2)
     assert homefs.inspect(account, TOKEN_FILE).kind == "missing"
     homefs.write_private_file(account, TOKEN_FILE, b"t")
-    assert homefs.inspect(account, TOKEN_FILE) == EntryState("file", 0o600, UID, GID, 1)
+    assert homefs.inspect(account, TOKEN_FILE) == EntryState("file", 0o600, UID, GID, 1, size=1)
     os.symlink(victim_dir, account.home / STATE_DIR.split("/")[0])  # ~/.local -> victim
     assert homefs.inspect(account, ".local").kind == "symlink"  # the final component: reported
     with pytest.raises(UnsafePath, match=r"~/\.local is a symbolic link; refusing to follow it"):
@@ -153,10 +166,15 @@ def test_inspect(account: Account, victim_dir: Path) -> None:
 def test_fix_owner_mode(account: Account) -> None:
     homefs.write_private_file(account, TOKEN_FILE, b"t")
     token = account.home / TOKEN_FILE
-    os.chown(token, 0, 0)
+    os.chown(token, UID, 0)
     token.chmod(0o644)
     homefs.fix_owner_mode(account, TOKEN_FILE, 0o600)
     assert mode_owner(token) == (0o600, UID, GID)
+    os.chown(token, 0, 0)
+    token.chmod(0o644)
+    with pytest.raises(UnsafePath, match="owned by root, not by alice; refusing to change it"):
+        homefs.fix_owner_mode(account, TOKEN_FILE, 0o600)
+    assert mode_owner(token) == (0o644, 0, 0)
     with pytest.raises(HomeFsError, match="does not exist"):
         homefs.fix_owner_mode(account, ".config/claude-auth-sync/other", 0o600)
 

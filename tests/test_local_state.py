@@ -260,7 +260,8 @@ def converge(root: Path, roster: Roster = ROSTER) -> None:
 
 
 def test_plan_apply_plan_again(root: Path) -> None:
-    # A legacy token file left by an older tool: root-owned, world-readable, in a 0755 folder.
+    # A legacy token file left by an older tool: the person's, but world-readable, of root's group,
+    # in a 0755 folder. (A root-owned one is refused: test_root_owned_entries_are_refused_not_chowned.)
     (root / "home" / "alice" / ".config").mkdir(mode=0o755)
     os.chown(root / "home" / "alice" / ".config", 5001, 5001)
     legacy = root / "home" / "alice" / CONFIG_DIR
@@ -268,19 +269,21 @@ def test_plan_apply_plan_again(root: Path) -> None:
     legacy.chmod(0o755)
     (legacy / "vault-token").write_bytes(b"hvs.legacy\n")
     (legacy / "vault-token").chmod(0o644)
+    os.chown(legacy, 5001, 0)
+    os.chown(legacy / "vault-token", 5001, 0)
 
     changes, seen = plan(root)
     assert seen.problems == ()
     assert summary(changes) == {
         (U, Kind.DIRECTORY, "alice:~/.config/claude-auth-sync",
-         "mode 0755, want 0700; owner root, want alice; group gid 0, want gid 5001"),
+         "mode 0755, want 0700; group gid 0, want gid 5001"),
         (A, Kind.DIRECTORY, "alice:~/.local/state/claude-auth-sync", "missing"),
         (A, Kind.DIRECTORY, "bob:~/.config/claude-auth-sync", "missing"),
         (A, Kind.DIRECTORY, "bob:~/.local/state/claude-auth-sync", "missing"),
         (A, Kind.DIRECTORY, "carol:~/.config/claude-auth-sync", "missing"),
         (A, Kind.DIRECTORY, "carol:~/.local/state/claude-auth-sync", "missing"),
         (U, Kind.TOKEN_FILE, "alice:~/.config/claude-auth-sync/vault-token",
-         "mode 0644, want 0600; owner root, want alice; group gid 0, want gid 5001"),
+         "mode 0644, want 0600; group gid 0, want gid 5001"),
         (A, Kind.UNIT, SYNC_SERVICE, "missing"),
         (A, Kind.UNIT, SYNC_TIMER, "missing"),
         (A, Kind.UNIT, RECONCILE_SERVICE, "missing"),
@@ -475,7 +478,7 @@ def test_drift_is_repaired(root: Path) -> None:
         handle.write("MemoryDenyWriteExecute=yes\n")
     (unit_dir / "timers.target.wants" / "claude-auth-sync@alice.timer").unlink()  # a timer link removed
     (root / "home" / "bob" / STATE_DIR).chmod(0o755)  # a folder chmod 0755
-    os.chown(root / "home" / "bob" / TOKEN_FILE, 0, 0)  # a token file chowned to root
+    os.chown(root / "home" / "bob" / TOKEN_FILE, 5002, 0)  # a token file given root's group
     subprocess.run(["systemctl", f"--root={root}", "enable", "claude-auth-sync@carol.timer"],
                    check=True, capture_output=True)  # a parked user whose timer is enabled
 
@@ -484,8 +487,7 @@ def test_drift_is_repaired(root: Path) -> None:
         (U, Kind.UNIT, SYNC_SERVICE, "content differs"),
         (A, Kind.TIMER, "claude-auth-sync@alice.timer", "disabled, want enabled"),
         (U, Kind.DIRECTORY, "bob:~/.local/state/claude-auth-sync", "mode 0755, want 0700"),
-        (U, Kind.TOKEN_FILE, "bob:~/.config/claude-auth-sync/vault-token",
-         "owner root, want bob; group gid 0, want gid 5002"),
+        (U, Kind.TOKEN_FILE, "bob:~/.config/claude-auth-sync/vault-token", "group gid 0, want gid 5002"),
         (D, Kind.TIMER, "claude-auth-sync@carol.timer", "enabled, want disabled (parked)"),
     }
     [unit_change] = [c for c in changes if c.kind is Kind.UNIT]
@@ -498,6 +500,32 @@ def test_drift_is_repaired(root: Path) -> None:
     assert mode_owner(root / "home" / "bob" / TOKEN_FILE) == (0o600, 5002, 5002)
     assert is_enabled(root, "claude-auth-sync@alice.timer", "claude-auth-sync@carol.timer") == ["enabled", "disabled"]
     assert plan(root)[0] == []
+
+
+@pytest.mark.parametrize("entry", [CONFIG_DIR, STATE_DIR, TOKEN_FILE])
+def test_root_owned_entries_are_refused_not_chowned(root: Path, entry: str) -> None:
+    """Root gives a person only what it has just created: an existing entry of root's (a legacy tool's,
+    an admin's `sudo mkdir`, or one a person raced into the name) is left untouched, that person gets
+    one ERROR line naming the fix, the others converge, and once it is the person's the run converges."""
+    converge(root)
+    bob_home = root / "home" / "bob"
+    homefs.write_private_file(Account("bob", 5002, 5002, bob_home), TOKEN_FILE, b"hvs.bob\n")
+    path = bob_home / entry
+    os.chown(path, 0, 0)
+    path.chmod(0o755 if path.is_dir() else 0o644)
+    before = mode_owner(path)
+    changes, seen = plan(root)
+    assert [(p.user, p.message) for p in seen.problems] == [
+        ("bob", f"~/{entry} is owned by root, not by bob; refusing to give it to bob "
+                "(remove it, or chown it to bob yourself)")]
+    assert [c for c in changes if c.user == "bob"] == []
+    assert apply(root, changes) == {}
+    assert mode_owner(path) == before
+    os.chown(path, 5002, 5002)  # the admin follows the line
+    changes, seen = plan(root)
+    assert seen.problems == ()
+    assert apply(root, changes) == {}
+    assert mode_owner(path)[1:] == (5002, 5002) and plan(root)[0] == []
 
 
 def test_missing_users_fail_alone(root: Path) -> None:
@@ -605,7 +633,8 @@ def test_attack_leaves_the_victim_untouched_and_fails_only_that_user(
     # Drift for bob (every managed path needs fixing) and for alice, then a plan made before the attack.
     (bob / CONFIG_DIR).chmod(0o755)
     (bob / STATE_DIR).chmod(0o755)
-    os.chown(bob / TOKEN_FILE, 0, 0)
+    os.chown(bob / TOKEN_FILE, 5002, 0)
+    (bob / TOKEN_FILE).chmod(0o644)
     (root / "home" / "alice" / STATE_DIR).chmod(0o755)
     stale_plan, _ = plan(root)
     assert {c.user for c in stale_plan} == {"alice", "bob"}
