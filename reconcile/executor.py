@@ -10,7 +10,9 @@ unit files are written first and the timers' enablement links (one slow
 `systemctl enable` over every unit folder per name) are made in a thread
 while the tokens are minted; the timers start (live root) only after them.
 Without an admin Vault token, a change that needs one is not attempted: it is
-recorded as blocked (a WARN line for people). Orphaned items are never acted
+recorded as blocked (a WARN line for people). A person who holds a lock in
+their own home past the run's allowance (homefs.LockAllowance) has the rest
+of their row skipped (`skipped`, a WARN line too); nobody else waits on it. Orphaned items are never acted
 on; `apply --prune` turns them into deletions at planning time.
 
 Once Vault counts as unreachable (its retries ran out or the run's deadline
@@ -23,11 +25,11 @@ the caller can report it with the rest in one line.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from reconcile import local_state
-from reconcile.homefs import HomeFsError
+from reconcile.homefs import HomeFsError, LockHeld
 from reconcile.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
 from reconcile.vault_state import HANDLERS as VAULT_HANDLERS
 from reconcile.vault_state import apply_policies_pipelined
@@ -52,6 +54,8 @@ class Result:
     """Not attempted: Vault was already known to be unreachable (a failure all the same)."""
     vault_down: bool = False
     """Failed (or not attempted) because Vault did not answer."""
+    skipped: bool = False
+    """Not done: the person holds a lock in their home beyond the run's allowance (their row only)."""
 
     def as_json(self) -> dict[str, object]:
         return {"name": self.change.name, "kind": self.change.kind.value, "action": self.change.action.value,
@@ -63,6 +67,8 @@ class ExecContext:
     vault: VaultContext
     local: Any
     """local_state.LocalContext (root and accounts)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """People whose row this run skips (a lock in their home is held), with why; grows as the run goes."""
 
     @property
     def admin(self) -> bool:
@@ -105,11 +111,17 @@ def _run_one(change: Change, ctx: ExecContext) -> Result:
     handler = handler_for(change)
     if handler is None:
         return Result(change, ok=False, message=f"no handler for {change.action.value} {change.kind.value}")
+    if change.user is not None and change.user in ctx.skipped:
+        return Result(change, ok=False, message=ctx.skipped[change.user], skipped=True)
     down = ctx.vault.vault.unreachable
     if down is not None and change.kind not in LOCAL_KINDS:
         return Result(change, ok=False, message=f"not attempted: {down}", not_attempted=True, vault_down=True)
     try:
         outcome = handler(change, ctx)
+    except LockHeld as exc:  # the person's own lock: their row only, and no more waiting on it
+        if change.user is not None:
+            ctx.skipped.setdefault(change.user, str(exc))
+        return Result(change, ok=False, message=str(exc), skipped=True)
     except Exception as exc:  # recorded; the other changes still run
         return Result(change, ok=False, message=error_text(exc), vault_down=isinstance(exc, VaultUnreachable))
     message = outcome if isinstance(outcome, str) and outcome else _DONE[change.action]
@@ -180,7 +192,11 @@ def execute(plan: Plan, ctx: ExecContext, *, report: Reporter) -> tuple[Result, 
     results: list[Result] = []
     runnable: list[Change] = []
     for change in sort_for_apply([c for c in plan if is_pending(c)]):
-        if change.needs_admin and not ctx.admin:
+        if change.user is not None and change.user in ctx.skipped:
+            result = Result(change, ok=False, message=ctx.skipped[change.user], skipped=True)
+            results.append(result)
+            report(result)
+        elif change.needs_admin and not ctx.admin:
             result = Result(change, ok=False, message="needs an admin run", blocked=True)
             results.append(result)
             report(result)
@@ -216,7 +232,7 @@ def finish(changed: tuple[Result, ...], ctx: ExecContext) -> str | None:
 
 
 def failures(results: tuple[Result, ...]) -> tuple[Result, ...]:
-    return tuple(r for r in results if not r.ok and not r.blocked)
+    return tuple(r for r in results if not r.ok and not r.blocked and not r.skipped)
 
 
 def lost_to_vault(results: tuple[Result, ...]) -> tuple[Result, ...]:

@@ -45,8 +45,8 @@ from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
 from reconcile.executor import ExecContext, Result, execute, failures, finish, lost_to_vault
 from reconcile.exitcodes import Exit
 from reconcile.fleet import this_host
-from reconcile.homefs import (CONFIG_DIR, MINT_LOCK_FILE, TOKEN_FILE, HomeFsError, inspect, lock_private_file,
-                              remove_stale_temps, write_private_file)
+from reconcile.homefs import (CONFIG_DIR, MINT_LOCK_FILE, TOKEN_FILE, HomeFsError, LockAllowance, LockHeld,
+                              inspect, lock_private_file, remove_stale_temps, write_private_file)
 from reconcile.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
 from reconcile.roster import Roster
@@ -184,10 +184,10 @@ MINT_LOCK_TIMEOUT = 20.0
 """Seconds to wait for another host's mint in a shared home (one mint takes milliseconds)."""
 
 
-def _mint_lock(accounts: dict[str, Account]) -> Any:
+def _mint_lock(accounts: dict[str, Account], allowance: LockAllowance) -> Any:
     @contextmanager
     def hold(user: str) -> Iterator[None]:
-        fd = lock_private_file(accounts[user], MINT_LOCK_FILE, timeout=MINT_LOCK_TIMEOUT)
+        fd = lock_private_file(accounts[user], MINT_LOCK_FILE, allowance=allowance, timeout=MINT_LOCK_TIMEOUT)
         try:
             yield
         finally:
@@ -299,18 +299,23 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
                    pending_revoke=state.pending_revoke, state=state, lock=held)
 
 
-def _remove_stale_temps(session: Session) -> None:
+def _remove_stale_temps(session: Session, hold: Any) -> dict[str, str]:
     """Temporary files of this tool's own naming that a killed run left: a token file's may hold a live
     token. Only apply removes them, holding the apply lock, so no run of ours is writing one now; in a
     home that other hosts share, another host's apply may be, so a token file's temporaries are removed
-    under the person's mint lock, which every token-file write holds (skipped when it cannot be had)."""
-    hold = _mint_lock(session.accounts)
+    under the person's mint lock, which every token-file write holds (skipped when it cannot be had).
+
+    Returns the people whose mint lock is held beyond the run's allowance, with why: the rest of
+    their row is skipped this run (they hold it, or another host does for longer than any mint)."""
+    held: dict[str, str] = {}
     for user, account in session.accounts.items():
         try:
             if inspect(account, CONFIG_DIR).kind != "directory":
                 continue  # no token file yet, so no temporary one either
             with hold(user):
                 remove_stale_temps(account, TOKEN_FILE)
+        except LockHeld as exc:
+            held[user] = str(exc)
         except HomeFsError:
             continue  # the next run tries again
     unit_dir = session.root / local_state.UNIT_DIR
@@ -318,6 +323,7 @@ def _remove_stale_temps(session: Session) -> None:
     targets += [unit_dir / name for name in session.observed.local.stray_drop_ins]
     targets.append(statefile.state_path(session.root))
     atomicfile.remove_stale_temps(targets)
+    return held
 
 
 def _start(args: argparse.Namespace, roster_path: str, *, lock: bool = False) -> Session | int:
@@ -383,8 +389,19 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
     scan_cut_short = _scan_warning(session)
     warnings: list[str] = [scan_cut_short] if scan_cut_short else []
 
+    warned_skips: set[str] = set()
+
+    def warn_skipped(user: str, why: str) -> None:
+        if user not in warned_skips:  # one line per person, however many of their changes wait
+            warned_skips.add(user)
+            text = f"{user}: {why}; {user}'s row is skipped this run"
+            warnings.append(text)
+            print(f"WARN {text}", file=sys.stderr)
+
     def report(result: Result) -> None:
-        if result.blocked:
+        if result.skipped:
+            warn_skipped(result.change.user or result.change.name, result.message)
+        elif result.blocked:
             text = render.warning_text(result.change)
             warnings.append(text)
             print(f"WARN {text}", file=sys.stderr)
@@ -399,17 +416,21 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
                     print(f"    {line}")
 
     journal = statefile.Journal(session.root, session.state)
+    mint_lock = _mint_lock(session.accounts, LockAllowance())
     vault_ctx = VaultContext(vault=session.vault, admin=session.admin,
                              write_token=_token_writer(session.accounts), mint_log=journal,
-                             read_token=token_reader(session.accounts), mint_lock=_mint_lock(session.accounts))
-    _remove_stale_temps(session)
+                             read_token=token_reader(session.accounts), mint_lock=mint_lock)
+    held = _remove_stale_temps(session, mint_lock)
+    for user, why in sorted(held.items()):  # every holder is told, whether or not their row had changes
+        warn_skipped(user, why)
     if session.admin:
         try:
             journal.prepare(mint_users(session.plan))
         except statefile.StateFileError as exc:  # no intent on disk: no mint may be asked for
             print(render.error_line("state", str(exc)), file=sys.stderr)
             return Exit.ERROR
-    ctx = ExecContext(vault=vault_ctx, local=local_state.LocalContext.create(session.root, session.accounts))
+    ctx = ExecContext(vault=vault_ctx, local=local_state.LocalContext.create(session.root, session.accounts),
+                      skipped=held)
     results: tuple[Result, ...] = ()
     try:
         results = execute(session.plan, ctx, report=report)
