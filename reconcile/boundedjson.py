@@ -133,3 +133,35 @@ def loads(raw: bytes | str, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:  # RecursionError cannot happen below max_depth; kept as a guard
         raise JsonProblem(f"not valid JSON ({type(exc).__name__})") from None
+
+
+EPOCH_MS_MAX = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z in ms: the last instant a datetime can show; later is not a time."""
+
+_DIGITS_MAX = 20
+"""Digits of a number given as text: more than any value in range, so the text is never converted."""
+
+
+class OutOfRange(JsonProblem):
+    """A decoded value is not an integer in the range its field allows; the message never quotes it."""
+
+
+def bounded_int(value: object, *, low: int, high: int, what: str, text_ok: bool = False) -> int:
+    """`value` (decoded from data someone else wrote) as an int in [low, high], else OutOfRange.
+
+    The one place a number from a person's file or Vault data becomes an int: a JSON integer,
+    an integral finite float, or (`text_ok`) a string of at most 20 digits. The range is checked
+    before any conversion, so a 400-digit integer or an infinite float is one clean error, never
+    an OverflowError from a later float() or datetime.
+    """
+    if isinstance(value, str) and text_ok and value.isascii() and value.isdigit():
+        if len(value) > _DIGITS_MAX:  # never converted: int() of a long text is slow or refused
+            raise OutOfRange(f"{what} is out of range ({low}..{high})")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OutOfRange(f"{what} is missing or not a number")
+    if not low <= value <= high:  # False for NaN; no conversion of a huge int either
+        raise OutOfRange(f"{what} is out of range ({low}..{high})")
+    if isinstance(value, float) and not value.is_integer():
+        raise OutOfRange(f"{what} is not a whole number")
+    return int(value)

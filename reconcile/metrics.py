@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconcile.atomicfile import write_atomically
+from reconcile.atomicfile import make_folders, write_atomically
 
 SYNC_RESULTS = ("OK", "RECOVERED", "SKIP", "FAIL")
 
@@ -81,5 +81,5 @@ def render_textfile(rows: list[UserMetrics]) -> str:
 
 def write_textfile(path: Path, text: str) -> None:
     """Temp file in the target folder, fsync, rename: a scrape sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(path.parent, 0o755)  # node_exporter reads it as another user
     write_atomically(path, text.encode(), 0o644)

@@ -117,9 +117,11 @@ def apply_summary(results: Iterable[Result]) -> str:
     if not results:
         return NO_CHANGES
     done = sum(1 for r in results if r.ok)
-    failed = sum(1 for r in results if not r.ok and not r.blocked)
+    failed = sum(1 for r in results if not r.ok and not r.blocked and not r.skipped)
     waiting = sum(1 for r in results if r.blocked)
-    return f"Applied: {done} done, {failed} failed, {waiting} need an admin run."
+    skipped = sum(1 for r in results if r.skipped)
+    tail = f", {skipped} skipped (a lock held in a home)" if skipped else ""
+    return f"Applied: {done} done, {failed} failed, {waiting} need an admin run{tail}."
 
 
 def apply_json(plan: Plan, results: Iterable[Result], *, warnings: Iterable[str],

@@ -342,7 +342,19 @@ def gather(roster: Roster, roster_path: str, root: Path, vault: Vault | None, *,
     roster = roster.for_host(this_host())
     world = _read_world(roster, roster_path, root, vault, admin, vault_note)
     world.backups = _read_backups_ahead(world, roster)
-    return [user_status(world, roster, user) for user in roster.users]
+    return [_row(world, roster, user) for user in roster.users]
+
+
+def _row(world: _World, roster: Roster, user: str) -> UserStatus:
+    """user_status, but whatever a person's own data makes it raise fails only their row. Every value
+    read from it is bounded where it is decoded (boundedjson.bounded_int); this is the guard behind
+    that: the exception's type is named, never its text (it may quote the data)."""
+    try:
+        return user_status(world, roster, user)
+    except Exception as exc:  # noqa: BLE001 - one row, not everyone's status and metrics
+        return UserStatus(user=user, state=_state_of(roster, user), policy=UNKNOWN, token=UNKNOWN,
+                          claude_login=roster.users[user].claude_login,
+                          notes=(f"row: could not be read ({type(exc).__name__}); the others are unaffected",))
 
 
 def _read_backups_ahead(world: _World, roster: Roster) -> dict[str, KvSecret | None]:

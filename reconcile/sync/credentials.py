@@ -23,13 +23,13 @@ Error messages name files and problems, never a value from the file.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from reconcile import boundedjson
+from reconcile.atomicfile import make_folders
 from reconcile.sync import claudelock, safefile
 from reconcile.sync.safefile import CREDENTIALS_LIMIT
 
@@ -81,9 +81,11 @@ def oauth_problem(obj: object) -> str | None:
         value = obj.get(key)
         if not isinstance(value, str) or not value:
             return f"{OAUTH_KEY}.{key} is missing or not a non-empty string"
-    expires = obj.get("expiresAt")
-    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not math.isfinite(expires):
-        return f"{OAUTH_KEY}.expiresAt is missing or not a number"
+    try:
+        boundedjson.bounded_int(obj.get("expiresAt"), low=0, high=boundedjson.EPOCH_MS_MAX,
+                                what=f"{OAUTH_KEY}.expiresAt")
+    except boundedjson.OutOfRange as exc:
+        return str(exc)
     return None
 
 
@@ -212,7 +214,7 @@ def replace_oauth(path: Path, oauth: Mapping[str, Any],
     corrupt or unsafe file is never overwritten (CredentialsError, safefile.UnsafeFile).
     """
     shown = shown or str(path)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_folders(path.parent, 0o700, parent_mode=0o700)
     with claudelock.held(path.parent, lock_wait, home=home):
         kept: list[Mapping[str, Any]] = []
         for _ in range(attempts):
@@ -241,7 +243,7 @@ def replace_oauth(path: Path, oauth: Mapping[str, Any],
 
 def keep_previous(state_dir: Path, oauth: Mapping[str, Any], stamp: str, count: int = KEEP_COUNT) -> Path:
     """Save `{"claudeAiOauth": oauth}` as state_dir/credentials-backup-<stamp>.json (0600); keep the last `count`."""
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_folders(state_dir, 0o700, parent_mode=0o700)
     data = json.dumps({OAUTH_KEY: dict(oauth)}, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
     for suffix in [""] + [f"-{n}" for n in range(1, 100)]:
         target = state_dir / f"{KEEP_PREFIX}{stamp}{suffix}.json"

@@ -25,7 +25,6 @@ with CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 (livecheck.child_environment).
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import tempfile
@@ -100,13 +99,13 @@ def stored_token(data: Mapping[str, Any], version: int, where: str) -> StoredTok
         return f"no setup token stored at {where}"
     if not isinstance(token, str) or format_problem(token):
         return f"{FIELD_TOKEN} at {where} is not a setup token ({PREFIX}…)"
-    expires = data.get(FIELD_EXPIRES_AT_MS)
-    if isinstance(expires, str) and expires.isdigit():
-        expires = int(expires)
-    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not math.isfinite(expires):
-        return f"{FIELD_EXPIRES_AT_MS} at {where} is missing or not a number"
+    try:
+        expires = boundedjson.bounded_int(data.get(FIELD_EXPIRES_AT_MS), low=0, high=boundedjson.EPOCH_MS_MAX,
+                                          what=f"{FIELD_EXPIRES_AT_MS} at {where}", text_ok=True)
+    except boundedjson.OutOfRange as exc:
+        return str(exc)
     stored_at = data.get(FIELD_STORED_AT)
-    return StoredToken(Secret(token), int(expires), stored_at if isinstance(stored_at, str) else "", version)
+    return StoredToken(Secret(token), expires, stored_at if isinstance(stored_at, str) else "", version)
 
 
 def stored_token_raw(fields: Mapping[str, bytes], version: int, where: str) -> StoredToken | str:
