@@ -126,7 +126,8 @@ def lookup_accounts(root: Path, names: Iterable[str]) -> dict[str, Account | Use
     table = {} if system else _read_passwd(root)
     where = "the system user database" if system else str(passwd_file(root))
     result: dict[str, Account | UserProblem] = {}
-    for name in names:
+    homes: dict[tuple[int, int], list[str]] = {}
+    for name in dict.fromkeys(names):
         entry = _system_entry(name) if system else table.get(name)
         if entry is None:
             result[name] = UserProblem(name, f"no such account in {where}")
@@ -136,7 +137,8 @@ def lookup_accounts(root: Path, names: Iterable[str]) -> dict[str, Account | Use
             continue
         home = home_under_root(root, entry.home, system=system)
         try:
-            is_folder = stat.S_ISDIR(os.stat(home).st_mode)  # one stat, not exists() then is_dir()
+            st = os.stat(home)  # one stat, not exists() then is_dir()
+            is_folder = stat.S_ISDIR(st.st_mode)
         except OSError as exc:
             if exc.errno not in _MISSING:
                 raise
@@ -146,6 +148,25 @@ def lookup_accounts(root: Path, names: Iterable[str]) -> dict[str, Account | Use
             result[name] = UserProblem(name, f"home folder {home} is not a folder")
             continue
         result[name] = Account(entry.name, entry.uid, entry.gid, home, entry.home)
+        homes.setdefault((st.st_dev, st.st_ino), []).append(name)
+    return _refuse_shared_homes(result, homes)
+
+
+def _refuse_shared_homes(result: dict[str, Account | UserProblem],
+                         homes: dict[tuple[int, int], list[str]]) -> dict[str, Account | UserProblem]:
+    """Two roster people whose homes are one folder (the same path, or two paths to it) would hand
+    each other's token file back and forth: both are refused. One person's home shared by several
+    hosts is another matter (one account, one name) and stays supported."""
+    for sharers in homes.values():
+        if len(sharers) < 2:
+            continue
+        for name in sharers:
+            account = result[name]
+            assert isinstance(account, Account)
+            others = ", ".join(other for other in sharers if other != name)
+            result[name] = UserProblem(name, f"home folder {account.home} is also the home of {others}; "
+                                             "refusing to manage either (one person's token file would be "
+                                             "handed to the other): give each account a home of its own")
     return result
 
 
