@@ -60,6 +60,32 @@ def remove_stale_temps(targets: Iterable[Path]) -> list[Path]:
     return removed
 
 
+PARENT_FOLDER_MODE = 0o755
+"""Mode of a missing folder on the way to one of root's own files (as mkdir -p under umask 022)."""
+
+
+def make_folders(folder: Path, mode: int, *, parent_mode: int = PARENT_FOLDER_MODE) -> None:
+    """`mkdir -p` whose modes never depend on the caller's umask: each folder this call creates
+    gets its mode set explicitly (`folder` itself `mode`, the ones above it `parent_mode`).
+    Folders that exist keep theirs. Raises OSError."""
+    folder = Path(folder)
+    missing: list[Path] = []
+    probe = folder
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue  # made by someone else meanwhile: theirs to keep
+        os.chmod(path, mode if path == folder else parent_mode, follow_symlinks=False)
+
+
 def write_atomically(path: Path, data: bytes, mode: int, *, durable: bool = True) -> None:
     """Raises OSError (its filename set to `path`) when the file cannot be written.
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from reconcile.atomicfile import write_atomically
+from reconcile.atomicfile import make_folders, write_atomically
 
 STATE_DIR = Path("var/lib/claude-auth")
 STATE_FILE = STATE_DIR / "state.json"
@@ -153,7 +153,7 @@ def write_state(root: Path | str, state: State, *, durable: bool = True) -> bool
         if unchanged:
             _ensure_modes(path)
             return False
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_folders(path.parent, 0o700)
         _ensure_modes(path)
         write_atomically(path, render_state(state), 0o600, durable=durable)
     except OSError as exc:
@@ -251,7 +251,7 @@ class Journal:
     def _write(self, *, durable: bool) -> None:
         path = state_path(self.root)
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_folders(path.parent, 0o700)
             _ensure_modes(path)
             write_atomically(path, render_state(self.state), 0o600, durable=durable)
         except OSError as exc:
@@ -300,7 +300,7 @@ def apply_lock(root: Path | str) -> ApplyLock:
     path = lock_path(root)
     folder = path.parent
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_folders(folder, 0o700)
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise StateFileError(f"lock {path} cannot be taken: its folder: {exc.strerror or exc}") from None

@@ -17,6 +17,15 @@ from tests.support.world import world  # noqa: F401  (a fixture: a sandbox --roo
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _umask_kept() -> Iterator[None]:
+    """`claude-auth sync` sets its own umask; a test that calls it in-process must not pass it on."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture(scope="session")
 def openbao() -> Iterator[OpenBaoServer]:
     """One real OpenBao dev server for the whole session (tests use their own users/prefixes)."""

@@ -91,6 +91,9 @@ class Outcome:
 
 def main(user: str | None = None) -> int:
     """The `claude-auth sync` command: 0 for OK / RECOVERED / SKIP, 1 for FAIL."""
+    # Whatever umask the caller had: nothing the sync or its claude child creates is for anyone
+    # but the person (every file and folder of ours also gets its mode explicitly).
+    os.umask(0o077)
     return run(user, os.environ).exit_code
 
 

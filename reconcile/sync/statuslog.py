@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import IO, Iterable
 
+from reconcile.atomicfile import make_folders
 from reconcile.sync.safefile import UnsafeFile, open_checked
 
 LOG_LIMIT_BYTES = 1024 * 1024
@@ -117,7 +118,7 @@ def append_log(path: Path, lines: Iterable[str], now: float | None = None,
 def ensure_private_dir(path: Path) -> None:
     """Create `path` (and parents) with mode 0700 when missing; an existing folder is left as it is."""
     if not path.is_dir():
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_folders(path, 0o700, parent_mode=0o700)
 
 
 class Lock:
