@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
+from reconcile import childenv
+
 SYSTEMCTL = "systemctl"
 TIMEOUT_SECONDS = 120
 
@@ -44,7 +46,7 @@ def _run(args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProc
     command = [SYSTEMCTL, *args]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
-                                stdin=subprocess.DEVNULL, check=False)
+                                stdin=subprocess.DEVNULL, check=False, env=childenv.without_vault())
     except FileNotFoundError:
         raise SystemdError(f"{SYSTEMCTL} is not installed (needed for: {' '.join(command)})") from None
     except subprocess.TimeoutExpired:

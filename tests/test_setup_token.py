@@ -134,6 +134,28 @@ def test_root_stores_a_probed_token_by_merging_beside_other_keys(person: SyncUse
     assert person.api.saw(token)  # the probe really used it
 
 
+def test_the_admin_token_never_reaches_the_claude_probe(person: SyncUser, tmp_path: Path) -> None:
+    """Issue 21: root's `setup-token --user NAME` holds an admin VAULT_TOKEN; its claude child gets
+    no Vault or OpenBao variable at all (its environment is readable as long as it runs)."""
+    record = tmp_path / "claude.env"
+    wrapper_dir = tmp_path / "recording-bin"
+    wrapper_dir.mkdir()
+    real = shutil.which("claude", path=str(person.bin_dir))
+    (wrapper_dir / "claude").write_text(f'#!/bin/sh\nenv > {record}\nexec {real} "$@"\n')
+    (wrapper_dir / "claude").chmod(0o755)
+    person.bin_dir = wrapper_dir
+    os.environ["BAO_TOKEN"] = person.root.token
+
+    try:
+        stored(store(person, new_setup_token()))
+    finally:
+        os.environ.pop("BAO_TOKEN", None)
+
+    child = dict(line.split("=", 1) for line in record.read_text().splitlines() if "=" in line)
+    assert not [name for name in child if name.startswith(("VAULT_", "BAO_"))], sorted(child)
+    assert person.root.token not in record.read_text()
+
+
 def test_expires_at_sets_the_stored_expiry(person: SyncUser) -> None:
     code, out, _ = store(person, new_setup_token(), expires_at="2030-06-30")
     assert code == 0, out

@@ -114,8 +114,9 @@ def test_command_is_exact() -> None:
 def test_child_environment_drops_overriding_credentials_only() -> None:
     environ = {"CLAUDE_CODE_OAUTH_TOKEN": "env-oauth-secret", "ANTHROPIC_API_KEY": "sk-ant-api-secret",
                "ANTHROPIC_AUTH_TOKEN": "auth-token-secret", "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
-               "ANTHROPIC_MODEL": "haiku", "HTTPS_PROXY": "http://proxy:3128", "PATH": "/usr/bin", "HOME": "/home/a"}
-    env, removed = livecheck.child_environment(environ)
+               "ANTHROPIC_MODEL": "haiku", "HTTPS_PROXY": "http://proxy:3128", "PATH": "/usr/bin", "HOME": "/home/a",
+               "VAULT_TOKEN": "hvs.admin-secret", "VAULT_ADDR": "http://127.0.0.1:8200", "BAO_TOKEN": "s.admin"}
+    env, removed = livecheck.child_environment(environ)  # the Vault ones silently: they are ours, not claude's
     assert removed == ["CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"]
     assert env == {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "ANTHROPIC_MODEL": "haiku",
                    "HTTPS_PROXY": "http://proxy:3128", "PATH": "/usr/bin", "HOME": "/home/a",

@@ -51,6 +51,8 @@ from enum import Enum
 from functools import lru_cache
 from typing import Mapping
 
+from reconcile import childenv
+
 PROMPT = "Reply with exactly AUTH_OK and nothing else."
 EXPECTED = "AUTH_OK"
 CREDENTIAL_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN",
@@ -104,7 +106,8 @@ def why_removed(name: str) -> str:
 
 def child_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     """The environment handed to claude, and the names of the variables removed from it."""
-    env = {k: v for k, v in environ.items() if k not in OVERRIDING_VARIABLES}
+    # The Vault credentials a sync (or root's setup-token) holds are none of claude's business.
+    env = {k: v for k, v in childenv.without_vault(environ).items() if k not in OVERRIDING_VARIABLES}
     removed = [name for name in OVERRIDING_VARIABLES if name in environ]
     env.setdefault("CLAUDE_CODE_MAX_RETRIES", "0")
     env[NONESSENTIAL_TRAFFIC_VARIABLE] = "1"
