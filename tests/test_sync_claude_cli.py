@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -148,3 +149,41 @@ def test_the_probe_writes_no_telemetry_and_without_the_switch_claude_does(
     assert not (quiet_home / ".claude" / "telemetry").exists()
     assert 0 < chatty_sizes[0] < chatty_sizes[1], chatty_sizes  # grows on every run without the switch
     print(f"telemetry after two runs: with the switch {quiet_sizes}, without it {chatty_sizes} bytes")
+
+
+def knows_owner_record(claude_bin: Path) -> bool:
+    """Whether this CLI writes and honours ~/.claude/.oauth_refresh.lock.owner (2.1.332 does, 2.1.197 not)."""
+    found = subprocess.run(["grep", "-a", "-q", "-F", ".oauth_refresh.lock.owner", os.path.realpath(claude_bin)])
+    return found.returncode == 0
+
+
+def test_a_real_claude_takes_over_the_lock_of_a_killed_sync(tmp_path: Path, api: MessagesApiStandIn,
+                                                            claude_bin: Path) -> None:
+    """A sync SIGKILLed while it holds Claude's refresh lock leaves a fresh lock and our owner record;
+    a Claude that reads owner records takes it over once its retries are done (well before its 60 s
+    stale time) and refreshes. Without our record it would give up (seen: `another Claude Code process
+    is holding the refresh lock`, exit 1) for a whole minute."""
+    if not knows_owner_record(claude_bin):
+        pytest.skip("this CLI has no owner record (2.1.197: a dead holder's lock is stale after 10 s)")
+    home = tmp_path / "home"
+    set_up_home(home, api, expired=True)
+    env = probe_env(home, api, claude_bin)
+    main, legacy = claudelock.lock_paths(home / ".claude")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from reconcile.sync import claudelock\n"
+        f"with claudelock.held(Path({str(home / '.claude')!r}), wait=1):\n"
+        "    print('held', flush=True); time.sleep(600)\n")], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    inode = os.stat(main).st_ino
+    assert json.loads((home / ".claude" / ".oauth_refresh.lock.owner").read_text())["pid"] == holder.pid
+    holder.kill()
+    holder.wait()
+
+    done = run_probe(env, home, "--debug")
+
+    assert done.returncode == 0 and done.stdout.strip() == "AUTH_OK", done.stdout + done.stderr
+    assert not main.exists() or os.stat(main).st_ino != inode, "claude did not take over the dead sync's lock"
+    assert not legacy.exists()
+    log = "\n".join(p.read_text() for p in (home / ".claude" / "debug").glob("*.txt"))
+    assert "OAuth refresh failed" in log  # it went on to refresh (the OAuth host is unreachable here)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from reconcile.sync import claudelock, credentials, flow
+from reconcile.sync import claudelock, credentials, flow, ownerrecord
 from reconcile.sync.claudelock import ClaudeRefreshing
 from tests.test_sync_real import (KV_MOUNT, SyncUser, claude_on_path, current_version, new_oauth,  # noqa: F401
                                   user)
@@ -132,7 +133,7 @@ def test_a_stale_lock_is_taken_over(claude_dir: Path, kind: str) -> None:
         main.mkdir()
     else:
         main.write_text("")
-    old = time.time() - claudelock.STALE_SECONDS - 1  # its holder died 11 s ago
+    old = time.time() - claudelock.STALE_SECONDS - 1  # its holder died 61 s ago
     os.utime(main, (old, old))
     started = time.monotonic()
     with claudelock.held(claude_dir, wait=5):
@@ -150,6 +151,64 @@ def test_a_lock_just_under_stale_is_not_taken_over(claude_dir: Path) -> None:
         with claudelock.held(claude_dir, wait=0.5):
             pass
     assert main.is_dir()
+
+
+def test_the_stale_time_is_the_longest_either_claude_honours() -> None:
+    # 2.1.332 counts its lock stale after 60 s (2.1.197: 10 s): taking over a 15 s old lock would
+    # break a refresh the newest Claude is still doing. The mtime is refreshed within 2.1.197's 10 s.
+    assert claudelock.STALE_SECONDS == 60 and claudelock.UPDATE_SECONDS <= 5
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def plant_record(main: Path, legacy: Path, pid: int, *, born: float | None = None) -> None:
+    """A lock held by `pid`, with the owner record Claude 2.1.332 writes beside it."""
+    main.mkdir()
+    legacy.mkdir()
+    record = {"pid": pid, "pidDomain": ownerrecord.pid_domain(), "pidSpace": ownerrecord.pid_space(),
+              "lockBirthtimeMs": born if born is not None else ownerrecord.birthtime_ms(main),
+              "legacyLockBirthtimeMs": ownerrecord.birthtime_ms(legacy)}
+    start = ownerrecord.process_start(pid)
+    if start is not None:
+        record["procStart"] = start
+    ownerrecord.record_path(main).write_text(json.dumps(record))
+
+
+def test_a_fresh_lock_whose_record_proves_its_holder_dead_is_taken_over_at_once(claude_dir: Path) -> None:
+    main, legacy = claudelock.lock_paths(claude_dir)
+    plant_record(main, legacy, dead_pid())
+    started = time.monotonic()
+    with claudelock.held(claude_dir, wait=5):
+        assert time.monotonic() - started < 1
+        mine = json.loads(ownerrecord.record_path(main).read_text())
+        assert mine["pid"] == os.getpid() and mine["lockBirthtimeMs"] == ownerrecord.birthtime_ms(main)
+    assert not main.exists() and not legacy.exists() and not ownerrecord.record_path(main).exists()
+
+
+@pytest.mark.parametrize("case", ["holder alive", "record of an earlier lock", "another pid space", "no record"])
+def test_a_fresh_lock_is_never_taken_over_unless_its_holder_is_proven_dead(claude_dir: Path, case: str) -> None:
+    main, legacy = claudelock.lock_paths(claude_dir)
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        plant_record(main, legacy, holder.pid if case == "holder alive" else dead_pid(),
+                     born=1.0 if case == "record of an earlier lock" else None)
+        record_path = ownerrecord.record_path(main)
+        if case == "another pid space":
+            record_path.write_text(record_path.read_text().replace(ownerrecord.pid_space(), "elsewhere#pid:[1]"))
+        elif case == "no record":
+            record_path.unlink()
+        inode = os.stat(main).st_ino
+        with pytest.raises(ClaudeRefreshing):
+            with claudelock.held(claude_dir, wait=0.6):
+                pytest.fail("took over a lock whose holder may be alive")
+        assert os.stat(main).st_ino == inode
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_replace_oauth_takes_the_lock(claude_dir: Path) -> None:
@@ -212,7 +271,7 @@ def test_restore_takes_over_a_stale_refresh_lock(
     user, good, _ = rejected_with_backup
     main = user.home / ".claude" / ".oauth_refresh.lock"
     main.mkdir()
-    old = time.time() - 11
+    old = time.time() - claudelock.STALE_SECONDS - 1
     os.utime(main, (old, old))
 
     outcome = user.sync()

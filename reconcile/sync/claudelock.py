@@ -1,16 +1,23 @@
 """Claude Code's own OAuth refresh lock, taken the way Claude takes it.
 
-Claude Code 2.1.197, before it refreshes a login, takes two proper-lockfile
-locks (read from the CLI; see FACTS.md): the folder
+Claude Code, before it refreshes a login, takes two proper-lockfile locks
+(read from the CLI; see docs/claude-cli.md): the folder
 `~/.claude/.oauth_refresh.lock` and then the legacy folder
 `<realpath of ~/.claude>.lock`. proper-lockfile's rules, kept here:
 
 - taking a lock is `mkdir`; an existing folder means held;
-- the holder touches the folder's mtime while it holds it (every 5 s, half
-  of the stale time);
-- a lock whose mtime is older than 10 s is stale (its holder died) and is
-  taken over: removed, then made again;
+- the holder touches the folder's mtime while it holds it (every 5 s in
+  both supported versions);
+- a lock whose mtime is older than its `stale` time is taken over: removed,
+  then made again. 2.1.197 sets `stale` to 10 s, 2.1.332 to 60 s; this
+  module uses 60 s, so it never takes over a lock that either still honours;
 - releasing is `rmdir`.
+
+2.1.332 also writes `~/.claude/.oauth_refresh.lock.owner` naming its process
+(reconcile.sync.ownerrecord), and takes a fresh lock over early when that
+record proves its holder gone. So does this module, by the same rules, and
+it writes the same record for the locks it holds: a Claude can then take
+over the lock of a sync that was killed without waiting 60 s.
 
 Claude treats the legacy lock as best effort: if it cannot be made for any
 reason other than being held (a read-only home, as under the sync unit's
@@ -36,14 +43,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from reconcile.sync import ownerrecord
+
 LOCK_NAME = ".oauth_refresh.lock"
-STALE_SECONDS = 10.0
-"""proper-lockfile's `stale` as Claude sets it: an mtime older than this means the holder died."""
-UPDATE_SECONDS = STALE_SECONDS / 2
-"""How often a held lock's mtime is refreshed (proper-lockfile's default `update`)."""
+STALE_SECONDS = 60.0
+"""The longest `stale` any supported Claude sets (2.1.332; 2.1.197: 10 s): an mtime older than this means
+the holder died, whichever version it was."""
+UPDATE_SECONDS = 5.0
+"""How often a held lock's mtime is refreshed: well inside 2.1.197's 10 s `stale`, as Claude does."""
 DEFAULT_WAIT_SECONDS = 15.0
-"""How long a sync waits for Claude to finish a refresh: longer than STALE_SECONDS, so a lock left by a
-dead process is always taken over within one wait, and longer than a refresh takes."""
+"""How long a sync waits for Claude to finish a refresh (longer than one takes). A lock whose owner record
+proves its holder dead is taken over at once; one without a record (2.1.197) only once it is 60 s stale,
+so a sync that meets it sooner says SKIP and a later run takes it over."""
 POLL_SECONDS = 0.25
 
 
@@ -69,8 +80,9 @@ def _shown(path: Path, home: Path | None) -> str:
     return str(path)
 
 
-def _try_take(path: Path, now: Callable[[], float]) -> bool:
-    """True when `path` was made (taken); False when held by a live holder. Takes a stale lock over.
+def _try_take(path: Path, now: Callable[[], float], legacy: Path | None = None) -> bool:
+    """True when `path` was made (taken); False when held by a live holder. Takes a dead one's over:
+    stale by its mtime, or (the main lock, given its `legacy` companion) proven dead by its owner record.
 
     OSError other than "exists" passes through.
     """
@@ -84,7 +96,10 @@ def _try_take(path: Path, now: Callable[[], float]) -> bool:
     except FileNotFoundError:
         return _try_take_once(path)  # released meanwhile
     if mtime >= now() - STALE_SECONDS:
-        return False
+        if legacy is None or not ownerrecord.holder_gone(path):
+            return False
+        _take_over_from_dead_holder(path, legacy)
+        return _try_take_once(path)
     try:  # stale: its holder died; proper-lockfile removes it and makes it again
         os.rmdir(path)
     except FileNotFoundError:
@@ -92,6 +107,16 @@ def _try_take(path: Path, now: Callable[[], float]) -> bool:
     except NotADirectoryError:
         os.unlink(path)
     return _try_take_once(path)
+
+
+def _take_over_from_dead_holder(main: Path, legacy: Path) -> None:
+    """As Claude 2.1.332 does: the legacy lock first when the record says it was the holder's, then the lock."""
+    record = ownerrecord.read(main) or {}
+    legacy_born = ownerrecord.birthtime_ms(legacy)
+    if legacy_born is not None and legacy_born == record.get("legacyLockBirthtimeMs"):
+        _release(legacy)
+    _release(main)
+    ownerrecord.remove(main)
 
 
 def _try_take_once(path: Path) -> bool:
@@ -145,10 +170,11 @@ def held(claude_dir: Path, wait: float = DEFAULT_WAIT_SECONDS, *, home: Path | N
     """
     main, legacy = lock_paths(claude_dir)
     taken: list[Path] = []
+    born: float | None = None
     deadline = clock() + wait
     try:
         while True:
-            if not taken and _try_take(main, now):
+            if not taken and _try_take(main, now, legacy):
                 taken.append(main)
             if taken:
                 try:
@@ -168,6 +194,7 @@ def held(claude_dir: Path, wait: float = DEFAULT_WAIT_SECONDS, *, home: Path | N
             if clock() >= deadline:
                 raise ClaudeRefreshing(f"{_shown(blocker, home)} held for more than {wait:g} s")
             sleep(POLL_SECONDS)
+        born = ownerrecord.write(main, legacy if legacy in taken else None)
         toucher = _Toucher(list(taken))
         toucher.start()
         try:
@@ -175,6 +202,8 @@ def held(claude_dir: Path, wait: float = DEFAULT_WAIT_SECONDS, *, home: Path | N
         finally:
             toucher.stop()
     finally:
+        if taken:
+            ownerrecord.remove_if_ours(main, born)
         for path in reversed(taken):
             _release(path)
 
