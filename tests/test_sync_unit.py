@@ -68,11 +68,22 @@ CLASSIFICATION_TABLE = [
     (1, "Your organization has disabled Claude subscription access for Claude Code \u00b7 Use an Anthropic API key "
         "instead, or ask your admin to enable access\n", "", Verdict.UNEXPECTED, "organization"),
     (1, "Credit balance is too low\n", "", Verdict.UNEXPECTED, "usage"),
+    # Seen from the real claude 2.1.332 (issue 22): new wording, and a refresh lock held by another process.
+    (1, "API Error: Connection refused \u2014 a firewall or proxy may be blocking it (ECONNREFUSED)\n", "",
+     Verdict.OUTAGE, "ECONNREFUSED"),
+    (1, "Failed to refresh OAuth token: another Claude Code process is refreshing it or exited mid-refresh\n", "",
+     Verdict.REFRESHING, "refresh lock held"),
+    (1, "API Error: OAuth access token could not be refreshed: another Claude Code process is holding the "
+        "refresh lock\n", "", Verdict.REFRESHING, "refresh lock held"),
+    # Every network error code of either version, in a sentence the classifier has never seen:
+    *[(1, f"API Error: something new went wrong ({code})\n", "", Verdict.OUTAGE, code)
+      for code in livecheck.OUTAGE_CODES],
     # Unexpected shapes:
     (0, "Sure! AUTH_OK\n", "", Verdict.UNEXPECTED, "something other"),
     (0, "auth_ok\n", "", Verdict.UNEXPECTED, "something other"),
     (0, "", "", Verdict.UNEXPECTED, "something other"),
     (1, "", "", Verdict.UNEXPECTED, "exited 1"),
+    (1, "API Error: something new went wrong (EWHATEVER)\n", "", Verdict.UNEXPECTED, "unexpected output"),
     (2, "error: unknown option '--disable-slash-commands'\n", "", Verdict.UNEXPECTED, "unknown option"),
     (-9, "", "", Verdict.UNEXPECTED, "signal 9"),
     (0, "  AUTH_OK  \n\n", "", Verdict.OK, "AUTH_OK"),

@@ -214,6 +214,9 @@ class _Steps:
         first = self.live_check(env)
         if first.is_ok:
             return Status.OK, f"login works; {self.back_up(vault)}"
+        if first.verdict is Verdict.REFRESHING:
+            raise Skip(f"{first.reason}; {CREDENTIALS_SHOWN} left untouched, nothing backed up or restored; "
+                       f"the next run checks again")
         if first.verdict is not Verdict.AUTH:
             raise Fail(f"{first.reason}; {CREDENTIALS_SHOWN} left untouched, no restore")
         return self.recover(vault, env, first)

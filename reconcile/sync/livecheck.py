@@ -60,8 +60,12 @@ CREDENTIAL_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROP
 """Credentials that outrank ~/.claude/.credentials.json (their values are secrets)."""
 CONFIG_DIR_VARIABLES = ("CLAUDE_SECURESTORAGE_CONFIG_DIR", "CLAUDE_CONFIG_DIR")
 """Folders claude would read its login from instead of ~/.claude (the first one set wins)."""
-PROVIDER_VARIABLES = ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY")
-"""Switches to another provider and its credentials instead of the claude.ai login."""
+PROVIDER_VARIABLES = ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY",
+                      "CLAUDE_CODE_USE_ANTHROPIC_AWS", "CLAUDE_CODE_USE_MANTLE", "CLAUDE_CODE_USE_GATEWAY",
+                      "CLAUDE_CODE_USE_ANTHROPIC_GOOGLE_CLOUD", "CLAUDE_CODE_PROVIDER_MANAGED_BY_HOST")
+"""Switches to another provider (or to a host that manages it) instead of the claude.ai login: the
+CLI's own list of provider-selecting variables, in 2.1.197 and 2.1.332 (docs/claude-cli.md). Without
+a switch, cloud credentials (AWS_*, GOOGLE_*) are not used for inference, so they may stay."""
 OVERRIDING_VARIABLES = CREDENTIAL_VARIABLES + CONFIG_DIR_VARIABLES + PROVIDER_VARIABLES
 """Never handed to claude: each would make the check prove another login than the one backed up."""
 EXCERPT_LENGTH = 120
@@ -71,6 +75,9 @@ NONESSENTIAL_TRAFFIC_VARIABLE = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"
 
 class Verdict(str, Enum):
     OK = "ok"
+    REFRESHING = "refreshing"
+    """claude gave up because another process held its refresh lock (2.1.332): the login is not in
+    question, and a restore now would race the refresh."""
     AUTH = "auth"
     """The login was rejected: a restore from the backup may help."""
     OUTAGE = "outage"
@@ -118,13 +125,24 @@ def child_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[
 # Each rule: (pattern, reason); checked, case-insensitively, on stdout + stderr of a
 # failed run. The patterns are compiled on first use: a run that succeeds needs none.
 
+REFRESHING_RULES: tuple[tuple[str, str], ...] = (
+    (r"another Claude Code process is (?:holding the refresh lock|refreshing it)",
+     "claude found its refresh lock held by another process"),
+)
+OUTAGE_CODES = ("ECONNREFUSED", "ConnectionRefused", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH",
+                "ENETUNREACH", "ENETDOWN", "EHOSTDOWN", "EPIPE", "ECONNABORTED", "FailedToOpenSocket",
+                "ConnectionClosed", "ERR_SOCKET_CLOSED", "UND_ERR_SOCKET", "Malformed_HTTP_Response",
+                "ERR_PROXY_TUNNEL")
+"""Network error codes either supported CLI prints (node's, undici's and Bun's names): an outage, by
+code, whatever sentence wraps it."""
 OUTAGE_RULES: tuple[tuple[str, str], ...] = (
     (r"API Error: (5\d\d)\b", "the API answered HTTP {0}"),
     (r"\b529\b|overloaded", "the API is overloaded"),
     (r"API Error: 429\b|rate[ _]limit", "the API rate-limited the request (HTTP 429)"),
     (r"Unable to connect to API", "claude could not connect to the API"),
-    (r"Connection error|ECONNREFUSED|ConnectionRefused|ECONNRESET|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|"
-     r"ENETUNREACH|socket hang up|fetch failed|network", "claude could not reach the API (network error)"),
+    (r"\b(" + "|".join(OUTAGE_CODES) + r")\b", "claude could not reach the API ({0})"),
+    (r"Connection error|Connection refused|socket hang up|fetch failed|network",
+     "claude could not reach the API (network error)"),
     (r"Request timed out|ETIMEDOUT|timed out", "the API request timed out"),
     (r"high load", "the API is under high load"),
     (r"temporary", "claude reported a temporary failure"),
@@ -187,6 +205,9 @@ def classify(returncode: int, stdout: str, stderr: str) -> LiveResult:
         return LiveResult(Verdict.UNEXPECTED, f"claude answered something other than {EXPECTED}{said}")
     if returncode < 0:
         return LiveResult(Verdict.UNEXPECTED, f"claude was killed by signal {-returncode}{said}")
+    refreshing = _first_match(REFRESHING_RULES, output)
+    if refreshing:
+        return LiveResult(Verdict.REFRESHING, f"{refreshing}{said}")
     outage = _first_match(OUTAGE_RULES, output)
     if outage:
         return LiveResult(Verdict.OUTAGE, f"outage: {outage}{said}")
