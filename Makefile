@@ -21,7 +21,7 @@ PROMTOOL := $(TOOLS_DIR)/promtool
 PREFIX ?= /opt/claude-auth
 BINDIR ?= /usr/local/bin
 
-.PHONY: test demo bench setup clean install uninstall
+.PHONY: test demo bench setup clean install uninstall test-claude-version test-claude-latest
 
 setup: $(STAMP) $(CLAUDE_BIN) $(PROMTOOL)
 
@@ -51,6 +51,27 @@ test: setup
 
 demo: setup
 	CLAUDE_AUTH_DEMO_CLAUDE=$(abspath $(CLAUDE_BIN)) $(PY) demo/run_demo.py
+
+# Every test that runs the real claude, against another CLI version (installed outside the
+# checkout, once per version): `make test-claude-version CLAUDE_VERSION=2.1.332`, or the newest
+# npm serves now with `make test-claude-latest`. The version tested is printed first.
+CLAUDE_FACING_TESTS := tests/test_sync_real.py tests/test_sync_claude_cli.py tests/test_sync_refresh_lock.py \
+	tests/test_setup_token.py tests/test_setup_token_hardened.py tests/test_sync_hostile_files.py \
+	tests/test_sync_hostile_kv.py tests/test_sync_sandboxed.py tests/test_sync_umask.py tests/test_sync_unit.py
+CLAUDE_VERSIONS_DIR ?= /var/cache/claude-auth-test/claude
+CLAUDE_VERSION ?= latest
+
+test-claude-version: $(STAMP)
+	@version=$$(npm view @anthropic-ai/claude-code@$(CLAUDE_VERSION) version | tail -1) && \
+	dir=$(CLAUDE_VERSIONS_DIR)/$$version && \
+	{ test -x $$dir/node_modules/.bin/claude || npm install --prefix $$dir --no-audit --no-fund \
+		--loglevel=error @anthropic-ai/claude-code@$$version; } && \
+	echo "claude-facing tests against Claude Code $$($$dir/node_modules/.bin/claude --version)" && \
+	CLAUDE_AUTH_TEST_CLAUDE=$$dir/node_modules/.bin/claude CLAUDE_AUTH_PROMTOOL=$(abspath $(PROMTOOL)) \
+		$(PY) -m pytest -q -rs $(CLAUDE_FACING_TESTS)
+
+test-claude-latest:
+	$(MAKE) test-claude-version CLAUDE_VERSION=latest
 
 # Benchmarks print their figures as JSON; they are measurements, never tests.
 bench: setup

@@ -141,6 +141,9 @@ def test_child_environment_drops_variables_that_switch_the_login_or_provider() -
     # prove another login than the ~/.claude one that the sync backs up.
     switching = {"CLAUDE_SECURESTORAGE_CONFIG_DIR": "/elsewhere/a", "CLAUDE_CONFIG_DIR": "/elsewhere/b",
                  "CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_USE_VERTEX": "1", "CLAUDE_CODE_USE_FOUNDRY": "1",
+                 # the CLI's own provider lists, 2.1.197 and 2.1.332 (issue 22):
+                 "CLAUDE_CODE_USE_ANTHROPIC_AWS": "1", "CLAUDE_CODE_USE_MANTLE": "1", "CLAUDE_CODE_USE_GATEWAY": "1",
+                 "CLAUDE_CODE_USE_ANTHROPIC_GOOGLE_CLOUD": "1", "CLAUDE_CODE_PROVIDER_MANAGED_BY_HOST": "1",
                  "CLAUDE_CODE_OAUTH_REFRESH_TOKEN": "sk-ant-ort01-env-refresh-secret",
                  "CLAUDE_CODE_SESSION_ACCESS_TOKEN": "sk-ant-oat01-env-session-secret"}
     env, removed = livecheck.child_environment({**switching, "CLAUDE_CODE_ENTRYPOINT": "cli", "PATH": "/usr/bin"})
