@@ -90,13 +90,17 @@ def test_claude_waits_for_our_lock_and_does_not_refresh_while_we_hold_it(
 
     events = debug_events(home)
     texts = [text for _, text in events]
-    assert done.stdout.strip() == "AUTH_OK"  # it went on with the expired token; the stand-in accepts it
     assert elapsed >= 5, elapsed  # five lock retries, 1-2 s apart
-    assert "[API:auth] OAuth token check starting" in texts
-    assert "[API:auth] OAuth token check complete" in texts
-    check = [t for t, text in events if "token check starting" in text][0]
-    complete = [t for t, text in events if "token check complete" in text][0]
-    assert complete - check >= 5
+    # Both go on with the expired token (the stand-in accepts it). 2.1.332 does so because our owner
+    # record names a live holder ("lock_busy"); with no record it exits 1 instead ("lock_timeout",
+    # which the sync takes as SKIP: livecheck.REFRESHING_RULES).
+    assert done.stdout.strip() == "AUTH_OK", done.stdout + done.stderr
+    if not knows_owner_record(claude_bin):  # 2.1.197's debug lines (gone in 2.1.332)
+        assert "[API:auth] OAuth token check starting" in texts
+        assert "[API:auth] OAuth token check complete" in texts
+        check = [t for t, text in events if "token check starting" in text][0]
+        complete = [t for t, text in events if "token check complete" in text][0]
+        assert complete - check >= 5
     assert not any("refresh failed" in text for text in texts), texts  # it never got to refresh
 
 

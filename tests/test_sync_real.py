@@ -17,6 +17,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import random
 import secrets
 import stat
@@ -579,7 +580,9 @@ def test_api_not_listening_is_an_outage_and_changes_nothing(user: SyncUser) -> N
     outcome = user.sync()
 
     assert outcome.status.value == "FAIL"
-    assert outcome.line.startswith(f"FAIL {user.name}: outage: claude could not connect to the API")
+    # 2.1.197: "Unable to connect to API (ConnectionRefused)"; 2.1.332: "Connection refused ... (ECONNREFUSED)".
+    assert re.match(rf"FAIL {user.name}: outage: claude could not (connect to|reach) the API", outcome.line), \
+        outcome.line
     assert user.credentials.read_bytes() == raw
     assert user.kept_copies() == []
     assert user.stored_oauth() == good
