@@ -166,10 +166,13 @@ def _make_dir(parent_fd: int, name: str, display: str, account: Account, mode: i
         if made_here or _half_made(fd, st):
             # The folder root made a moment ago (or a killed run half-made), unless it was swapped
             # meanwhile: a fresh one is empty.
-            if st.st_nlink != 2 or os.listdir(fd):
+            if st.st_nlink == 2 and not os.listdir(fd):
+                os.fchown(fd, account.uid, account.gid)
+                os.fchmod(fd, mode)
+            elif os.fstat(fd).st_uid != account.uid:
                 raise UnsafePath(f"{display} changed while it was being created; refusing to use it")
-            os.fchown(fd, account.uid, account.gid)
-            os.fchmod(fd, mode)
+            # else: another run over this shared home adopted it meanwhile and has made things in
+            # it: the person's folder now, used like any other of theirs.
         else:
             _require_owner(st, account, display, "use")
     except OSError as exc:

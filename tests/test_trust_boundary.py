@@ -192,6 +192,31 @@ def test_a_root_object_that_is_not_half_made_is_refused(account: Account, shape:
     assert {p.name: mode_owner(p) for p in [folder, *folder.iterdir()]} == before
 
 
+def test_a_folder_another_hosts_run_adopted_meanwhile_is_used(
+        account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hosts over one shared home: this run makes `~/.config`; the other host's run finds it
+    half-made, gives it to the person and makes its own folder in it, all between this run's
+    fstat and its emptiness check. The folder is the person's now: used, not refused."""
+    config = account.home / ".config"
+    real_listdir = os.listdir
+    interleaved: list[bool] = []
+
+    def other_host_first(fd: Any) -> list[str]:
+        if not interleaved and isinstance(fd, int) and os.path.samestat(os.fstat(fd), config.stat()):
+            interleaved.append(True)
+            os.chown(config, UID, GID)
+            config.chmod(0o755)
+            (config / "claude-auth-sync").mkdir(mode=0o700)
+            os.chown(config / "claude-auth-sync", UID, GID)
+        return real_listdir(fd)
+
+    monkeypatch.setattr(homefs.os, "listdir", other_host_first)
+    homefs.ensure_directory(account, CONFIG_DIR)
+    assert interleaved, "the interleaving was not forced"
+    assert mode_owner(config)[1:] == (UID, GID)
+    assert mode_owner(config / "claude-auth-sync") == (0o700, UID, GID)
+
+
 def test_an_apply_killed_between_mkdir_and_chown_converges(world: World) -> None:
     """The next run finishes what the killed one left: root's empty folders and an empty lock."""
     world.write_roster({"alice": {}})
