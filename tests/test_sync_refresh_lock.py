@@ -211,6 +211,19 @@ def test_a_fresh_lock_is_never_taken_over_unless_its_holder_is_proven_dead(claud
         holder.wait()
 
 
+@pytest.mark.parametrize("content", [b"[" * 2000 + b"]" * 2000, b"x" * 5000, b"{\"pid\": 1e999}", b"[]"])
+def test_a_hostile_owner_record_is_no_record(claude_dir: Path, content: bytes) -> None:
+    """The record lives in the person's own ~/.claude: nested 2,000 deep (within the 4 KiB Claude reads), oversized, of the wrong
+    shape, it is treated as absent (the lock is then only taken over when 60 s stale)."""
+    main, legacy = claudelock.lock_paths(claude_dir)
+    main.mkdir()
+    ownerrecord.record_path(main).write_bytes(content)
+    assert ownerrecord.read(main) is None
+    with pytest.raises(ClaudeRefreshing):
+        with claudelock.held(claude_dir, wait=0.3):
+            pass
+
+
 def test_replace_oauth_takes_the_lock(claude_dir: Path) -> None:
     # Anything installing a login through replace_oauth (a restore, a setup token) waits for Claude.
     path = claude_dir / ".credentials.json"

@@ -31,6 +31,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from reconcile import boundedjson
+
 OWNER_SUFFIX = ".owner"
 RECORD_LIMIT = 4096
 _STATX_BTIME = 0x800
@@ -151,8 +153,8 @@ def read(lock: Path) -> dict[str, Any] | None:
     if len(data) > RECORD_LIMIT:
         return None
     try:
-        record = json.loads(data)
-    except ValueError:
+        record = boundedjson.loads(data)  # the person's own file: no RecursionError from deep nesting
+    except boundedjson.JsonProblem:
         return None
     if not isinstance(record, dict):
         return None
