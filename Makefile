@@ -57,7 +57,8 @@ demo: setup
 # npm serves now with `make test-claude-latest`. The version tested is printed first.
 CLAUDE_FACING_TESTS := tests/test_sync_real.py tests/test_sync_claude_cli.py tests/test_sync_refresh_lock.py \
 	tests/test_setup_token.py tests/test_setup_token_hardened.py tests/test_sync_hostile_files.py \
-	tests/test_sync_hostile_kv.py tests/test_sync_sandboxed.py tests/test_sync_umask.py tests/test_sync_unit.py
+	tests/test_sync_hostile_kv.py tests/test_sync_sandboxed.py tests/test_sync_umask.py tests/test_sync_unit.py \
+	tests/test_sync_broken_shapes.py
 CLAUDE_VERSIONS_DIR ?= /var/cache/claude-auth-test/claude
 CLAUDE_VERSION ?= latest
 

@@ -64,7 +64,7 @@ HOSTILE_OAUTH = {
     "a number": ("42", "is a number, not JSON text"),
     "a list": ('["sk-ant-oat01-not-a-login"]', "is a list, not JSON text"),
     "an object of the wrong shape": (json.dumps(json.dumps({"accessToken": 5})),
-                                     "accessToken is missing or not a non-empty string"),
+                                     "accessToken is missing or empty"),
 }
 
 

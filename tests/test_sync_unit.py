@@ -293,9 +293,7 @@ def test_oauth_shape(obj: Any, problem: str | None) -> None:
     (b'{"claudeAiOauth": {"accessToken": "sk-ant-oat01-SECRETSECRET", ', "not valid JSON"),
     (b"not json at all sk-ant-oat01-SECRETSECRET", "not valid JSON"),
     (b'["sk-ant-oat01-SECRETSECRET"]', "not a JSON object"),
-    # (No refresh token at all is a setup token, accepted locally: tests/test_setup_token_unit.py.)
-    (b'{"claudeAiOauth": {"accessToken": "sk-ant-oat01-SECRETSECRET", "refreshToken": 7, "expiresAt": 1}}',
-     "refreshToken"),
+    # (A claudeAiOauth object of a broken shape is a broken login, restored over: below.)
     (b'{"claudeAiOauth": "sk-ant-oat01-SECRETSECRET"}', "not a JSON object"),
     (b"\xff\xfe sk-ant-oat01-SECRETSECRET", "UTF-8"),
 ])
@@ -309,6 +307,50 @@ def test_corrupt_credentials_are_refused_without_quoting_them(tmp_path: Path, ra
     with pytest.raises(credentials.CredentialsError):
         credentials.replace_oauth(path, oauth())
     assert path.read_bytes() == raw  # never overwritten
+
+
+NOW_MS = 1_800_000_000_000
+HEALTHY = {"accessToken": "sk-ant-oat01-a", "refreshToken": "sk-ant-ort01-r", "expiresAt": NOW_MS + 3_600_000,
+           "scopes": ["user:inference", "user:profile"], "subscriptionType": "max"}
+
+
+@pytest.mark.parametrize(("oauth_object", "phrase"), [
+    # anthropics/claude-code #76561: the losing refresh racer's logged-out stub
+    ({"accessToken": "", "refreshToken": "", "expiresAt": 0, "scopes": [], "subscriptionType": None},
+     "accessToken is missing or empty"),
+    # #85262: a refresh rewrote the file without expiresAt and scopes
+    ({k: v for k, v in HEALTHY.items() if k not in ("expiresAt", "scopes")}, "expiresAt"),
+    ({k: v for k, v in HEALTHY.items() if k != "scopes"}, "scopes is missing"),
+    ({**HEALTHY, "scopes": ["user:profile"]}, "lacks user:inference"),
+    ({**HEALTHY, "expiresAt": 0}, "expiresAt is 0"),
+    ({**HEALTHY, "expiresAt": "tomorrow"}, "expiresAt"),
+    # #83464: tokens blanked while the refresh token's own expiry still lay ahead
+    ({**HEALTHY, "accessToken": "", "refreshTokenExpiresAt": NOW_MS + 86_400_000}, "accessToken"),
+    ({**HEALTHY, "refreshToken": ""}, "refreshToken is missing or empty"),
+    ({**HEALTHY, "refreshToken": 7}, "refreshToken is missing or empty"),
+    # no refresh token (a setup token's shape) and an expiry in the past: nothing can renew it
+    ({k: v for k, v in HEALTHY.items() if k != "refreshToken"} | {"expiresAt": NOW_MS - 1}, "in the past"),
+    ({**HEALTHY, "refreshToken": None, "expiresAt": NOW_MS - 1}, "in the past"),
+])
+def test_each_broken_shape_is_a_broken_login_never_a_backup(tmp_path: Path, oauth_object: dict[str, Any],
+                                                            phrase: str) -> None:
+    path = tmp_path / ".credentials.json"
+    path.write_text(json.dumps({"claudeAiOauth": oauth_object, "mcpOAuth": {"kept": True}}))
+    local = credentials.read(path)  # a broken login is read, not refused as a corrupt file
+    assert local.oauth == oauth_object
+    problem = local.broken(NOW_MS)
+    assert problem is not None and phrase in problem
+    assert credentials.oauth_problem(oauth_object) is not None  # never a backup either
+    assert_no_secrets([problem], ["sk-ant-oat01-a", "sk-ant-ort01-r"])
+
+
+@pytest.mark.parametrize("oauth_object", [
+    HEALTHY,
+    {**HEALTHY, "expiresAt": NOW_MS - 1},  # expired, but Claude refreshes it
+    {"accessToken": "sk-ant-oat01-s", "expiresAt": NOW_MS + 1, "scopes": ["user:inference"]},  # a setup token
+])
+def test_healthy_shapes_are_not_broken(oauth_object: dict[str, Any]) -> None:
+    assert credentials.local_oauth_problem(oauth_object, NOW_MS) is None
 
 
 def test_missing_file_is_no_login(tmp_path: Path) -> None:

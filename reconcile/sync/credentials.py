@@ -3,7 +3,9 @@
 Claude Code keeps its login there as `{"claudeAiOauth": {...}, "mcpOAuth":
 {...}, ...}`. Sync only ever replaces the `claudeAiOauth` value; every other
 key keeps its value. A file that is not a JSON object, or whose
-`claudeAiOauth` has the wrong shape, is corrupt and is never overwritten.
+`claudeAiOauth` is not an object, is corrupt and is never overwritten; a
+`claudeAiOauth` object of a broken shape (oauth_problem) is a broken login,
+which the sync replaces with the backup.
 The replacement is atomic (temp file in the same folder, 0600, fsync,
 rename) and starts over when the file changed on disk in between. Before a
 replacement, the replaced object is kept in the state folder (0600, the last
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -68,39 +71,81 @@ class LocalCredentials:
         value = self.document.get(OAUTH_KEY)
         return value if isinstance(value, dict) else None
 
+    def broken(self, now_ms: int | None = None) -> str | None:
+        """Why the login in the file is of a shape Claude cannot use (local_oauth_problem), or
+        None: also None when there is no login at all (nothing to repair, only to log in)."""
+        return None if self.oauth is None else local_oauth_problem(self.oauth, now_ms)
 
-def oauth_problem(obj: object) -> str | None:
-    """Why `obj` is not a usable claudeAiOauth object, or None when it is.
 
-    Usable: a JSON object with non-empty string `accessToken` and
-    `refreshToken`, and a finite number `expiresAt` (ms since the epoch).
-    """
-    if not isinstance(obj, dict):
-        return f"{OAUTH_KEY} is not a JSON object"
-    for key in ("accessToken", "refreshToken"):
-        value = obj.get(key)
-        if not isinstance(value, str) or not value:
-            return f"{OAUTH_KEY}.{key} is missing or not a non-empty string"
-    try:
-        boundedjson.bounded_int(obj.get("expiresAt"), low=0, high=boundedjson.EPOCH_MS_MAX,
-                                what=f"{OAUTH_KEY}.expiresAt")
-    except boundedjson.OutOfRange as exc:
-        return str(exc)
+INFERENCE_SCOPE = "user:inference"
+"""The scope every login the probe can prove carries (a setup token has only this one)."""
+
+
+def _token_problem(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        return f"{OAUTH_KEY}.{key} is missing or empty"
     return None
 
 
+def _expiry_problem(obj: Mapping[str, Any]) -> str | None:
+    try:
+        expires = boundedjson.bounded_int(obj.get("expiresAt"), low=0, high=boundedjson.EPOCH_MS_MAX,
+                                          what=f"{OAUTH_KEY}.expiresAt")
+    except boundedjson.OutOfRange as exc:
+        return str(exc)
+    return f"{OAUTH_KEY}.expiresAt is 0" if expires == 0 else None
+
+
+def _scope_problem(obj: Mapping[str, Any]) -> str | None:
+    scopes = obj.get("scopes")
+    if not isinstance(scopes, list):
+        return f"{OAUTH_KEY}.scopes is missing or not a list"
+    if INFERENCE_SCOPE not in scopes:
+        return f"{OAUTH_KEY}.scopes lacks {INFERENCE_SCOPE}"
+    return None
+
+
+def oauth_problem(obj: object) -> str | None:
+    """Why `obj` is not a refreshable login that can be backed up and restored, or None.
+
+    Healthy: a JSON object with non-empty string `accessToken` and
+    `refreshToken`, a positive finite `expiresAt` (ms since the epoch; in the
+    past is fine, Claude refreshes it) and `scopes` holding `user:inference`.
+    Each shape refused here has been seen in the field (anthropics/claude-code
+    #76561: a losing refresh racer writes a logged-out stub with empty tokens
+    and `expiresAt` 0; #85262: a refresh rewrote the file without `expiresAt`
+    and `scopes`, which then failed with oauth_no_inference_scope; #83464:
+    tokens blanked), so the backup only ever holds a login worth restoring.
+    """
+    if not isinstance(obj, dict):
+        return f"{OAUTH_KEY} is not a JSON object"
+    return (_token_problem(obj, "accessToken") or _token_problem(obj, "refreshToken")
+            or _expiry_problem(obj) or _scope_problem(obj))
+
+
 def is_setup_token_object(obj: object) -> bool:
-    """A claudeAiOauth object without a refresh token: a setup token installed in setup-token
-    mode (reconcile.sync.setup_token), never a refreshable login, which always has one."""
-    return isinstance(obj, dict) and not obj.get("refreshToken")
+    """A claudeAiOauth object with an access token and no refresh token key at all: a setup token
+    installed in setup-token mode (reconcile.sync.setup_token), never a refreshable login, which
+    always has one. An empty or blanked refresh token is a broken login, not a setup token."""
+    return (isinstance(obj, dict) and obj.get("refreshToken") is None
+            and isinstance(obj.get("accessToken"), str) and bool(obj.get("accessToken")))
 
 
-def local_oauth_problem(obj: object) -> str | None:
-    """As oauth_problem, but a setup-token object (non-empty accessToken, numeric expiresAt,
-    no refresh token) is usable too: the local file may hold either; a backup never does."""
+def local_oauth_problem(obj: object, now_ms: int | None = None) -> str | None:
+    """Why the local file's login is broken (Claude cannot use it, and a probe need not be spent
+    to find out), or None. As oauth_problem, but a setup-token object is usable too while its
+    `expiresAt` lies ahead: without a refresh token, a past expiry can never be renewed."""
     if not is_setup_token_object(obj):
         return oauth_problem(obj)
-    return oauth_problem({**obj, "refreshToken": "-"}) if isinstance(obj, dict) else oauth_problem(obj)
+    assert isinstance(obj, dict)
+    problem = _expiry_problem(obj) or _scope_problem(obj)
+    if problem:
+        return problem
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if int(obj["expiresAt"]) <= now:
+        return f"{OAUTH_KEY}.expiresAt lies in the past and there is no refresh token"
+    return None
 
 
 def parse(raw: bytes, where: str) -> dict[str, Any]:
@@ -121,10 +166,11 @@ def parse(raw: bytes, where: str) -> dict[str, Any]:
         raise CredentialsError(f"{where} is not usable JSON (nested too deeply)") from None
     if not isinstance(document, dict):
         raise CredentialsError(f"{where} is not a JSON object")
-    if OAUTH_KEY in document:
-        problem = local_oauth_problem(document[OAUTH_KEY])
-        if problem:
-            raise CredentialsError(f"{where}: {problem}")
+    # A claudeAiOauth that is an object of a broken shape is a broken login, not a corrupt file:
+    # the sync restores the backup over it (LocalCredentials.broken); anything else is never
+    # overwritten.
+    if OAUTH_KEY in document and not isinstance(document[OAUTH_KEY], dict):
+        raise CredentialsError(f"{where}: {OAUTH_KEY} is not a JSON object")
     return document
 
 

@@ -10,9 +10,14 @@ The steps of SPEC.md "Sync, step by step", in order:
 4. read the token file; lookup-self; the display name and the policy list
    must be exactly this user's (else FAIL drift, before any KV access);
    renew-self;
-5. live check (`claude -p`, with a timeout);
-6. OK: back up (merge + check-and-set; nothing written when unchanged);
-7. AUTH failure only: restore the latest backup (the replaced login is kept
+5. live check (`claude -p`, with a timeout); a login of a broken shape
+   (credentials.local_oauth_problem: a logged-out stub, no `expiresAt` or
+   `scopes`, no `user:inference`, an empty token, a past expiry with no
+   refresh token) skips it and goes to step 7 at once;
+6. OK: back up (merge + check-and-set; nothing written when unchanged), only
+   a healthy shape (credentials.oauth_problem): one that turned broken since
+   the check goes to step 7;
+7. AUTH failure or a broken shape only: restore the latest backup (the replaced login is kept
    in the state folder), live check once more, back up: RECOVERED;
    an outage, a timeout or unexpected output: FAIL, the file untouched;
 8. exactly one status line on stdout and in the log.
@@ -73,6 +78,20 @@ class Fail(Exception):
 
 class Skip(Exception):
     """Ends the run with SKIP (nothing written); the message is the reason (safe to show)."""
+
+
+class BrokenAfterCheck(Fail):
+    """The check passed, but the file read for the backup holds a broken login: never backed up.
+    Where nothing catches it, a FAIL that says so."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{CREDENTIALS_SHOWN} holds a broken login ({problem}); not backed up")
+        self.problem = problem
+
+
+def _broken_result(problem: str) -> LiveResult:
+    """The reason a broken login is restored, in the shape of a rejected check."""
+    return LiveResult(Verdict.AUTH, f"{CREDENTIALS_SHOWN} holds a broken login ({problem})")
 
 
 @dataclass(frozen=True)
@@ -209,11 +228,17 @@ class _Steps:
                 raise Fail(str(exc)) from None
             except setup_token_sync.Skipped as exc:
                 raise Skip(str(exc)) from None
+        broken = local.broken()
+        if broken is not None:  # Claude cannot use it: no probe spent to learn that, restore at once
+            return self.recover(vault, env, _broken_result(broken))
         if credentials.is_setup_token_object(local.oauth):
             return self.recover(vault, env, setup_token_sync.SWITCHED_BACK)
         first = self.live_check(env)
         if first.is_ok:
-            return Status.OK, f"login works; {self.back_up(vault)}"
+            try:
+                return Status.OK, f"login works; {self.back_up(vault)}"
+            except BrokenAfterCheck as exc:  # a refresh meanwhile wrote a broken shape (#85262)
+                return self.recover(vault, env, _broken_result(exc.problem))
         if first.verdict is Verdict.REFRESHING:
             raise Skip(f"{first.reason}; {CREDENTIALS_SHOWN} left untouched, nothing backed up or restored; "
                        f"the next run checks again")
@@ -317,6 +342,9 @@ class _Steps:
         if credentials.is_setup_token_object(oauth):  # never over the refreshable OAuth backup
             raise Fail(f"the login works but {CREDENTIALS_SHOWN} holds a setup token, not a refreshable "
                        f"login; not backed up over the OAuth backup")
+        problem = credentials.oauth_problem(oauth)
+        if problem is not None:  # the backup only ever holds a shape a restore can use
+            raise BrokenAfterCheck(problem)
         s = self.settings
         try:
             result = backup.back_up(vault, s.kv_mount, s.kv_path, dict(oauth), utc_timestamp())

@@ -94,8 +94,9 @@ def run(vault: Vault, settings: SyncSettings, env: Mapping[str, str], local: Loc
         if not proof.is_ok:
             raise Failed(_failure(proof, f"the setup token from {settings.kv_display} was not installed; "
                                          f"{CREDENTIALS_SHOWN} left untouched"))
+        # A broken login is not worth a probe or a backup (flow's rules): the setup token replaces it.
         if local.oauth is not None and not credentials.is_setup_token_object(local.oauth) \
-                and backup.decode_stored_oauth(fields)[0] != local.oauth:
+                and local.broken() is None and backup.decode_stored_oauth(fields)[0] != local.oauth:
             local = preserve()
         replaced = _install(settings, st.installed_object(token, stored.expires_at_ms), keep, local)
     check = livecheck.run(settings.model, env, settings.claude_timeout, cwd=str(settings.state_dir))
