@@ -75,6 +75,9 @@ class UserStatus:
     """The roster's claude_login."""
     setup_token_expires_at: float | None = None
     """setup-token mode: when the stored setup token expires."""
+    setup_token_expiry_source: str | None = None
+    """Where that date came from: given (--expires-at), claude (printed by claude setup-token),
+    default (365 days assumed); None when not recorded (stored by an older claude-auth)."""
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -89,6 +92,7 @@ class UserStatus:
             "notes": list(self.notes),
             "claude_login": self.claude_login,
             "setup_token_expires_at": _iso(self.setup_token_expires_at),
+            "setup_token_expiry_source": self.setup_token_expiry_source,
         }
 
     def metrics(self) -> UserMetrics:
@@ -220,20 +224,21 @@ def _path_reader(world: _World, token: ObservedToken | None) -> tuple[Vault | No
 
 
 def _setup_token_expiry(world: _World, roster: Roster, user: str,
-                        token: ObservedToken | None) -> tuple[float | None, str | None]:
-    """(expiry in seconds since the epoch, why unknown) of the setup token stored at the user's path."""
+                        token: ObservedToken | None) -> tuple[float | None, str | None, str | None]:
+    """(expiry in seconds since the epoch, its source, why unknown) of the setup token stored at
+    the user's path."""
     client, why = _path_reader(world, token)
     if client is None:
-        return None, why
+        return None, None, why
     try:  # undecoded, as the sync reads it: a hostile sibling key is never decoded
         secret = client.kv_read_raw(roster.vault.kv_mount, roster.kv_path(user))
     except VaultError as exc:
-        return None, str(exc)
+        return None, None, str(exc)
     where = f"{roster.vault.kv_mount}/data/{roster.kv_path(user)}"
     stored = setup_token.stored_token_raw(secret.fields if secret else {}, secret.version if secret else 0, where)
     if isinstance(stored, str):
-        return None, stored
-    return stored.expires_at_ms / 1000, None
+        return None, None, stored
+    return stored.expires_at_ms / 1000, stored.expiry_source, None
 
 
 def _backup(world: _World, roster: Roster, user: str,
@@ -325,15 +330,16 @@ def user_status(world: _World, roster: Roster, user: str) -> UserStatus:
             notes.append(f"backup: {why_no_backup}")
     # Login mode, and the setup token's expiry in setup-token mode
     login = roster.users[user].claude_login
-    expires_at = None
+    expires_at = expiry_source = None
     if login == SETUP_TOKEN_MODE and roster.users[user].claude_auth:
-        expires_at, why_no_expiry = _setup_token_expiry(world, roster, user, token_obs)
+        expires_at, expiry_source, why_no_expiry = _setup_token_expiry(world, roster, user, token_obs)
         if why_no_expiry:
             notes.append(f"setup token: {why_no_expiry}")
     return UserStatus(user=user, state=_state_of(roster, user), policy=policy, token=token,
                       token_ttl_seconds=ttl, token_minted_at=minted, timer=timer, last_run=last_run,
                       last_success_at=last_success, backup_version=version, backup_at=backup_at,
-                      notes=tuple(notes), claude_login=login, setup_token_expires_at=expires_at)
+                      notes=tuple(notes), claude_login=login, setup_token_expires_at=expires_at,
+                      setup_token_expiry_source=expiry_source)
 
 
 def gather(roster: Roster, roster_path: str, root: Path, vault: Vault | None, *, admin: bool,

@@ -130,6 +130,7 @@ def test_root_stores_a_probed_token_by_merging_beside_other_keys(person: SyncUse
     assert data[st.FIELD_TOKEN] == token
     expected = int(before * 1000) + 365 * DAY_MS
     assert expected <= data[st.FIELD_EXPIRES_AT_MS] <= expected + 60_000
+    assert data[st.FIELD_EXPIRY_SOURCE] == "default" and "(assumed: 365 days" in line  # the bare token
     assert time.strptime(data[st.FIELD_STORED_AT], "%Y-%m-%dT%H:%M:%SZ")
     assert person.api.saw(token)  # the probe really used it
 
@@ -156,12 +157,39 @@ def test_the_admin_token_never_reaches_the_claude_probe(person: SyncUser, tmp_pa
     assert person.root.token not in record.read_text()
 
 
+def claude_printed(token: str, lifetime: str) -> str:
+    """All that `claude setup-token` prints (2.1.332's wording; 2.1.197 always says 1 year)."""
+    return ("\x1b[32m✓\x1b[39m Long-lived authentication token created\n\n"
+            f"Your OAuth token (valid for {lifetime}):\n\n\x1b[33m{token}\x1b[39m\n\n"
+            "Store this token securely. You won't be able to see it again.\n\n"
+            "Use this token by setting: export CLAUDE_CODE_OAUTH_TOKEN=<token>\n\n"
+            "You can revoke it later at https://claude.ai/settings/claude-code\n")
+
+
+@pytest.mark.parametrize(("lifetime", "days"), [("30 days", 30), ("1 year", 365)])
+def test_the_lifetime_claude_printed_sets_the_stored_expiry(person: SyncUser, lifetime: str, days: int) -> None:
+    token = new_setup_token()
+    person.remember(token)
+    person.api.accept(token)
+    before = time.time()
+
+    code, out, err = store(person, claude_printed(token, lifetime))
+
+    assert (code, err) == (0, ""), err
+    assert "(as claude setup-token reported)" in out
+    _, data = read_kv(person.root, person.kv_path) or (0, {})
+    assert data[st.FIELD_TOKEN] == token and data[st.FIELD_EXPIRY_SOURCE] == "claude"
+    expected = int(before * 1000) + days * DAY_MS
+    assert expected <= data[st.FIELD_EXPIRES_AT_MS] <= expected + 60_000
+
+
 def test_expires_at_sets_the_stored_expiry(person: SyncUser) -> None:
     code, out, _ = store(person, new_setup_token(), expires_at="2030-06-30")
     assert code == 0, out
     _, data = read_kv(person.root, person.kv_path) or (0, {})
     assert st.expiry_date(data[st.FIELD_EXPIRES_AT_MS]) == "2030-06-30"
-    assert "expires 2030-06-30" in out
+    assert "expires 2030-06-30 (as given with --expires-at)" in out
+    assert data[st.FIELD_EXPIRY_SOURCE] == "given"
 
 
 @pytest.mark.parametrize(("given", "accepted", "message"), [
@@ -425,8 +453,9 @@ def test_a_login_refreshed_since_the_last_backup_is_backed_up_before_the_switch_
     assert back.status.value == "RECOVERED" and installed(person) == expected
 
 
-def test_from_a_terminal_it_prompts_without_echo(person: SyncUser) -> None:
-    """A real pseudo-terminal: the prompt shows, the typed token does not."""
+@pytest.mark.parametrize("pasted", ["the token", "all claude printed"])
+def test_from_a_terminal_it_prompts_without_echo(person: SyncUser, pasted: str) -> None:
+    """A real pseudo-terminal: the prompt shows, the typed token (or claude's pasted output) does not."""
     import pty
 
     token = new_setup_token()
@@ -442,7 +471,8 @@ def test_from_a_terminal_it_prompts_without_echo(person: SyncUser) -> None:
     deadline = time.monotonic() + 120
     while setup_token_cmd.PROMPT.encode() not in seen and time.monotonic() < deadline:
         seen += os.read(fd, 1024)
-    os.write(fd, token.encode() + b"\n")
+    typed = token + "\n" if pasted == "the token" else claude_printed(token, "12 days")
+    os.write(fd, typed.encode())
     while time.monotonic() < deadline:
         try:
             chunk = os.read(fd, 1024)
@@ -457,8 +487,10 @@ def test_from_a_terminal_it_prompts_without_echo(person: SyncUser) -> None:
     person.outputs.append(text)
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert setup_token_cmd.PROMPT in text and f"OK {person.name}: setup token works" in text
+    assert "Store this token" not in text  # nothing pasted was echoed
     _, data = read_kv(person.root, person.kv_path) or (0, {})
     assert data[st.FIELD_TOKEN] == token
+    assert data[st.FIELD_EXPIRY_SOURCE] == ("default" if pasted == "the token" else "claude")
 
 
 def test_vault_settings_come_from_the_roster_when_given(person: SyncUser, tmp_path: Path,

@@ -16,12 +16,12 @@ from tests.support.world import World
 EXPIRES_MS = 1_900_000_000_000  # 2030-03-17
 
 
-def store_fields(world: World, user: str, expires_ms: int = EXPIRES_MS) -> str:
+def store_fields(world: World, user: str, expires_ms: int = EXPIRES_MS, source: str = st.EXPIRY_FROM_CLAUDE) -> str:
     token = f"sk-ant-oat01-{'t' * 40}{user}"
     world.secrets_seen.add(token)
     world.client.secrets.kv.v2.create_or_update_secret(
         path=f"{world.path_prefix}/{user}", mount_point="secret",
-        secret=st.store_fields(token, "2026-11-29T00:00:00Z", expires_ms))
+        secret=st.store_fields(token, "2026-11-29T00:00:00Z", expires_ms, source))
     return token
 
 
@@ -42,6 +42,7 @@ def test_status_json_shows_the_mode_and_the_expiry(mixed: World) -> None:
     rows = {row["user"]: row for row in json.loads(run.out)["users"]}
     assert rows["tokened"]["claude_login"] == "setup-token"
     assert rows["tokened"]["setup_token_expires_at"].startswith("2030-03-1")
+    assert rows["tokened"]["setup_token_expiry_source"] == "claude"
     assert rows["waiting"]["setup_token_expires_at"] is None
     assert any(note.startswith("setup token: no setup token stored at ") for note in rows["waiting"]["notes"])
     assert (rows["classic"]["claude_login"], rows["classic"]["setup_token_expires_at"]) == ("oauth", None)
@@ -53,7 +54,8 @@ def test_status_table_lists_setup_token_people_with_their_expiry(mixed: World) -
     start = lines.index("Login mode setup-token (everyone else: oauth):")
     days = int((EXPIRES_MS / 1000 - time.time()) / 86400)
     expected_date = time.strftime("%Y-%m-%d", time.localtime(EXPIRES_MS / 1000))
-    assert lines[start + 1:start + 3] == [f"  tokened: token expires {expected_date} ({days} days left)",
+    assert lines[start + 1:start + 3] == [f"  tokened: token expires {expected_date} ({days} days left; "
+                                          f"reported by claude setup-token)",
                                           "  waiting: token expires —"]
     assert all(len(line) <= 100 for line in lines)
 
@@ -66,3 +68,15 @@ def test_textfile_has_the_expiry_metric_for_setup_token_people_only(mixed: World
     expiry = {labels: value for (name, labels), value in samples.items()
               if name == "claude_auth_setup_token_expiry_timestamp_seconds"}
     assert expiry == {(("user", "tokened"),): EXPIRES_MS / 1000}
+
+
+@pytest.mark.parametrize(("source", "phrase"), [
+    (st.EXPIRY_DEFAULT, "assumed: 365 days from storing"),
+    (st.EXPIRY_GIVEN, "given with --expires-at"),
+    ("", "source not recorded"),  # stored by a claude-auth before the source was kept
+])
+def test_status_says_whether_the_expiry_is_known_or_assumed(mixed: World, source: str, phrase: str) -> None:
+    store_fields(mixed, "tokened", source=source)
+    rows = {row["user"]: row for row in json.loads(mixed.run("status", "--json").out)["users"]}
+    assert rows["tokened"]["setup_token_expiry_source"] == (source or None)
+    assert f"days left; {phrase})" in mixed.run("status").out

@@ -68,8 +68,10 @@ def test_mode(configured: Login | None, local: object, expected: Login) -> None:
 
 
 @pytest.mark.parametrize(("obj", "local_ok", "backup_ok"), [
-    (REFRESHABLE, True, True),
+    (REFRESHABLE, False, False),                       # no user:inference scope: broken anywhere
+    ({**REFRESHABLE, "scopes": ["user:inference"]}, True, True),
     (INSTALLED, True, False),                          # a setup token: fine locally, never a backup
+    ({**INSTALLED, "expiresAt": 1}, False, False),     # expired, and nothing can refresh it
     ({"accessToken": "", "expiresAt": 1}, False, False),
     ({"accessToken": GOOD}, False, False),
     ({"accessToken": GOOD, "expiresAt": "soon"}, False, False),
@@ -105,3 +107,67 @@ def test_stored_token() -> None:
 ])
 def test_rejected_reason(reason: str, line: str) -> None:
     assert st.rejected_reason(LiveResult(Verdict.AUTH, reason)) == line
+
+
+# --- what standard input holds: the bare token, or all that claude setup-token printed ---------------
+
+TOKEN = "sk-ant-oat01-" + "Ab3_-" * 18 + "AA"
+
+
+def cli_output(lifetime: str, *, colour: bool = False, wrap: int | None = None) -> str:
+    """What `claude setup-token` prints (both CLIs' wording), optionally coloured or wrapped."""
+    token = TOKEN if wrap is None else "\n".join(TOKEN[i:i + wrap] for i in range(0, len(TOKEN), wrap))
+    if colour:
+        token = f"\x1b[33m{token}\x1b[39m"
+    return ("\x1b[32m✓\x1b[39m Long-lived authentication token created\n\n"
+            f"Your OAuth token (valid for {lifetime}):\n\n{token}\n\n"
+            "Store this token securely. You won't be able to see it again.\n\n"
+            "Use this token by setting: export CLAUDE_CODE_OAUTH_TOKEN=<token>\n")
+
+
+@pytest.mark.parametrize(("text", "lifetime"), [
+    (TOKEN, None),
+    (f"  {TOKEN}\n", None),
+    (cli_output("1 year"), 365 * 86_400),                       # 2.1.197 always; 2.1.332 at 365 days
+    (cli_output("30 days", colour=True), 30 * 86_400),          # 2.1.332, from the server's expiresAt
+    (cli_output("1 day"), 86_400),
+    (cli_output("less than a day"), 43_200),
+    (cli_output("90 days", wrap=40), 90 * 86_400),              # a token the terminal wrapped
+    (cli_output("1 year") + TOKEN + "\n", 365 * 86_400),          # the same token twice is one token
+])
+def test_the_token_and_the_lifetime_claude_printed_are_read(text: str, lifetime: int | None) -> None:
+    assert st.read_given(text) == st.Given(TOKEN, lifetime)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("", "no token given on standard input"),
+    ("Long-lived authentication token created\n", "not a setup token: it must start with"),
+    (cli_output("1 year") + "sk-ant-oat01-" + "z" * 30 + "\n", "more than one setup token"),
+    (cli_output("1 year").replace("1 year", "2 days") + cli_output("3 days"), "more than one lifetime"),
+    ("sk-ant-oat01-short\n", "at least 20"),
+])
+def test_input_without_one_usable_token_is_refused_without_quoting_it(text: str, problem: str) -> None:
+    found = st.read_given(text)
+    assert isinstance(found, str) and problem in found
+    assert "zzzz" not in found and "Ab3_" not in found
+
+
+@pytest.mark.parametrize(("text", "complete"), [
+    (TOKEN + "\n", True),                       # a bare token, then Enter
+    ("Long-lived authentication token created\n", False),
+    ("✓ Long-lived authentication token created\n\nYour OAuth token (valid for 1 year):\n\n", False),
+    (cli_output("1 year").split("Store")[0].rstrip("\n") + "\n", False),  # the token line: more may follow
+    (cli_output("1 year").split("Store")[0], True),                      # the empty line after it
+    (cli_output("9 days", wrap=40).split("Store")[0], True),
+    (TOKEN, False),                              # no Enter yet
+])
+def test_a_paste_at_the_terminal_is_over_once_the_token_is_followed_by_another_line(text: str,
+                                                                                     complete: bool) -> None:
+    assert st.given_complete(text) is complete
+
+
+def test_the_expiry_comes_from_the_flag_then_from_claude_then_the_default() -> None:
+    now = 1_800_000_000.0
+    assert st.expiry(now, 5_000, 86_400) == (5_000, st.EXPIRY_GIVEN)
+    assert st.expiry(now, None, 86_400) == (int(now * 1000) + 86_400_000, st.EXPIRY_FROM_CLAUDE)
+    assert st.expiry(now, None, None) == (int(now * 1000) + 365 * st.DAY_MS, st.EXPIRY_DEFAULT)

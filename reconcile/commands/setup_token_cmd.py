@@ -1,11 +1,13 @@
 """`claude-auth setup-token [--user NAME] [--expires-at DATE]`: store a person's long-lived setup token.
 
 Reads the token from standard input (from a terminal: a prompt without echo),
-never from argv. Checks its shape (`sk-ant-oat01-…`), proves it with one live
+never from argv: the bare token, or all that `claude setup-token` printed, whose
+`(valid for <lifetime>)` then sets the expiry. Checks its shape (`sk-ant-oat01-…`), proves it with one live
 `claude -p` that alone gets the token, through its environment, and stores it
 by check-and-set merge at the person's KV path (every other key kept):
 `claude_setup_token`, `claude_setup_token_stored_at`,
-`claude_setup_token_expires_at_ms` (stored + 365 days unless --expires-at).
+`claude_setup_token_expires_at_ms` (--expires-at, else the lifetime claude
+printed, else stored + 365 days) and `claude_setup_token_expiry_source`.
 
 Who may: the person, with their own scoped token file (their policy allows only
 their own path), or root for anyone, with an admin VAULT_TOKEN (else
@@ -19,9 +21,9 @@ check passed.
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
+import termios
 import time
 from typing import Mapping, TextIO
 
@@ -34,7 +36,7 @@ from reconcile.sync.settings import SettingsError, SyncSettings
 from reconcile.sync.statuslog import Redactor, Status, status_line, utc_timestamp
 from reconcile.vault import Secret, Vault, VaultError, resolve_token
 
-PROMPT = "Setup token (the output of `claude setup-token`; not shown): "
+PROMPT = "Setup token (paste the token, or all that `claude setup-token` printed, then Enter; not shown): "
 
 
 class _Stop(Exception):
@@ -56,10 +58,10 @@ def run(user: str | None, expires_at: str | None, *, roster_path: str | None = N
     try:
         as_root = os.geteuid() == 0 if is_root is None else is_root
         name, settings, expires_ms = _arguments(user, expires_at, environ, as_root, roster_path, default_roster)
-        token = _read_token(stdin or sys.stdin, err)
-        redact.add(token)
+        given = _read_given(stdin or sys.stdin, err)
+        redact.add(given.token)
         vault = _vault(settings, environ, redact, is_root=as_root)
-        message = _store(vault, settings, Secret(token), expires_ms, environ)
+        message = _store(vault, settings, given, expires_ms, environ)
     except _Stop as exc:
         err.write(redact(status_line(Status.FAIL, name, str(exc))) + "\n")
         return int(exc.code)
@@ -132,17 +134,39 @@ def _with_roster(environ: Mapping[str, str], roster_path: str | None,
     return {**environ, **settings}
 
 
-def _read_token(stdin: TextIO, err: TextIO) -> str:
-    """From a terminal: a prompt without echo; else standard input (bounded)."""
-    if stdin.isatty():
-        text = getpass.getpass(PROMPT, stream=err)
-    else:
-        text = stdin.read(st.MAX_LENGTH + 2)
-    token = text.strip()
-    problem = st.format_problem(token)
-    if problem:
-        raise _Stop(f"{problem}; nothing stored")
-    return token
+def _read_given(stdin: TextIO, err: TextIO) -> st.Given:
+    """From a terminal: a prompt, and the paste read without echo; else standard input (bounded)."""
+    text = _read_hidden(stdin, err) if stdin.isatty() else stdin.read(st.PASTE_LIMIT)
+    given = st.read_given(text)
+    if isinstance(given, str):
+        raise _Stop(f"{given}; nothing stored")
+    return given
+
+
+def _read_hidden(stdin: TextIO, err: TextIO) -> str:
+    """Lines typed or pasted at the terminal, echo off, until the paste is over (st.given_complete)
+    or end of input; the terminal's settings are put back whatever happens (Ctrl-C included)."""
+    fd = stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    quiet = termios.tcgetattr(fd)
+    quiet[3] &= ~termios.ECHO
+    err.write(PROMPT)
+    err.flush()
+    text = ""
+    try:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+        while len(text) < st.PASTE_LIMIT:
+            line = stdin.readline(st.PASTE_LIMIT)
+            if not line:
+                break
+            text += line
+            if st.given_complete(text):
+                break
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        err.write("\n")
+        err.flush()
+    return text
 
 
 def _vault(settings: SyncSettings, environ: Mapping[str, str], redact: Redactor,
@@ -176,20 +200,22 @@ def _vault(settings: SyncSettings, environ: Mapping[str, str], redact: Redactor,
     return vault
 
 
-def _store(vault: Vault, settings: SyncSettings, token: Secret, expires_ms: int | None,
+def _store(vault: Vault, settings: SyncSettings, given: st.Given, expires_ms: int | None,
            environ: Mapping[str, str]) -> str:
+    token = Secret(given.token)
     proof = st.probe(token, environ, settings.model, settings.claude_timeout)
     if not proof.is_ok:
         if proof.verdict is Verdict.AUTH:
             raise _Stop(f"the API rejected the setup token: {proof.reason}; nothing stored")
         raise _Stop(f"the setup token could not be proven: {proof.reason}; nothing stored")
     now = time.time()
-    expires = expires_ms if expires_ms is not None else st.default_expiry_ms(now)
-    fields = backup.json_fields(st.store_fields(token.reveal(), utc_timestamp(now), expires))
+    expires, source = st.expiry(now, expires_ms, given.lifetime_seconds)
+    fields = backup.json_fields(st.store_fields(token.reveal(), utc_timestamp(now), expires, source))
     try:
         # Through the raw reader and writer: every other key at the path goes back byte for byte.
         result = backup.merge_write(vault, settings.kv_mount, settings.kv_path, lambda stored: fields)
     except (VaultError, backup.BackupError) as exc:
         raise _Stop(f"{exc}; nothing stored") from None
     return (f"setup token works and is stored at {settings.kv_display} (version {result.version}), "
-            f"expires {st.expiry_date(expires)}; the next sync in setup-token mode installs it")
+            f"expires {st.expiry_date(expires)} ({st.SOURCE_PHRASES[source]}); "
+            f"the next sync in setup-token mode installs it")

@@ -50,7 +50,7 @@ def _cells(row: UserStatus) -> list[str]:
 
 
 def _setup_token_cell(row: UserStatus) -> str:
-    """`token expires 2027-11-29 (365 days left)`, or — when it is not known."""
+    """`token expires 2027-11-29 (365 days left; reported by claude setup-token)`, or — when not known."""
     at = row.setup_token_expires_at
     if at is None:
         return f"token expires {UNKNOWN}"
@@ -59,7 +59,15 @@ def _setup_token_cell(row: UserStatus) -> str:
     except (ValueError, OverflowError, OSError):
         return f"token expires {UNKNOWN}"
     left = (at - time.time()) / 86400
-    return f"token expires {date} ({int(left)} days left)" if left >= 0 else f"token EXPIRED on {date}"
+    source = _EXPIRY_SOURCES.get(row.setup_token_expiry_source or "", "source not recorded")
+    if left < 0:
+        return f"token EXPIRED on {date} ({source})"
+    return f"token expires {date} ({int(left)} days left; {source})"
+
+
+_EXPIRY_SOURCES = {"given": "given with --expires-at", "claude": "reported by claude setup-token",
+                   "default": "assumed: 365 days from storing"}
+"""How the table says where a setup token's expiry came from (UserStatus.setup_token_expiry_source)."""
 
 
 def _fit(cell: str, width: int) -> str:
