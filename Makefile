@@ -6,9 +6,11 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo pyth
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The real Claude Code CLI, pinned, installed into a git-ignored folder.
-CLAUDE_CODE_VERSION := 2.1.197
-NODE_DIR := .node
+# The real Claude Code CLI, pinned, installed into a git-ignored folder (a folder per version, so
+# moving the pin installs the new one). 2.1.197 is still supported and tested by .ci/run
+# (`make test-claude-version CLAUDE_VERSION=2.1.197`): sites do not upgrade every machine at once.
+CLAUDE_CODE_VERSION := 2.1.332
+NODE_DIR := .node/$(CLAUDE_CODE_VERSION)
 CLAUDE_BIN := $(NODE_DIR)/node_modules/.bin/claude
 # promtool (to unit-test the shipped alert rules), taken from Debian's prometheus
 # package without installing the server or its service.
@@ -53,7 +55,7 @@ demo: setup
 	CLAUDE_AUTH_DEMO_CLAUDE=$(abspath $(CLAUDE_BIN)) $(PY) demo/run_demo.py
 
 # Every test that runs the real claude, against another CLI version (installed outside the
-# checkout, once per version): `make test-claude-version CLAUDE_VERSION=2.1.332`, or the newest
+# checkout, once per version): `make test-claude-version CLAUDE_VERSION=2.1.197`, or the newest
 # npm serves now with `make test-claude-latest`. The version tested is printed first.
 CLAUDE_FACING_TESTS := tests/test_sync_real.py tests/test_sync_claude_cli.py tests/test_sync_refresh_lock.py \
 	tests/test_setup_token.py tests/test_setup_token_hardened.py tests/test_sync_hostile_files.py \
@@ -103,4 +105,4 @@ uninstall:
 	if [ -f $(PREFIX)/pyvenv.cfg ]; then rm -rf $(PREFIX); fi
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR) $(TOOLS_DIR) .demo build *.egg-info
+	rm -rf $(VENV) .node $(TOOLS_DIR) .demo build *.egg-info

@@ -219,8 +219,10 @@ def main() -> int:
         api.accept("demo-good-access-dave")
         dave_env = {**user_env, "HOME": str(ROOT / "home" / "dave"), "USER": "dave",
                     "CLAUDE_AUTH_LOGIN": login_line.split("=")[-1].strip('"')}  # as the drop-in sets it
-        run(["setup-token", "--user", "dave"], env=dave_env, user="dave", stdin=setup_token + "\n",
-            piped_from="claude setup-token | ")
+        printed = ("✓ Long-lived authentication token created\n\nYour OAuth token (valid for 1 year):\n\n"
+                   f"{setup_token}\n\nStore this token securely. You won't be able to see it again.\n")
+        run(["setup-token", "--user", "dave"], env=dave_env, user="dave", stdin=printed,
+            piped_from="claude setup-token | ")  # all that claude printed: its "valid for" sets the expiry
         run(["sync", "--user", "dave"], env=dave_env, user="dave")
         installed = json.loads((ROOT / "home/dave/.claude/.credentials.json").read_text())
         print("dave's ~/.claude/.credentials.json: claudeAiOauth keys "
