@@ -99,9 +99,9 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
         "store your token from `claude setup-token` (setup-token mode)",
         "For people in setup-token mode (claude_login: setup-token in the roster),\n"
         "who run many Claude sessions at once. Run `claude setup-token`, then type\n"
-        "its token at the prompt (not shown), or pipe it in:\n"
-        "`claude setup-token | tail -1 | claude-auth setup-token`. It is never\n"
-        "taken from the command line. The token is checked (sk-ant-oat01-...),\n"
+        "its token, or all it printed, at the prompt (not shown), or pipe it in:\n"
+        "`claude setup-token | claude-auth setup-token` (its 'valid for' sets the\n"
+        "expiry). It is never taken from the command line. The token is checked (sk-ant-oat01-...),\n"
         "proven with one tiny request, and stored at the person's own Vault path\n"
         "with its expiry; the next sync installs it. Run it as the person (their\n"
         "own Vault token file), or as root with --user and an admin Vault token.\n"
@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add_command(sub, "sync")
     p.add_argument("--user", default=None, metavar="NAME", help="whose login (default: the user running it)")
+    p.add_argument("--backup-only", action="store_true",
+                   help="no live check and no restore: back the login up if it is healthy, differs from the "
+                        "backup and is not older than it (run by claude-auth-backup@USER.path on each rewrite)")
 
     p = _add_command(sub, "setup-token")
     p.add_argument("--user", default=None, metavar="NAME",
@@ -221,7 +224,7 @@ def _run_apply(args: argparse.Namespace) -> int:
 
 def _run_sync(args: argparse.Namespace) -> int:
     from reconcile.sync import flow
-    return flow.main(user=args.user)
+    return flow.main(user=args.user, backup_only=args.backup_only)
 
 
 def _run_setup_token(args: argparse.Namespace) -> int:

@@ -49,6 +49,10 @@ class BackupError(Exception):
     """The backup could not be written or read; the message is safe to show."""
 
 
+class OlderThanBackup(BackupError):
+    """The login offered is older (by expiresAt) than the one backed up: not written over it."""
+
+
 class KvStore(Protocol):
     """What backup needs from reconcile.vault.Vault (a fake fits it in unit tests)."""
 
@@ -172,16 +176,24 @@ def merge_write(store: KvStore, mount: str, path: str,
 
 
 def back_up(store: KvStore, mount: str, path: str, oauth: Mapping[str, Any], backed_up_at: str,
-            *, attempts: int = CAS_ATTEMPTS, sleep: Callable[[float], None] = time.sleep) -> BackupResult:
+            *, attempts: int = CAS_ATTEMPTS, sleep: Callable[[float], None] = time.sleep,
+            not_older: bool = False) -> BackupResult:
     """Make the path hold `oauth`, keeping every other key; write nothing when it already does.
 
     A stored object that cannot be read (too deep, too large, the wrong
     type) counts as different, so a working login heals the backup. Vault
     errors (reconcile.vault.VaultError) pass through; running out of CAS
-    attempts raises BackupError.
+    attempts raises BackupError. With `not_older` (a backup no probe has
+    proven, `sync --backup-only`), a usable stored login whose expiresAt is
+    later than `oauth`'s is kept: OlderThanBackup, nothing written.
     """
     def updates(stored: Mapping[str, bytes]) -> Mapping[str, bytes] | None:
-        return None if decode_stored_oauth(stored)[0] == oauth else backup_fields(oauth, backed_up_at)
+        current = decode_stored_oauth(stored)[0]
+        if current == oauth:
+            return None
+        if not_older and oauth_problem(current) is None and int(current["expiresAt"]) > int(oauth["expiresAt"]):
+            raise OlderThanBackup("the login is older than the backup (by expiresAt); the backup is kept")
+        return backup_fields(oauth, backed_up_at)
 
     return merge_write(store, mount, path, updates, attempts=attempts, sleep=sleep)
 

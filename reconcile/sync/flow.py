@@ -54,7 +54,7 @@ from typing import Any, Mapping, TextIO
 
 from reconcile.exitcodes import Exit
 from reconcile.loginmode import Login
-from reconcile.sync import backup, claudelock, credentials, livecheck, setup_token_sync
+from reconcile.sync import backup, claudelock, credentials, livecheck, notice, setup_token_sync
 from reconcile.sync import settings as config
 from reconcile.sync.claudelock import ClaudeRefreshing
 from reconcile.sync.credentials import CredentialsError, LocalCredentials, LoginChanged
@@ -69,7 +69,7 @@ _SECRET_LEAF_LENGTH = 16
 """String values at least this long inside the credentials are treated as secrets by the redactor."""
 CREDENTIALS_SHOWN = "~/.claude/.credentials.json"
 """How status lines name the credentials file."""
-LOGIN_HINT = "an interactive SSO login is needed (claude auth login --claudeai --sso)"
+LOGIN_HINT = f"an interactive SSO login is needed ({notice.SSO_COMMAND})"
 
 
 class Fail(Exception):
@@ -108,16 +108,34 @@ class Outcome:
         return int(Exit.OK if self.status.is_success else Exit.ERROR)
 
 
-def main(user: str | None = None) -> int:
+BACKUP_LOG = "backup.log"
+"""Where `sync --backup-only` keeps its lines: sync.log is the record of proven logins (status
+reads its last OK as the last success), and a backup on change proves nothing."""
+BACKUP_LOCK_WAIT = 60.0
+"""How long a backup on change waits for a running sync to finish (which backs up itself)."""
+SETTLE_SECONDS = 1.0
+SETTLE_LIMIT = 10.0
+"""A backup on change waits until the file has been still for SETTLE_SECONDS (at most
+SETTLE_LIMIT): a burst of rewrites makes one backup, not one per rewrite."""
+BACKUP_PASSES = 3
+"""A file rewritten again while its backup was made is backed up again, at most this often per run."""
+
+
+def main(user: str | None = None, *, backup_only: bool = False) -> int:
     """The `claude-auth sync` command: 0 for OK / RECOVERED / SKIP, 1 for FAIL."""
     # Whatever umask the caller had: nothing the sync or its claude child creates is for anyone
     # but the person (every file and folder of ours also gets its mode explicitly).
     os.umask(0o077)
-    return run(user, os.environ).exit_code
+    return run(user, os.environ, backup_only=backup_only).exit_code
 
 
-def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None) -> Outcome:
-    """One sync run for `user` (default: the current OS user) with `environ` as its environment."""
+def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None, *,
+        backup_only: bool = False) -> Outcome:
+    """One sync run for `user` (default: the current OS user) with `environ` as its environment.
+
+    `backup_only` (`sync --backup-only`, the backup-on-change unit): no live check, no restore:
+    back the file's login up when it is of a healthy shape, differs from the backup and is not
+    older than it (_Steps.back_up_on_change); its lines go to backup.log."""
     redact = Redactor()
     reporter = Reporter(user or "?", None, redact, out)
     lock: Lock | None = None
@@ -133,14 +151,16 @@ def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None)
         home_settings = SyncSettings(user=name, home=config.home_folder(environ), vault_addr="")
         try:
             ensure_private_dir(home_settings.state_dir)
-            unsafe_log = log_problem(home_settings.log_file, home_settings.shown(home_settings.log_file))
+            log_file = home_settings.state_dir / BACKUP_LOG if backup_only else home_settings.log_file
+            unsafe_log = log_problem(log_file, home_settings.shown(log_file))
             if unsafe_log is not None:
                 return _finish(reporter, Status.FAIL, f"{unsafe_log}; nothing changed", None)
-            reporter.log_path = home_settings.log_file
+            reporter.log_path = log_file
             lock = Lock(home_settings.lock_file, home_settings.shown(home_settings.lock_file))
-            if not lock.acquire():
+            if not (lock.acquire_within(BACKUP_LOCK_WAIT) if backup_only else lock.acquire()):
                 lock = None
-                return _finish(reporter, Status.SKIP, "another sync run holds the lock", None)
+                return _finish(reporter, Status.SKIP, "another sync run holds the lock"
+                               + ("; it backs the login up itself" if backup_only else ""), None)
         except UnsafeFile as exc:
             lock = None
             return _finish(reporter, Status.FAIL, f"{exc}; nothing changed", None)
@@ -153,12 +173,22 @@ def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None)
         except SettingsError as exc:
             return _finish(reporter, Status.FAIL, str(exc), None)
         steps = _Steps(settings, environ, reporter, redact)
+        if backup_only:
+            try:
+                status, reason = steps.back_up_on_change()
+            except Fail as exc:
+                status, reason = Status.FAIL, str(exc)
+            except Skip as exc:
+                status, reason = Status.SKIP, str(exc)
+            return _finish(reporter, status, reason, steps.vault)
         try:
             status, reason = steps.execute()
         except Fail as exc:
             status, reason = Status.FAIL, str(exc)
         except Skip as exc:
             status, reason = Status.SKIP, str(exc)
+        # What the person sees at their next login (reconcile.sync.notice): nothing secret in it.
+        notice.update(settings.state_dir, status, reason, steps.local_oauth, login_read=steps.login_read)
         return _finish(reporter, status, reason, steps.vault)
     except KeyboardInterrupt:
         # Ctrl-C during a run by hand: still one status line, and the lock is released below.
@@ -191,6 +221,15 @@ def _secret_leaves(value: Any) -> list[str]:
     return []
 
 
+def _file_state(path: os.PathLike[str] | str) -> tuple[int, ...] | None:
+    """What tells one version of a file from the next (inode, size, mtime), or None when absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _keep_stamp() -> str:
     now = time.time()
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1_000_000):06d}Z"
@@ -208,6 +247,9 @@ class _Steps:
         self.vault: Vault | None = None
         self.kept: str | None = None
         """The file name of the kept copy of a replaced login, once one is made."""
+        self.local_oauth: Mapping[str, Any] | None = None
+        self.login_read = False
+        """The login as last read from the file this run, and whether the file was read at all."""
 
     # --- the run ---------------------------------------------------------------
 
@@ -221,9 +263,14 @@ class _Steps:
         # oauth mode over an installed setup token restores the OAuth backup (switch back).
         if setup_token_sync.mode(self.settings.login, local.oauth) is Login.SETUP_TOKEN:
             try:
-                return setup_token_sync.run(vault, self.settings, env, local, warn=self.reporter.warn,
-                                            redact=self.redact.add, keep=self.keep,
-                                            preserve=lambda: self.preserve_oauth(vault, env))
+                result = setup_token_sync.run(vault, self.settings, env, local, warn=self.reporter.warn,
+                                              redact=self.redact.add, keep=self.keep,
+                                              preserve=lambda: self.preserve_oauth(vault, env))
+                try:  # the installed token's expiry, for the notice; never changes the outcome
+                    self.read_local("after the setup token's check")
+                except Fail:
+                    self.login_read = False
+                return result
             except setup_token_sync.Failed as exc:
                 raise Fail(str(exc)) from None
             except setup_token_sync.Skipped as exc:
@@ -246,6 +293,61 @@ class _Steps:
             raise Fail(f"{first.reason}; {CREDENTIALS_SHOWN} left untouched, no restore")
         return self.recover(vault, env, first)
 
+    # --- backup on change (`sync --backup-only`) -----------------------------------
+
+    def back_up_on_change(self) -> tuple[Status, str]:
+        """Back up a rewritten login with no probe: only a healthy refreshable one that is not
+        older than the backup; then again if the file changed meanwhile (BACKUP_PASSES)."""
+        phrase = ""
+        for _ in range(BACKUP_PASSES):
+            seen = self.settle()
+            phrase = self.back_up_unproven()
+            if _file_state(self.settings.credentials_file) == seen:
+                break
+        return Status.OK, phrase
+
+    def settle(self) -> tuple[int, ...] | None:
+        """Wait until the credentials file has been still for SETTLE_SECONDS (at most SETTLE_LIMIT)."""
+        path = self.settings.credentials_file
+        deadline = time.monotonic() + SETTLE_LIMIT
+        seen = _file_state(path)
+        still_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - still_since < SETTLE_SECONDS:
+            time.sleep(0.1)
+            now = _file_state(path)
+            if now != seen:
+                seen, still_since = now, time.monotonic()
+        return seen
+
+    def back_up_unproven(self) -> str:
+        try:
+            local = self.read_local_locked("for a backup on change")
+        except Skip as exc:
+            raise Skip(f"{exc}".replace("the login works; ", "")) from None
+        oauth = local.oauth
+        if oauth is None:
+            raise Skip(f"no login in {CREDENTIALS_SHOWN}; nothing backed up")
+        if credentials.is_setup_token_object(oauth):
+            raise Skip(f"{CREDENTIALS_SHOWN} holds a setup token; only a refreshable login is backed up")
+        problem = credentials.oauth_problem(oauth)
+        if problem is not None:
+            raise Skip(f"{CREDENTIALS_SHOWN} holds a broken login ({problem}); never backed up; "
+                       "the next sync restores the backup")
+        vault = self.vault
+        if vault is None:  # once per run: the token file, then the token's identity
+            vault = self.open_vault()
+            self.check_identity(vault)
+        s = self.settings
+        try:
+            result = backup.back_up(vault, s.kv_mount, s.kv_path, dict(oauth), utc_timestamp(), not_older=True)
+        except backup.OlderThanBackup as exc:
+            raise Skip(f"{exc}; nothing backed up") from None
+        except (VaultError, backup.BackupError) as exc:
+            raise Fail(f"the backup to {s.kv_display} failed: {exc}") from None
+        if result.written:
+            return f"backed up on change to {s.kv_display} (version {result.version})"
+        return f"backup unchanged ({s.kv_display} version {result.version})"
+
     # --- step 2: environment -----------------------------------------------------
 
     def child_environment(self) -> dict[str, str]:
@@ -266,6 +368,7 @@ class _Steps:
         except CredentialsError as exc:
             raise Fail(f"{exc} ({when}); left untouched, {LOGIN_HINT} or a manual repair") from None
         self.redact.add(*_secret_leaves(dict(local.document)))
+        self.local_oauth, self.login_read = local.oauth, True
         return local
 
     def read_local_locked(self, when: str) -> LocalCredentials:

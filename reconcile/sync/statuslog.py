@@ -146,6 +146,15 @@ class Lock:
         self._fd = fd
         return True
 
+    def acquire_within(self, seconds: float, poll: float = 0.2) -> bool:
+        """acquire, retried for up to `seconds` (a backup on change waits out a running sync)."""
+        deadline = time.monotonic() + seconds
+        while not self.acquire():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+        return True
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock

@@ -1,0 +1,184 @@
+"""`claude-auth sync --backup-only` (issue 24) and the notice files, against a real OpenBao.
+
+The backup on change runs no claude at all: the loopback Messages API must see
+no request from it. Each test ends by searching all outputs and logs for every
+token used (the `user` fixture of tests/test_sync_real.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reconcile.sync import flow, notice
+from reconcile.sync.statuslog import Lock
+from tests.test_sync_real import (SyncUser, claude_on_path, current_version, new_oauth,  # noqa: F401
+                                  user)
+
+
+def backup_only(user: SyncUser) -> flow.Outcome:
+    out = io.StringIO()
+    outcome = flow.run(user.name, user.environment(), out, backup_only=True)
+    user.outputs.append(out.getvalue())
+    return outcome
+
+
+def rewrite(user: SyncUser, oauth: dict) -> None:
+    """Claude's own way: a new file renamed over the old one."""
+    user.remember(oauth)
+    tmp = user.credentials.with_name(".credentials.json.tmp")
+    tmp.write_text(json.dumps({"claudeAiOauth": oauth, "mcpOAuth": {"kept": True}}))
+    tmp.rename(user.credentials)
+
+
+def later(oauth: dict, ms: int = 3_600_000) -> dict:
+    fresh = new_oauth("refreshed")
+    fresh["expiresAt"] = oauth["expiresAt"] + ms
+    return fresh
+
+
+def test_a_refreshed_login_is_backed_up_without_a_probe_and_sync_log_untouched(user: SyncUser) -> None:
+    first = new_oauth("first")
+    user.login(first)
+    assert user.sync().status.value == "OK"
+    sync_log = user.log.read_bytes()
+    refreshed = later(first)
+    rewrite(user, refreshed)
+
+    outcome = backup_only(user)
+
+    assert outcome.status.value == "OK", outcome.line
+    assert "backed up on change to" in outcome.line and "(version 2)" in outcome.line
+    assert user.stored_oauth() == refreshed
+    assert not user.api.saw(refreshed["accessToken"])  # no claude, no billed request
+    assert user.log.read_bytes() == sync_log  # sync.log records proven logins only
+    assert (user.state_dir / flow.BACKUP_LOG).read_text().splitlines()[-1].endswith(outcome.line)
+
+    again = backup_only(user)
+    assert again.status.value == "OK" and "backup unchanged" in again.line
+    assert current_version(user.root, user.kv_path) == 2
+
+
+@pytest.mark.parametrize(("shape", "phrase"), [
+    ("older", "older than the backup"),
+    ("broken", "holds a broken login"),
+    ("setup token", "holds a setup token"),
+    ("missing", "no login in"),
+])
+def test_what_is_never_backed_up_on_change(user: SyncUser, shape: str, phrase: str) -> None:
+    first = new_oauth("first")
+    user.login(first)
+    assert user.sync().status.value == "OK"
+    if shape == "older":
+        rewrite(user, later(first, -60_000))
+    elif shape == "broken":
+        rewrite(user, {k: v for k, v in later(first).items() if k not in ("expiresAt", "scopes")})
+    elif shape == "setup token":
+        rewrite(user, {"accessToken": "sk-ant-oat01-" + "s" * 40, "expiresAt": first["expiresAt"] + 1,
+                       "scopes": ["user:inference"]})
+    else:
+        user.credentials.unlink()
+
+    outcome = backup_only(user)
+
+    assert outcome.status.value == "SKIP", outcome.line
+    assert phrase in outcome.line and outcome.exit_code == 0
+    assert current_version(user.root, user.kv_path) == 1 and user.stored_oauth() == first
+
+
+def test_a_burst_of_rewrites_makes_one_backup_of_the_last(user: SyncUser) -> None:
+    first = new_oauth("first")
+    user.login(first)
+    assert user.sync().status.value == "OK"
+    logins = [later(first, 1000 * (n + 1)) for n in range(100)]
+    started = threading.Event()
+
+    def burst() -> None:
+        started.set()
+        for login in logins:  # 100 rewrites in about 3 s
+            rewrite(user, login)
+            time.sleep(0.03)
+
+    writer = threading.Thread(target=burst)
+    writer.start()
+    started.wait()
+    outcome = backup_only(user)
+    writer.join()
+
+    assert outcome.status.value == "OK", outcome.line
+    assert current_version(user.root, user.kv_path) == 2  # one new version for the whole burst
+    assert user.stored_oauth() == logins[-1]
+
+
+def test_a_running_sync_is_waited_for(user: SyncUser) -> None:
+    first = new_oauth("first")
+    user.login(first)
+    assert user.sync().status.value == "OK"
+    rewrite(user, later(first))
+    held = Lock(user.state_dir / "lock")
+    assert held.acquire()
+    release = threading.Timer(1.5, held.release)
+    release.start()
+    began = time.monotonic()
+
+    outcome = backup_only(user)
+
+    assert outcome.status.value == "OK", outcome.line
+    assert time.monotonic() - began >= 1.4
+    assert current_version(user.root, user.kv_path) == 2
+
+
+def test_a_sync_that_holds_the_lock_too_long_is_skip(user: SyncUser, monkeypatch: pytest.MonkeyPatch) -> None:
+    user.login(new_oauth())
+    monkeypatch.setattr(flow, "BACKUP_LOCK_WAIT", 0.5)
+    held = Lock(user.state_dir / "lock")
+    assert held.acquire()
+    try:
+        outcome = backup_only(user)
+    finally:
+        held.release()
+    assert outcome.status.value == "SKIP" and "backs the login up itself" in outcome.line
+    assert current_version(user.root, user.kv_path) == 0
+
+
+# --- the notice files --------------------------------------------------------------------------------
+
+
+def test_a_login_only_the_person_can_fix_leaves_a_notice_that_the_next_ok_removes(user: SyncUser) -> None:
+    bad = new_oauth("bad")
+    user.login(bad, accepted=False)  # rejected, and no backup to restore
+
+    failed = user.sync()
+
+    assert failed.status.value == "FAIL" and notice.SSO_COMMAND in failed.line
+    text = (user.state_dir / notice.NEEDS_YOU).read_text()
+    assert text.count("\n") == 1 and f"Run: {notice.SSO_COMMAND}" in text
+    assert "sk-ant" not in text
+
+    user.api.outage = True  # an outage says nothing about the login: the notice stays
+    try:
+        assert user.sync().status.value == "FAIL"
+    finally:
+        user.api.outage = False
+    assert (user.state_dir / notice.NEEDS_YOU).exists()
+
+    user.login(new_oauth("good"))  # the person logged in again
+    assert user.sync().status.value == "OK"
+    assert not (user.state_dir / notice.NEEDS_YOU).exists()
+
+
+def test_the_reauthentication_deadline_is_kept_from_the_login(user: SyncUser) -> None:
+    login = new_oauth()
+    login["refreshTokenExpiresAt"] = 1_900_000_000_000  # 2030-03-17
+    user.login(login)
+    assert user.sync().status.value == "OK"
+    assert (user.state_dir / notice.REAUTH_BY).read_text() == "1900000000 2030-03-17\n"
+
+    user.login(new_oauth())  # no refreshTokenExpiresAt (2.1.197 writes none): unknown
+    assert user.sync().status.value == "OK"
+    assert not (user.state_dir / notice.REAUTH_BY).exists()
