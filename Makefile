@@ -22,6 +22,8 @@ PROMTOOL := $(TOOLS_DIR)/promtool
 # person's sync runs the installed `claude-auth` as that person), linked into BINDIR.
 PREFIX ?= /opt/claude-auth
 BINDIR ?= /usr/local/bin
+# The login-shell notice (deploy/profile.d/claude-auth.sh: one line when a person's login needs them).
+PROFILE_DIR ?= /etc/profile.d
 
 .PHONY: test demo bench setup clean install uninstall test-claude-version test-claude-latest
 
@@ -81,6 +83,7 @@ bench: setup
 	$(PY) bench/vault_bench.py --users 1000,10000 --rounds 3
 	$(PY) bench/sync_bench.py --runs 15
 	$(PY) bench/fleet_bench.py --hosts 10 --users 100 --rounds 3
+	$(PY) bench/notice_bench.py --runs 200
 	$(PY) bench/pool_bench.py --tokens 1000 --rounds 2
 
 # Idempotent: run again after `git pull` to upgrade in place. Installs from this
@@ -94,6 +97,8 @@ install:
 	chmod -R u+rwX,go+rX,go-w $(PREFIX)
 	mkdir -p $(BINDIR)
 	ln -sfn $(PREFIX)/bin/claude-auth $(BINDIR)/claude-auth
+	mkdir -p $(PROFILE_DIR)
+	install -m 0644 deploy/profile.d/claude-auth.sh $(PROFILE_DIR)/claude-auth.sh
 	$(BINDIR)/claude-auth --help >/dev/null
 	@echo "installed $(PREFIX); $(BINDIR)/claude-auth -> $(PREFIX)/bin/claude-auth"
 
@@ -103,6 +108,7 @@ uninstall:
 	@case "$(PREFIX)" in /*) ;; *) echo "PREFIX must be an absolute path" >&2; exit 1;; esac
 	if [ "$$(readlink $(BINDIR)/claude-auth)" = "$(PREFIX)/bin/claude-auth" ]; then rm -f $(BINDIR)/claude-auth; fi
 	if [ -f $(PREFIX)/pyvenv.cfg ]; then rm -rf $(PREFIX); fi
+	if cmp -s deploy/profile.d/claude-auth.sh $(PROFILE_DIR)/claude-auth.sh; then rm -f $(PROFILE_DIR)/claude-auth.sh; fi
 
 clean:
 	rm -rf $(VENV) .node $(TOOLS_DIR) .demo build *.egg-info

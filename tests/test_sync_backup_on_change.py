@@ -177,7 +177,7 @@ def test_the_reauthentication_deadline_is_kept_from_the_login(user: SyncUser) ->
     login["refreshTokenExpiresAt"] = 1_900_000_000_000  # 2030-03-17
     user.login(login)
     assert user.sync().status.value == "OK"
-    assert (user.state_dir / notice.REAUTH_BY).read_text() == "1900000000 2030-03-17\n"
+    assert (user.state_dir / notice.REAUTH_BY).read_text() == f"1900000000 2030-03-17 {notice.SSO_COMMAND}\n"
 
     user.login(new_oauth())  # no refreshTokenExpiresAt (2.1.197 writes none): unknown
     assert user.sync().status.value == "OK"

@@ -9,8 +9,8 @@ stat or two:
   token). One line, the command to run. Removed by the next OK or RECOVERED;
   a run that only met an outage or a held lock leaves it as it was (the login
   may still need them).
-- `reauth-by`: `<epoch seconds> <YYYY-MM-DD>`, when the person must log in
-  again at the latest: Claude's `refreshTokenExpiresAt` (2.1.332 writes it; a
+- `reauth-by`: `<epoch seconds> <YYYY-MM-DD> <command>`, when the person must
+  log in again at the latest, and how: Claude's `refreshTokenExpiresAt` (2.1.332 writes it; a
   refresh does not move it), or a setup token's expiry. Absent when unknown.
   The snippet prints its line from three days before (REAUTH_NOTICE_DAYS).
 
@@ -109,6 +109,19 @@ def update(state_dir: Path, status: Status, reason: str, oauth: Mapping[str, Any
                 _remove(state_dir / REAUTH_BY)
             else:
                 day = datetime.fromtimestamp(deadline / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
-                _write(state_dir / REAUTH_BY, f"{deadline // 1000} {day}\n")
+                command = SETUP_TOKEN_COMMAND if credentials.is_setup_token_object(oauth) else SSO_COMMAND
+                _write(state_dir / REAUTH_BY, f"{deadline // 1000} {day} {command}\n")
     except OSError:
         pass
+
+
+def read_deadline(text: str) -> tuple[int, str, str] | None:
+    """(epoch seconds, YYYY-MM-DD, command) from a reauth-by file's text, or None when it is not one."""
+    parts = text.strip().split(" ", 2)
+    if len(parts) != 3 or not parts[0].isdigit() or len(parts[0]) > 12:
+        return None
+    try:
+        datetime.strptime(parts[1], "%Y-%m-%d")
+    except ValueError:
+        return None
+    return int(parts[0]), parts[1], parts[2][:200]
