@@ -107,6 +107,14 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
         "own Vault token file), or as root with --user and an admin Vault token.\n"
         "Nothing is stored unless every check passes.\n"
         "Exit 0 when stored, 1 when not, 64 for a bad command line."),
+    "whoami": (
+        "your own login: its state, deadlines, last sync, backup, and the next step",
+        "Run as yourself, no root and no roster needed: your login mode, when your\n"
+        "access token expires and when you must log in again (when Claude says),\n"
+        "your last sync and your backup's version, your Vault token's time left,\n"
+        "whether your sync timer and backup-on-change unit are on, and the one\n"
+        "command to run next when there is one. Nothing secret is shown.\n"
+        "Vault is asked only for the backup and the token's TTL."),
     "status": (
         "one row per person: token, timer, last sync, backup",
         "Print one row per person in the roster: whether they are enabled, their\n"
@@ -198,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the token's expiry as an ISO date such as 2027-06-30 (default: 365 days from now)")
     _add_roster(p)
 
+    p = _add_command(sub, "whoami")
+    p.add_argument("--user", default=None, metavar="NAME", help="whose login (default: the user running it)")
+    p.add_argument("--json", action="store_true", help="print it as JSON on stdout")
+
     p = _add_command(sub, "status")
     _add_roster(p)
     _add_root(p)
@@ -232,6 +244,11 @@ def _run_setup_token(args: argparse.Namespace) -> int:
     return setup_token_cmd.run(args.user, args.expires_at, roster_path=args.roster, default_roster=_default_roster())
 
 
+def _run_whoami(args: argparse.Namespace) -> int:
+    from reconcile.commands import whoami_cmd
+    return whoami_cmd.run(args.user, as_json=args.json)
+
+
 def _run_status(args: argparse.Namespace) -> int:
     from reconcile.commands import status_cmd
     return status_cmd.run(args, args.roster or _default_roster())
@@ -243,6 +260,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "apply": _run_apply,
     "sync": _run_sync,
     "status": _run_status,
+    "whoami": _run_whoami,
     "setup-token": _run_setup_token,
 }
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 
 from reconcile.sync import flow, notice
 from reconcile.sync.statuslog import Lock
-from tests.test_sync_real import (SyncUser, claude_on_path, current_version, new_oauth,  # noqa: F401
+from tests.test_sync_real import (REPO, SyncUser, claude_on_path, current_version, new_oauth,  # noqa: F401
                                   user)
 
 
@@ -182,3 +184,50 @@ def test_the_reauthentication_deadline_is_kept_from_the_login(user: SyncUser) ->
     user.login(new_oauth())  # no refreshTokenExpiresAt (2.1.197 writes none): unknown
     assert user.sync().status.value == "OK"
     assert not (user.state_dir / notice.REAUTH_BY).exists()
+
+
+# --- claude-auth whoami -----------------------------------------------------------------------------
+
+
+def whoami(user: SyncUser, *extra: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "reconcile", "whoami", "--user", user.name, *extra],
+                          env=user.environment(), cwd=REPO, capture_output=True, text=True, timeout=60)
+    user.outputs += [done.stdout, done.stderr]
+    return done
+
+
+def test_whoami_shows_the_login_the_last_sync_and_the_backup(user: SyncUser) -> None:
+    login = new_oauth()
+    login["refreshTokenExpiresAt"] = int(time.time() * 1000) + 2 * 86_400_000  # two days: a next step
+    user.login(login)
+    assert user.sync().status.value == "OK"
+
+    done = whoami(user, "--json")
+
+    assert done.returncode == 0, done.stderr
+    me = json.loads(done.stdout)
+    assert (me["user"], me["login_mode"], me["login"]) == (user.name, "oauth", "ok")
+    assert me["last_sync_result"] == "OK" and me["backup_version"] == 1 and me["backup_at"]
+    assert 0 < me["vault_token_ttl_seconds"] <= 768 * 3600
+    assert abs(me["reauth_deadline"] - login["refreshTokenExpiresAt"] / 1000) < 1
+    assert abs(me["access_token_expires_at"] - login["expiresAt"] / 1000) < 1
+    assert me["next_step"] == notice.SSO_COMMAND  # under three days left
+    text = whoami(user).stdout
+    assert "log in again by:" in text and f"next step: {notice.SSO_COMMAND}" in text
+
+
+def test_whoami_after_a_fail_only_the_person_can_fix_names_the_command(user: SyncUser) -> None:
+    user.login(new_oauth("bad"), accepted=False)
+    assert user.sync().status.value == "FAIL"
+    me = json.loads(whoami(user, "--json").stdout)
+    assert me["last_sync_result"] == "FAIL" and me["next_step"] == notice.SSO_COMMAND
+    assert me["needs_you"].startswith("claude-auth: your Claude login")
+
+
+def test_whoami_with_vault_down_still_shows_everything_local(user: SyncUser) -> None:
+    user.login(new_oauth())
+    assert user.sync().status.value == "OK"
+    user.address = "http://127.0.0.1:9"  # nothing listens there
+    me = json.loads(whoami(user, "--json").stdout)
+    assert me["login"] == "ok" and me["last_sync_result"] == "OK"
+    assert me["backup_version"] is None and any(note.startswith("Vault: ") for note in me["notes"])

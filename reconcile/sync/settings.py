@@ -133,7 +133,7 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _login(environ: Mapping[str, str]) -> Login | None:
+def login_from(environ: Mapping[str, str]) -> Login | None:
     raw = environ.get(LOGIN_ENV_VAR, "").strip()
     if not raw:
         return None
@@ -163,5 +163,5 @@ def load(user: str, environ: Mapping[str, str]) -> SyncSettings:
         model=_text(environ, "CLAUDE_AUTH_MODEL", DEFAULT_MODEL),
         claude_timeout=_seconds(environ, "CLAUDE_AUTH_CLAUDE_TIMEOUT", DEFAULT_CLAUDE_TIMEOUT),
         refresh_lock_wait=_seconds(environ, "CLAUDE_AUTH_REFRESH_LOCK_WAIT", DEFAULT_REFRESH_LOCK_WAIT),
-        login=_login(environ),
+        login=login_from(environ),
     )
