@@ -60,7 +60,7 @@ TARGETS = {"median_wall_s": 0.16, "peak_rss_mib": 40.0, "vault_requests_per_run"
 
 def set_up_user(root: Any, address: str, home: Path) -> None:
     """Policy, scoped token, token file, state folder, credentials: what apply and a login leave behind."""
-    from reconcile.templating import render
+    from reconcile.common.templating import render
 
     kv_path = f"{PATH_PREFIX}/{USER}"
     root.sys.create_or_update_acl_policy(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from reconcile.model import UserProblem
+from reconcile.common.model import UserProblem
 
 
 @dataclass(frozen=True)

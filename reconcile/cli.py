@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 
 
 # Here rather than in reconcile.roster: `sync` must not pay for importing the roster types.

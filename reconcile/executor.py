@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from reconcile import local_state
 from reconcile.homefs import HomeFsError, LockHeld
-from reconcile.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
+from reconcile.common.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
 from reconcile.vault_state import HANDLERS as VAULT_HANDLERS
 from reconcile.vault_state import apply_policies_pipelined
 from reconcile.systemd import SystemdError

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconcile.atomicfile import make_folders, write_atomically
+from reconcile.common.atomicfile import make_folders, write_atomically
 
 SYNC_RESULTS = ("OK", "RECOVERED", "SKIP", "FAIL")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconcile import local_state
-from reconcile.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
+from reconcile.common.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
 from reconcile.vault_state import DesiredVault, ObservedVault, TokenState, plan_vault
 
 

@@ -37,7 +37,7 @@ from typing import Iterable
 
 from reconcile.executor import Result
 from reconcile.fleet import is_assigned
-from reconcile.model import Change, Plan, UserProblem, display_key, is_pending, sort_for_display
+from reconcile.common.model import Change, Plan, UserProblem, display_key, is_pending, sort_for_display
 from reconcile.planner import counts, has_pending
 from reconcile.roster import Roster
 

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from reconcile.fleet import is_assigned
-from reconcile.loginmode import DEFAULT as DEFAULT_LOGIN
+from reconcile.common.loginmode import DEFAULT as DEFAULT_LOGIN
 
 @dataclass(frozen=True)
 class VaultSettings:
@@ -53,7 +53,7 @@ class User:
     hosts: tuple[str, ...] | None = None
     """Host names or shell-style patterns this user is reconciled on; None: every host (reconcile.fleet)."""
     claude_login: str = DEFAULT_LOGIN.value
-    """oauth | setup-token (reconcile.loginmode)."""
+    """oauth | setup-token (reconcile.common.loginmode)."""
 
     @property
     def wants_token(self) -> bool:

@@ -473,7 +473,7 @@ def _top_level_problem(data: object) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict[str, Any]:
-    from reconcile.resources import schema_file
+    from reconcile.common.resources import schema_file
 
     loaded: dict[str, Any] = json.loads(schema_file().read_text(encoding="utf-8"))
     return loaded

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from reconcile.atomicfile import make_folders, write_atomically
+from reconcile.common.atomicfile import make_folders, write_atomically
 
 STATE_DIR = Path("var/lib/claude-auth")
 STATE_FILE = STATE_DIR / "state.json"

@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Mapping
 
 from reconcile import local_state, statefile
-from reconcile.loginmode import Login
+from reconcile.common.loginmode import Login
 from reconcile.sync import setup_token
 from reconcile.accounts import Account, lookup_accounts
 from reconcile.fleet import this_host
 from reconcile.homefs import STATE_DIR, HomeFsError, read_private_tail
 from reconcile.metrics import UserMetrics
-from reconcile.model import UserProblem
+from reconcile.common.model import UserProblem
 from reconcile.roster import Roster
 from reconcile.systemd import SystemdError
 from reconcile.vault import KvSecret, Secret, Vault, VaultError
-from reconcile.identity import shown_display_name
+from reconcile.common.identity import shown_display_name
 from reconcile.vault_state import (ObservedToken, ObservedVault, TokenState, token_reader,
                                    desired_vault, observe_vault, render_policy)
 

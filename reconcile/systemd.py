@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from reconcile import childenv
+from reconcile.common import childenv
 
 SYSTEMCTL = "systemctl"
 TIMEOUT_SECONDS = 120

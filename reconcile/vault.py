@@ -47,7 +47,8 @@ import urllib3.exceptions
 
 from reconcile.retry import Deadline, GaveUp, RetryPolicy, Transience, call_with_retries
 
-from reconcile import boundedjson, vault_pipeline
+from reconcile import vault_pipeline
+from reconcile.common import boundedjson
 
 
 class VaultError(Exception):
@@ -924,7 +925,7 @@ class Vault:
     # hvac decodes every answer with the stdlib json, which raises RecursionError on a
     # value nested a few thousand levels deep and holds a huge answer several times
     # over. These two read and write the map's values as JSON text instead; see
-    # reconcile.boundedjson. Both go through _call like every other request.
+    # reconcile.common.boundedjson. Both go through _call like every other request.
 
     def kv_read_raw(self, mount: str, path: str, limit: int = KV_BODY_LIMIT, *,
                     consistent: bool = False) -> KvRawSecret | None:

@@ -52,10 +52,10 @@ from reconcile.accounts import Account
 from reconcile.durations import format_duration
 from reconcile.fleet import is_assigned
 from reconcile.homefs import TOKEN_FILE, HomeFsError, read_private_file
-from reconcile.identity import token_display_name, vault_display_name
-from reconcile.model import Action, Change, Kind, UserProblem
+from reconcile.common.identity import token_display_name, vault_display_name
+from reconcile.common.model import Action, Change, Kind, UserProblem
 from reconcile.roster import Roster
-from reconcile.templating import render
+from reconcile.common.templating import render
 from reconcile.vault_pool import ordered_map
 from reconcile.vault import (MintedToken, Secret, TokenInfo, Vault, VaultDenied, VaultError, VaultInvalid,
                              VaultUnreachable)

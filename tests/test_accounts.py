@@ -9,7 +9,7 @@ import pytest
 
 from reconcile.accounts import (Account, PasswdEntry, UserDatabaseUnreadable, lookup_accounts, names_by_uid,
                                 parse_passwd)
-from reconcile.model import UserProblem
+from reconcile.common.model import UserProblem
 
 PASSWD = """\
 root:x:0:0:root:/root:/bin/bash

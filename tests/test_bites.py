@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 import hvac
 import pytest
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.sync import backup, livecheck
 from reconcile.sync.livecheck import Verdict
 from reconcile.vault import CasConflict, KvRawSecret, Secret, Vault

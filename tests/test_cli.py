@@ -12,7 +12,7 @@ import pytest
 import reconcile
 from reconcile import cli
 from reconcile.cli import COMMAND_HELP, COMMANDS, main
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 
 REPO = Path(__file__).resolve().parents[1]
 

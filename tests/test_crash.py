@@ -37,7 +37,7 @@ import hvac.exceptions
 import pytest
 import yaml
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.retry import SCAN_BUDGET_ENV
 from tests.support.faultproxy import FaultProxy
 from tests.support.leaks import assert_no_secrets

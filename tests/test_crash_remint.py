@@ -21,7 +21,7 @@ import hvac
 import pytest
 import yaml
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.statefile import Journal
 from tests.support.faultproxy import FaultProxy
 from tests.support.leaks import assert_no_secrets

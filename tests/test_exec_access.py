@@ -23,7 +23,7 @@ from reconcile import local_state
 from reconcile.execaccess import (EXECUTE, READ, SEARCH, Access, Person, Program, denial, is_granted,
                                   observe_program, people)
 from reconcile.accounts import Account
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from tests.support.world import World
 
 ALICE = Person("alice", 5001, frozenset({5001, 600}))

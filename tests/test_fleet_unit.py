@@ -18,7 +18,7 @@ from reconcile import homefs
 from reconcile.accounts import Account
 from reconcile.fleet import HOSTNAME_ENV, is_assigned, this_host
 from reconcile.homefs import MINT_LOCK_FILE, HomeFsError, UnsafePath, lock_private_file
-from reconcile.model import Action, Kind, is_pending
+from reconcile.common.model import Action, Kind, is_pending
 from reconcile.render import change_line, elsewhere_lines, summary_line
 from reconcile.roster import Roster, User, VaultSettings
 from reconcile.vault import TokenInfo

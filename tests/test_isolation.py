@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from tests.support.world import World
 
 GARBAGE = {"bob": "b.!!!!", "carol": "hvb.AAAAAQ%%%%"}

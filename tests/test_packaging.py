@@ -32,7 +32,7 @@ def test_wheel_ships_templates_schema_and_console_scripts(tmp_path: Path) -> Non
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "PYTHONSAFEPATH": "1"}
-    code = ("import reconcile.resources as r, reconcile.templating as t;"
+    code = ("import reconcile.common.resources as r, reconcile.common.templating as t;"
             "assert str(r.schema_file()).startswith(%r);"
             "print(t.render('claude-auth-sync@.timer.j2', interval='6h', randomized_delay='10m', boot_delay='5min'))"
             % str(tmp_path / "site"))

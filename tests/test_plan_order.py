@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from reconcile import render
 from reconcile.executor import Result
-from reconcile.exitcodes import Exit
-from reconcile.model import Action, Change, Kind, sort_for_apply
+from reconcile.common.exitcodes import Exit
+from reconcile.common.model import Action, Change, Kind, sort_for_apply
 from tests.support.world import World
 
 C, U, D, O = Action.CREATE, Action.UPDATE, Action.DELETE, Action.ORPHANED

@@ -13,8 +13,8 @@ import pytest
 
 from reconcile.cli import main
 from reconcile.durations import format_duration, parse_duration
-from reconcile.exitcodes import Exit
-from reconcile.resources import schema_file
+from reconcile.common.exitcodes import Exit
+from reconcile.common.resources import schema_file
 from reconcile.roster import Roster, StatusSettings, SyncSettings, User, VaultSettings
 from reconcile.roster_loader import RosterInvalid, RosterIssue, load_roster
 

@@ -17,7 +17,7 @@ import pytest
 from reconcile import local_state
 from reconcile.accounts import lookup_accounts
 from reconcile.commands import reconcile_cmd
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.roster import Roster, User
 from tests.support.world import World
 

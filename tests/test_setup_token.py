@@ -25,7 +25,7 @@ from reconcile.cli import main as cli_main
 from reconcile.commands import setup_token_cmd
 from reconcile.sync import livecheck
 from reconcile.sync import setup_token as st
-from reconcile.templating import render
+from reconcile.common.templating import render
 from tests.support.leaks import assert_no_secrets
 from tests.support.messages_api import MessagesApiStandIn
 from tests.support.openbao import OpenBaoServer

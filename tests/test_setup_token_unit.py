@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconcile.loginmode import Login
+from reconcile.common.loginmode import Login
 from reconcile.sync import credentials
 from reconcile.sync import setup_token as st
 from reconcile.sync.livecheck import LiveResult, Verdict

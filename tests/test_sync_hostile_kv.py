@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from reconcile import boundedjson
+from reconcile.common import boundedjson
 from tests.test_sync_real import (KV_MOUNT, SIBLING, SyncUser, claude_on_path, current_version,  # noqa: F401
                                   new_oauth, user)
 

@@ -36,7 +36,7 @@ import pytest
 
 from reconcile.cli import main as cli_main
 from reconcile.sync import backup, flow
-from reconcile.templating import render
+from reconcile.common.templating import render
 from reconcile.vault import Secret, Vault
 from tests.conftest import assert_no_secrets
 from tests.support.messages_api import MessagesApiStandIn

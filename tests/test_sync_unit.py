@@ -702,7 +702,7 @@ def test_user_names(user: str, ok: bool) -> None:
     ("token-alice@x.com", "token-alice-x-com"),  # FACTS.md
 ])
 def test_display_name_as_vault_stores_it(name: str, shown: str) -> None:
-    from reconcile.identity import vault_display_name
+    from reconcile.common.identity import vault_display_name
     assert vault_display_name(name.removeprefix("token-")) == shown
 
 
@@ -820,14 +820,14 @@ def test_deeply_nested_credentials_are_corrupt_not_a_crash(tmp_path: Path) -> No
     ("[" * 3000, "nested deeper than 100 levels"),
 ])
 def test_depth_scan(text: str, problem: str | None) -> None:
-    from reconcile import boundedjson
+    from reconcile.common import boundedjson
 
     found = boundedjson.depth_problem(text.encode(), 100)
     assert (found is None) if problem is None else (found is not None and problem in found)
 
 
 def test_object_members_are_byte_spans_of_undecoded_values() -> None:
-    from reconcile import boundedjson
+    from reconcile.common import boundedjson
 
     nested = "[" * 5000 + "]" * 5000
     body = ('{"data": {"data": {"deep": ' + nested + ', "s": "a\\"}b", "n": -1.5e3, "t": true}, '

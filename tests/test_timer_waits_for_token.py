@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from tests.support.world import World
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from reconcile import homefs
 from reconcile.accounts import Account
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.homefs import CONFIG_DIR, MINT_LOCK_FILE, TOKEN_FILE, UnsafePath
 from reconcile.sync import setup_token as st
 from tests.support.world import World

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.vault import Secret, Vault
 from tests.support.faultproxy import FaultProxy
 from tests.support.openbao import OpenBaoServer, free_port

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from reconcile import vault_pipeline
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.vault import Secret, Vault
 from reconcile.vault_pipeline import Answer, Request
 from tests.support.faultproxy import FaultProxy

@@ -16,7 +16,7 @@ import pytest
 from reconcile import render
 from reconcile.commands.reconcile_cmd import admin_probe_paths, is_admin
 from reconcile.executor import Result
-from reconcile.model import Action, Change, Kind, is_pending
+from reconcile.common.model import Action, Change, Kind, is_pending
 from reconcile.planner import Desired, Observed, make_plan
 from reconcile.roster import Roster, User, VaultSettings
 from reconcile.vault import Secret, TokenInfo

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.retry import Deadline
 from reconcile.vault_pool import CONNECTIONS, CONNECTIONS_ENV, connections
 from tests.support.faultproxy import FaultProxy

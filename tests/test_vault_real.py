@@ -23,7 +23,7 @@ import hvac.exceptions
 import pytest
 
 from reconcile.commands import reconcile_cmd
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.roster_loader import load_roster
 from tests.support.openbao import OpenBaoServer, free_port
 from tests.support.policy_text import expected_policy

@@ -40,14 +40,15 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from reconcile import atomicfile, local_state, render, statefile
+from reconcile import local_state, render, statefile
+from reconcile.common import atomicfile
 from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
 from reconcile.executor import ExecContext, Result, execute, failures, finish, lost_to_vault
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.fleet import this_host
 from reconcile.homefs import (CONFIG_DIR, MINT_LOCK_FILE, TOKEN_FILE, HomeFsError, LockAllowance, LockHeld,
                               inspect, lock_private_file, remove_stale_temps, write_private_file)
-from reconcile.model import Plan, UserProblem
+from reconcile.common.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
 from reconcile.roster import Roster
 from reconcile.roster_loader import RosterInvalid, load_roster

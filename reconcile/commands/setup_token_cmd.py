@@ -27,7 +27,7 @@ import termios
 import time
 from typing import Mapping, TextIO
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.sync import backup, settings as config
 from reconcile.sync import setup_token as st
 from reconcile.sync.livecheck import Verdict

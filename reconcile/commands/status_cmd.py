@@ -16,7 +16,7 @@ from pathlib import Path
 
 from reconcile.accounts import UserDatabaseUnreadable
 from reconcile.commands.reconcile_cmd import CommandFailed, connect_vault
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.metrics import render_textfile, write_textfile
 from reconcile.roster import Roster
 from reconcile.roster_loader import RosterInvalid, load_roster

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.roster_loader import RosterInvalid, load_roster
 
 

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
-from reconcile import boundedjson
+from reconcile.common import boundedjson
 from reconcile.sync.credentials import MAX_DEPTH, oauth_problem
 from reconcile.sync.safefile import CREDENTIALS_LIMIT
 from reconcile.vault import CasConflict, KvRawSecret

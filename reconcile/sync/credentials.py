@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from reconcile import boundedjson
-from reconcile.atomicfile import make_folders
+from reconcile.common import boundedjson
+from reconcile.common.atomicfile import make_folders
 from reconcile.sync import claudelock, safefile
 from reconcile.sync.safefile import CREDENTIALS_LIMIT
 

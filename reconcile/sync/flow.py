@@ -52,8 +52,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, TextIO
 
-from reconcile.exitcodes import Exit
-from reconcile.loginmode import Login
+from reconcile.common.exitcodes import Exit
+from reconcile.common.loginmode import Login
 from reconcile.sync import backup, claudelock, credentials, livecheck, notice, setup_token_sync
 from reconcile.sync import settings as config
 from reconcile.sync.claudelock import ClaudeRefreshing

@@ -51,7 +51,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import Mapping
 
-from reconcile import childenv
+from reconcile.common import childenv
 
 PROMPT = "Reply with exactly AUTH_OK and nothing else."
 EXPECTED = "AUTH_OK"

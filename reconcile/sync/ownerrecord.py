@@ -31,7 +31,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from reconcile import boundedjson
+from reconcile.common import boundedjson
 
 OWNER_SUFFIX = ".owner"
 RECORD_LIMIT = 4096

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from reconcile.identity import shown_display_name
-from reconcile.loginmode import ENV_VAR as LOGIN_ENV_VAR
-from reconcile.loginmode import Login
+from reconcile.common.identity import shown_display_name
+from reconcile.common.loginmode import ENV_VAR as LOGIN_ENV_VAR
+from reconcile.common.loginmode import Login
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 """POSIX account names, as the roster accepts them."""

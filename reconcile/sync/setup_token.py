@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from reconcile import boundedjson
+from reconcile.common import boundedjson
 from reconcile.sync import livecheck
 from reconcile.sync.credentials import is_setup_token_object
 from reconcile.sync.livecheck import LiveResult

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from reconcile.loginmode import Login
+from reconcile.common.loginmode import Login
 from reconcile.sync import backup, credentials, livecheck
 from reconcile.sync import setup_token as st
 from reconcile.sync.claudelock import ClaudeRefreshing

@@ -19,7 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import IO, Iterable
 
-from reconcile.atomicfile import make_folders
+from reconcile.common.atomicfile import make_folders
 from reconcile.sync.safefile import UnsafeFile, open_checked
 
 LOG_LIMIT_BYTES = 1024 * 1024

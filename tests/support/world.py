@@ -22,7 +22,7 @@ import yaml
 
 from reconcile import vault_pipeline
 from reconcile.cli import main
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from tests.support.leaks import assert_no_secrets
 from tests.support.openbao import OpenBaoServer
 

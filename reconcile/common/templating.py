@@ -11,7 +11,7 @@ from typing import Any
 
 import jinja2
 
-from reconcile.resources import template_dir
+from reconcile.common.resources import template_dir
 
 
 class TemplateError(Exception):
