@@ -60,12 +60,12 @@ from typing import Callable, Collection, Iterable, Mapping, Sequence, cast
 from reconcile import execaccess, homefs, systemd
 from reconcile.common.atomicfile import make_folders, write_atomically
 from reconcile.accounts import Account, lookup_accounts, names_by_uid
-from reconcile.durations import format_duration
+from reconcile.roster.durations import format_duration
 from reconcile.common.loginmode import DEFAULT as DEFAULT_LOGIN
 from reconcile.common.loginmode import ENV_VAR as LOGIN_ENV_VAR
 from reconcile.homefs import CONFIG_DIR, STATE_DIR, TOKEN_FILE, EntryState, HomeFsError
 from reconcile.common.model import Action, Change, Kind, UserProblem
-from reconcile.roster import Roster
+from reconcile.roster.values import Roster
 from reconcile.common.templating import render
 
 SYNC_SERVICE = "claude-auth-sync@.service"

@@ -20,11 +20,11 @@ from reconcile import local_state, statefile
 from reconcile.common.loginmode import Login
 from reconcile.sync import setup_token
 from reconcile.accounts import Account, lookup_accounts
-from reconcile.fleet import this_host
+from reconcile.roster.fleet import this_host
 from reconcile.homefs import STATE_DIR, HomeFsError, read_private_tail
 from reconcile.metrics import UserMetrics
 from reconcile.common.model import UserProblem
-from reconcile.roster import Roster
+from reconcile.roster.values import Roster
 from reconcile.systemd import SystemdError
 from reconcile.vault import KvSecret, Secret, Vault, VaultError
 from reconcile.common.identity import shown_display_name

@@ -49,12 +49,12 @@ from typing import Callable, ContextManager, Iterable, Iterator, Mapping, Protoc
 
 from reconcile import retry
 from reconcile.accounts import Account
-from reconcile.durations import format_duration
-from reconcile.fleet import is_assigned
+from reconcile.roster.durations import format_duration
+from reconcile.roster.fleet import is_assigned
 from reconcile.homefs import TOKEN_FILE, HomeFsError, read_private_file
 from reconcile.common.identity import token_display_name, vault_display_name
 from reconcile.common.model import Action, Change, Kind, UserProblem
-from reconcile.roster import Roster
+from reconcile.roster.values import Roster
 from reconcile.common.templating import render
 from reconcile.vault_pool import ordered_map
 from reconcile.vault import (MintedToken, Secret, TokenInfo, Vault, VaultDenied, VaultError, VaultInvalid,
@@ -126,7 +126,7 @@ def desired_vault(roster: Roster, host: str) -> DesiredVault:
     """What Vault should hold for this roster (pure apart from reading the template).
 
     Policies are fleet-wide: one per roster user whatever the host. Tokens are
-    per host: only for users assigned to `host` (reconcile.fleet).
+    per host: only for users assigned to `host` (reconcile.roster.fleet).
     """
     prefix = roster.vault.policy_prefix.lower()  # Vault stores policy names lower-cased
     policies: dict[str, DesiredPolicy] = {}

@@ -537,7 +537,7 @@ def test_a_mint_a_standby_forwarded_and_answered_307_leaves_no_twin(openbao: Any
 
     with Relay([openbao.address], standby) as relay:
         from reconcile.common.model import Action, Change, Kind
-        from reconcile.roster import Roster, User, VaultSettings
+        from reconcile.roster.values import Roster, User, VaultSettings
         from reconcile.vault_state import MintOrder, VaultContext, apply_token, desired_vault
 
         prefix = f"tw{secrets.token_hex(3)}-"

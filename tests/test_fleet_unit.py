@@ -16,11 +16,11 @@ import pytest
 
 from reconcile import homefs
 from reconcile.accounts import Account
-from reconcile.fleet import HOSTNAME_ENV, is_assigned, this_host
+from reconcile.roster.fleet import HOSTNAME_ENV, is_assigned, this_host
 from reconcile.homefs import MINT_LOCK_FILE, HomeFsError, UnsafePath, lock_private_file
 from reconcile.common.model import Action, Kind, is_pending
 from reconcile.render import change_line, elsewhere_lines, summary_line
-from reconcile.roster import Roster, User, VaultSettings
+from reconcile.roster.values import Roster, User, VaultSettings
 from reconcile.vault import TokenInfo
 from reconcile.vault_state import (ObservedToken, ObservedVault, RecordedToken, TokenState, desired_vault,
                                    is_garbage_candidate, is_ours_to_revoke, plan_garbage, plan_vault)

@@ -24,7 +24,7 @@ from reconcile.local_state import (RECONCILE_SERVICE, RECONCILE_TIMER, SYNC_SERV
                                    ObservedLocal, ObservedTimer, apply_local_change, desired_local, finish_local,
                                    observe_local, plan_local)
 from reconcile.common.model import Action, Change, Kind, UserProblem, is_pending, sort_for_apply
-from reconcile.roster import Roster, User
+from reconcile.roster.values import Roster, User
 
 A, U, D, O = Action.CREATE, Action.UPDATE, Action.DELETE, Action.ORPHANED
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from reconcile.cli import main
-from reconcile.durations import format_duration, parse_duration
+from reconcile.roster.durations import format_duration, parse_duration
 from reconcile.common.exitcodes import Exit
 from reconcile.common.resources import schema_file
-from reconcile.roster import Roster, StatusSettings, SyncSettings, User, VaultSettings
-from reconcile.roster_loader import RosterInvalid, RosterIssue, load_roster
+from reconcile.roster.values import Roster, StatusSettings, SyncSettings, User, VaultSettings
+from reconcile.roster.issues import RosterInvalid, RosterIssue
+from reconcile.roster.loader import load_roster
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "roster.example.yaml"
@@ -469,5 +470,5 @@ def test_validate_usage_error_is_64(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_loading_module_does_not_import_jsonschema() -> None:
-    code = "import sys, reconcile.roster_loader; sys.exit('jsonschema' in sys.modules)"
+    code = "import sys, reconcile.roster.loader; sys.exit('jsonschema' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60, check=False).returncode == 0

@@ -22,8 +22,10 @@ from typing import Callable
 
 import pytest
 
-from reconcile import roster_loader
-from reconcile.roster_loader import RosterInvalid, RosterIssue, load_roster
+from reconcile.roster import issues as roster_issues
+from reconcile.roster import loader as roster_loader
+from reconcile.roster.issues import RosterInvalid, RosterIssue
+from reconcile.roster.loader import load_roster
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -285,7 +287,7 @@ def test_problems_past_the_cap_are_counted_not_listed(tmp_path: Path) -> None:
     with pytest.raises(RosterInvalid) as caught:
         load_roster(str(path))
     issues = caught.value.issues
-    assert len(issues) == roster_loader.MAX_ISSUES + 1
+    assert len(issues) == roster_issues.MAX_ISSUES + 1
     assert issues[-1].format() == f"{path}: 50 more problems not shown"
     assert [issue.line for issue in issues[:-1]] == list(range(2, 102))
 
@@ -330,7 +332,7 @@ def test_error_lines_quote_a_short_excerpt(document: str, path: str, fragment: s
 
 
 def test_excerpt() -> None:
-    assert roster_loader.excerpt("short") == "'short'"
-    assert roster_loader.excerpt("x" * 41) == f"'{'x' * 40}'… (41 characters)"
-    assert roster_loader.excerpt("x" * 40) == f"'{'x' * 40}'"
-    assert roster_loader.excerpt(7) == "7"
+    assert roster_issues.excerpt("short") == "'short'"
+    assert roster_issues.excerpt("x" * 41) == f"'{'x' * 40}'… (41 characters)"
+    assert roster_issues.excerpt("x" * 40) == f"'{'x' * 40}'"
+    assert roster_issues.excerpt(7) == "7"

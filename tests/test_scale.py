@@ -18,7 +18,7 @@ from reconcile import local_state
 from reconcile.accounts import lookup_accounts
 from reconcile.commands import reconcile_cmd
 from reconcile.common.exitcodes import Exit
-from reconcile.roster import Roster, User
+from reconcile.roster.values import Roster, User
 from tests.support.world import World
 
 PEOPLE = 200

@@ -651,7 +651,7 @@ def test_lock_is_exclusive_and_not_waiting(tmp_path: Path) -> None:
 
 
 def test_settings_defaults_match_the_roster_defaults() -> None:
-    from reconcile.roster import SyncSettings as RosterSync, VaultSettings
+    from reconcile.roster.values import SyncSettings as RosterSync, VaultSettings
 
     s = settings.load("alice", {"VAULT_ADDR": "http://127.0.0.1:8200", "HOME": "/home/alice"})
     vault_defaults, sync_defaults = VaultSettings(), RosterSync()

@@ -14,7 +14,7 @@ import pytest
 from reconcile import systemd
 from reconcile.local_state import (RECONCILE_SERVICE, RECONCILE_TIMER, SYNC_SERVICE, SYNC_TIMER, render_drop_in,
                                    render_units, systemd_environment, systemd_exec_word, write_unit)
-from reconcile.roster import Roster, StatusSettings, SyncSettings, User, VaultSettings
+from reconcile.roster.values import Roster, StatusSettings, SyncSettings, User, VaultSettings
 from reconcile.systemd import SystemdError, parse_is_enabled
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from reconcile.commands.reconcile_cmd import admin_probe_paths, is_admin
 from reconcile.executor import Result
 from reconcile.common.model import Action, Change, Kind, is_pending
 from reconcile.planner import Desired, Observed, make_plan
-from reconcile.roster import Roster, User, VaultSettings
+from reconcile.roster.values import Roster, User, VaultSettings
 from reconcile.vault import Secret, TokenInfo
 from reconcile.vault_state import (MintOrder, ObservedToken, ObservedVault, PendingRevoke, RecordedToken,
                                    RevokeOrder, TokenOutcomes, TokenState, desired_vault, is_managed_policy,

@@ -24,7 +24,7 @@ import pytest
 
 from reconcile.commands import reconcile_cmd
 from reconcile.common.exitcodes import Exit
-from reconcile.roster_loader import load_roster
+from reconcile.roster.loader import load_roster
 from tests.support.openbao import OpenBaoServer, free_port
 from tests.support.policy_text import expected_policy
 

@@ -45,13 +45,14 @@ from reconcile.common import atomicfile
 from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
 from reconcile.executor import ExecContext, Result, execute, failures, finish, lost_to_vault
 from reconcile.common.exitcodes import Exit
-from reconcile.fleet import this_host
+from reconcile.roster.fleet import this_host
 from reconcile.homefs import (CONFIG_DIR, MINT_LOCK_FILE, TOKEN_FILE, HomeFsError, LockAllowance, LockHeld,
                               inspect, lock_private_file, remove_stale_temps, write_private_file)
 from reconcile.common.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
-from reconcile.roster import Roster
-from reconcile.roster_loader import RosterInvalid, load_roster
+from reconcile.roster.values import Roster
+from reconcile.roster.issues import RosterInvalid
+from reconcile.roster.loader import load_roster
 from reconcile.systemd import SystemdError
 from reconcile.vault import Secret, Vault, VaultDenied, VaultError, resolve_address, resolve_token
 from reconcile.vault_state import (VaultContext, desired_vault, mint_users, next_pending, next_records,

@@ -121,7 +121,8 @@ def _with_roster(environ: Mapping[str, str], roster_path: str | None,
     path = roster_path or default_roster
     if path is None or (roster_path is None and not os.access(path, os.R_OK)):
         return environ
-    from reconcile.roster_loader import RosterInvalid, load_roster
+    from reconcile.roster.issues import RosterInvalid
+    from reconcile.roster.loader import load_roster
 
     try:
         roster = load_roster(path)

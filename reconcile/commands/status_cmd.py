@@ -18,8 +18,9 @@ from reconcile.accounts import UserDatabaseUnreadable
 from reconcile.commands.reconcile_cmd import CommandFailed, connect_vault
 from reconcile.common.exitcodes import Exit
 from reconcile.metrics import render_textfile, write_textfile
-from reconcile.roster import Roster
-from reconcile.roster_loader import RosterInvalid, load_roster
+from reconcile.roster.values import Roster
+from reconcile.roster.issues import RosterInvalid
+from reconcile.roster.loader import load_roster
 from reconcile.status import UNKNOWN, UserStatus, gather
 
 HEADERS = ("USER", "STATE", "POLICY", "TOKEN", "TIMER", "LAST SYNC", "BACKUP")

@@ -6,7 +6,8 @@ import json
 import sys
 
 from reconcile.common.exitcodes import Exit
-from reconcile.roster_loader import RosterInvalid, load_roster
+from reconcile.roster.issues import RosterInvalid
+from reconcile.roster.loader import load_roster
 
 
 def run(roster_path: str, *, as_json: bool = False) -> int:

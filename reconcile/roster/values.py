@@ -1,6 +1,6 @@
 """The roster: an immutable, validated description of who gets what.
 
-Loading lives in reconcile.roster_loader (YAML + schema + semantic checks);
+Loading lives in reconcile.roster.loader (YAML + schema + semantic checks);
 this module only holds the typed value every other module reads.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from reconcile.fleet import is_assigned
+from reconcile.roster.fleet import is_assigned
 from reconcile.common.loginmode import DEFAULT as DEFAULT_LOGIN
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class User:
     code_layout: str | None = None
     repos: tuple[str, ...] = ()
     hosts: tuple[str, ...] | None = None
-    """Host names or shell-style patterns this user is reconciled on; None: every host (reconcile.fleet)."""
+    """Host names or shell-style patterns this user is reconciled on; None: every host (reconcile.roster.fleet)."""
     claude_login: str = DEFAULT_LOGIN.value
     """oauth | setup-token (reconcile.common.loginmode)."""
 
