@@ -138,7 +138,7 @@ def child_cli(argv: list[str]) -> dict[str, Any]:
     import jsonschema  # noqa: F401  (the roster loader imports it on first use)
 
     import reconcile.commands.reconcile_cmd  # noqa: F401
-    from reconcile import systemd
+    from reconcile.local import systemd
     from reconcile.cli import main
 
     systemctl = {"calls": 0, "seconds": 0.0}

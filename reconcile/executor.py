@@ -3,7 +3,7 @@
 Changes run in Kind order (model.sort_for_apply: policies, folders, tokens,
 renewals, token files, units, timers), dispatched on (kind, action) only to
 the domain handlers: Vault kinds to reconcile.vault_state, local kinds to
-reconcile.local_state. A failed change is recorded and the rest still run.
+reconcile.local.apply. A failed change is recorded and the rest still run.
 Results are reported in that order too, but two kinds of work start early:
 the policy writes are sent together pipelined, and when timers change, the
 unit files are written first and the timers' enablement links (one slow
@@ -11,7 +11,7 @@ unit files are written first and the timers' enablement links (one slow
 while the tokens are minted; the timers start (live root) only after them.
 Without an admin Vault token, a change that needs one is not attempted: it is
 recorded as blocked (a WARN line for people). A person who holds a lock in
-their own home past the run's allowance (homefs.LockAllowance) has the rest
+their own home past the run's allowance (homelock.LockAllowance) has the rest
 of their row skipped (`skipped`, a WARN line too); nobody else waits on it. Orphaned items are never acted
 on; `apply --prune` turns them into deletions at planning time.
 
@@ -28,12 +28,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from reconcile import local_state
-from reconcile.homefs import HomeFsError, LockHeld
+from reconcile.local import apply as local_apply
+from reconcile.local.homefs import HomeFsError
+from reconcile.local.homelock import LockHeld
 from reconcile.common.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
 from reconcile.vault_state import HANDLERS as VAULT_HANDLERS
 from reconcile.vault_state import apply_policies_pipelined
-from reconcile.systemd import SystemdError
+from reconcile.local.systemd import SystemdError
 from reconcile.vault import VaultError, VaultUnreachable
 from reconcile.vault_state import TokenFileWriteFailed, VaultContext
 
@@ -66,7 +67,7 @@ class Result:
 class ExecContext:
     vault: VaultContext
     local: Any
-    """local_state.LocalContext (root and accounts)."""
+    """local.apply.LocalContext (root and accounts)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """People whose row this run skips (a lock in their home is held), with why; grows as the run goes."""
 
@@ -89,7 +90,7 @@ def _vault_handler(change: Change) -> Handler | None:
 def _local_handler(change: Change) -> Handler | None:
     if change.kind not in LOCAL_KINDS:
         return None
-    return lambda c, ctx: local_state.apply_local_change(c, ctx.local)
+    return lambda c, ctx: local_apply.apply_local_change(c, ctx.local)
 
 
 def handler_for(change: Change) -> Handler | None:
@@ -156,7 +157,7 @@ class _TimerLinks:
 
     def _link(self) -> None:
         try:
-            self._linked = local_state.link_timers(self._timers, self._ctx.local)
+            self._linked = local_apply.link_timers(self._timers, self._ctx.local)
         except Exception as exc:  # handed to the results, never a traceback
             self._linked = exc
 
@@ -165,7 +166,7 @@ class _TimerLinks:
         try:
             if isinstance(self._linked, Exception):
                 raise self._linked
-            outcomes = local_state.start_timers(self._timers, self._linked, self._ctx.local)
+            outcomes = local_apply.start_timers(self._timers, self._linked, self._ctx.local)
         except Exception as exc:  # the link stage's or this one's: recorded, never a traceback
             message = error_text(exc)
             return [Result(change, ok=False, message=message) for change in self._timers]
@@ -225,7 +226,7 @@ def finish(changed: tuple[Result, ...], ctx: ExecContext) -> str | None:
     """Run the local domain's one finishing step (daemon-reload), if it has one; an error text or None."""
     kinds = {r.change.kind for r in changed if r.ok}
     try:
-        local_state.finish_local(kinds, ctx.local)
+        local_apply.finish_local(kinds, ctx.local)
     except Exception as exc:
         return error_text(exc)
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from reconcile import local_state
+from reconcile.local import plan as local_plan
 from reconcile.common.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
 from reconcile.vault_state import DesiredVault, ObservedVault, TokenState, plan_vault
 
@@ -20,14 +20,14 @@ from reconcile.vault_state import DesiredVault, ObservedVault, TokenState, plan_
 class Desired:
     vault: DesiredVault
     local: Any = None
-    """local_state.DesiredLocal, or None when the local domain is not planned."""
+    """local.desired.DesiredLocal, or None when the local domain is not planned."""
 
 
 @dataclass(frozen=True)
 class Observed:
     vault: ObservedVault
     local: Any = None
-    """local_state.ObservedLocal, or None when the local domain is not planned."""
+    """local.observe.ObservedLocal, or None when the local domain is not planned."""
 
 
 def make_plan(desired: Desired, observed: Observed, *, prune: bool) -> Plan:
@@ -39,7 +39,7 @@ def make_plan(desired: Desired, observed: Observed, *, prune: bool) -> Plan:
         # The token files are read again by the Vault observation, after the local one: in a shared
         # home another host may have written the file in between. A live token found there counts.
         minting |= {user for user, token in observed.vault.tokens.items() if token.state is TokenState.VALID}
-        changes.extend(local_state.plan_local(desired.local, observed.local, prune=prune, minting=minting))
+        changes.extend(local_plan.plan_local(desired.local, observed.local, prune=prune, minting=minting))
     return sort_for_apply(changes)
 
 

@@ -1,7 +1,7 @@
 """What `claude-auth status` knows about each roster user, gathered read-only.
 
 Reads the same world `plan` reads (Vault through the observe functions of
-vault_state, the homes through homefs, timers through local_state), plus each
+vault_state, the homes through homefs, timers through reconcile.local), plus each
 user's sync.log (its tail, never following a link) and the latest backup's
 version and `backed_up_at` (with the admin token, else with the user's own
 token, whose policy may read its own path). Nothing is ever written. Where a
@@ -16,16 +16,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
-from reconcile import local_state, statefile
+from reconcile.local import statefile
+from reconcile.local import desired as local_desired
+from reconcile.local import observe as local_observe
 from reconcile.common.loginmode import Login
 from reconcile.sync import setup_token
-from reconcile.accounts import Account, lookup_accounts
+from reconcile.local.accounts import Account, lookup_accounts
 from reconcile.roster.fleet import this_host
-from reconcile.homefs import STATE_DIR, HomeFsError, read_private_tail
+from reconcile.local.homefs import STATE_DIR, HomeFsError, read_private_tail
 from reconcile.metrics import UserMetrics
 from reconcile.common.model import UserProblem
 from reconcile.roster.values import Roster
-from reconcile.systemd import SystemdError
+from reconcile.local.systemd import SystemdError
 from reconcile.vault import KvSecret, Secret, Vault, VaultError
 from reconcile.common.identity import shown_display_name
 from reconcile.vault_state import (ObservedToken, ObservedVault, TokenState, token_reader,
@@ -174,7 +176,7 @@ class _World:
     vault: Vault | None = None
     admin: bool = False
     observed_vault: ObservedVault | None = None
-    observed_local: local_state.ObservedLocal | None = None
+    observed_local: local_observe.ObservedLocal | None = None
     notes: dict[str, str] = field(default_factory=dict)
     """Part (vault, systemd, state) -> why it is unknown."""
     backups: dict[str, KvSecret | None] = field(default_factory=dict)
@@ -204,9 +206,9 @@ def _read_world(roster: Roster, roster_path: str, root: Path, vault: Vault | Non
             world.notes["vault"] = str(exc)
             world.vault = None
     try:
-        d_local = local_state.desired_local(roster, local_state.default_exec_path(), roster_path,
-                                            local_state.homes_of(world.accounts))
-        world.observed_local = local_state.observe_local(root, d_local, world.accounts)
+        d_local = local_desired.desired_local(roster, local_desired.default_exec_path(), roster_path,
+                                            local_desired.homes_of(world.accounts))
+        world.observed_local = local_observe.observe_local(root, d_local, world.accounts)
     except SystemdError as exc:
         world.notes["systemd"] = str(exc)
     return world
@@ -315,7 +317,7 @@ def user_status(world: _World, roster: Roster, user: str) -> UserStatus:
     # Timer
     timer = UNKNOWN
     if world.observed_local is not None:
-        seen = world.observed_local.timers.get(local_state.sync_timer(user))
+        seen = world.observed_local.timers.get(local_desired.sync_timer(user))
         timer = UNKNOWN if seen is None else ("enabled" if seen.is_enabled else "disabled")
     else:
         notes.append(f"timer: {world.notes.get('systemd', 'not observed')}")

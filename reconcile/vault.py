@@ -1097,7 +1097,7 @@ class Vault:
         """Mint an orphan, periodic token with exactly `policies` (no default policy).
 
         Never sent twice: an answer lost after sending may mean a token exists.
-        The caller records an intent first (reconcile.statefile) so the next run
+        The caller records an intent first (reconcile.local.statefile) so the next run
         finds such a token by its metadata.
         """
         data = self._call("token create-orphan", self._client.auth.token.create_orphan,

@@ -22,7 +22,7 @@ a recorded accessor was replaced by another) is kept in the state file's
 up and plans `- token <name>: replaced token still alive; revoke` until it is
 revoked or gone.
 
-Every mint is written ahead (reconcile.statefile's intents): a nonce goes to
+Every mint is written ahead (reconcile.local.statefile's intents): a nonce goes to
 the state file before the create call and into the token's metadata
 (`mint_nonce`). `observe_vault` resolves the intents a crashed run left: a
 token in the user's file that carries the nonce is adopted (it becomes the
@@ -48,10 +48,10 @@ from types import MappingProxyType
 from typing import Callable, ContextManager, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from reconcile import retry
-from reconcile.accounts import Account
+from reconcile.local.accounts import Account
 from reconcile.roster.durations import format_duration
 from reconcile.roster.fleet import is_assigned
-from reconcile.homefs import TOKEN_FILE, HomeFsError, read_private_file
+from reconcile.local.homefs import TOKEN_FILE, HomeFsError, read_private_file
 from reconcile.common.identity import token_display_name, vault_display_name
 from reconcile.common.model import Action, Change, Kind, UserProblem
 from reconcile.roster.values import Roster
@@ -848,11 +848,11 @@ class TokenOutcomes:
 
 
 MintLock = Callable[[str], ContextManager[None]]
-"""Holds a user's mint lock (homefs.MINT_LOCK_FILE) for the `with` block; raises when it cannot."""
+"""Holds a user's mint lock (homelock.MINT_LOCK_FILE) for the `with` block; raises when it cannot."""
 
 
 class MintLog(Protocol):
-    """The write-ahead log of mints (reconcile.statefile.Journal)."""
+    """The write-ahead log of mints (reconcile.local.statefile.Journal)."""
 
     def intend(self, user: str) -> str:
         """A nonce for a mint for `user`, on disk before this returns; raises when it cannot be."""

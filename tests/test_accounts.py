@@ -1,4 +1,4 @@
-"""reconcile.accounts: the user database under --root."""
+"""reconcile.local.accounts: the user database under --root."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconcile.accounts import (Account, PasswdEntry, UserDatabaseUnreadable, lookup_accounts, names_by_uid,
-                                parse_passwd)
+from reconcile.local.accounts import (Account, PasswdEntry, UserDatabaseUnreadable, lookup_accounts,
+                                      names_by_uid, parse_passwd)
 from reconcile.common.model import UserProblem
 
 PASSWD = """\

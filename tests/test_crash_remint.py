@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from reconcile.common.exitcodes import Exit
-from reconcile.statefile import Journal
+from reconcile.local.statefile import Journal
 from tests.support.faultproxy import FaultProxy
 from tests.support.leaks import assert_no_secrets
 from tests.support.openbao import OpenBaoServer

@@ -1,4 +1,4 @@
-"""reconcile.execaccess and its use by plan/apply: can each person run the units' ExecStart= program?
+"""reconcile.local.execaccess and its use by plan/apply: can each person run the units' ExecStart= program?
 
 First the permission decision on literal values, then the walk over real
 files (links, `#!` scripts, interpreters), then plan and apply in a sandbox
@@ -19,10 +19,11 @@ from typing import Iterator
 
 import pytest
 
-from reconcile import local_state
-from reconcile.execaccess import (EXECUTE, READ, SEARCH, Access, Person, Program, denial, is_granted,
-                                  observe_program, people)
-from reconcile.accounts import Account
+
+from reconcile.local.execaccess import (EXECUTE, READ, SEARCH, Access, Person, Program, denial, is_granted,
+                                        observe_program, people)
+from reconcile.local import desired as local_desired
+from reconcile.local.accounts import Account
 from reconcile.common.exitcodes import Exit
 from tests.support.world import World
 
@@ -166,7 +167,7 @@ def timer_state(world: World, user: str) -> str:
 def test_an_install_below_a_0700_folder_is_one_error_per_person_and_no_timer(
         world: World, reachable: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     program = install_below(reachable / "private", 0o700)
-    monkeypatch.setattr(local_state, "default_exec_path", lambda: program)
+    monkeypatch.setattr(local_desired, "default_exec_path", lambda: program)
     world.write_roster({"alice": {}, "bob": {"parked": True}})
 
     planned = world.run("plan")
@@ -198,7 +199,7 @@ def test_a_group_that_opens_the_folder_is_enough(world: World, reachable: Path,
     folder = reachable / "team"
     program = install_below(folder, 0o750)
     os.chown(folder, 0, 4242)
-    monkeypatch.setattr(local_state, "default_exec_path", lambda: program)
+    monkeypatch.setattr(local_desired, "default_exec_path", lambda: program)
     world.write_roster({"alice": {}, "bob": {}})
     (world.root / "etc" / "group").write_text("root:x:0:\nclaude-auth:x:4242:alice\n")
 

@@ -14,10 +14,11 @@ from types import MappingProxyType
 
 import pytest
 
-from reconcile import homefs
-from reconcile.accounts import Account
+from reconcile.local import homefs
+from reconcile.local.accounts import Account
 from reconcile.roster.fleet import HOSTNAME_ENV, is_assigned, this_host
-from reconcile.homefs import MINT_LOCK_FILE, HomeFsError, UnsafePath, lock_private_file
+from reconcile.local.homefs import HomeFsError, UnsafePath
+from reconcile.local.homelock import MINT_LOCK_FILE, lock_private_file
 from reconcile.common.model import Action, Kind, is_pending
 from reconcile.render import change_line, elsewhere_lines, summary_line
 from reconcile.roster.values import Roster, User, VaultSettings

@@ -1,4 +1,4 @@
-"""reconcile.homefs: root acting below a user's home folder never follows what the user planted.
+"""reconcile.local.homefs: root acting below a user's home folder never follows what the user planted.
 
 Real files, real owners: the tests run as root and give the homes to numeric
 uids (5001...) that exist only in these tests.
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from reconcile import homefs
-from reconcile.accounts import Account
-from reconcile.homefs import CONFIG_DIR, STATE_DIR, TOKEN_FILE, EntryState, HomeFsError, UnsafePath
+from reconcile.local import homefs
+from reconcile.local.accounts import Account
+from reconcile.local.homefs import CONFIG_DIR, STATE_DIR, TOKEN_FILE, EntryState, HomeFsError, UnsafePath
 
 # These tests give files to other uids, which needs root; CI runs as root. Not skipped
 # elsewhere: a run that cannot prove the link-safety must fail, not pass quietly.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reconcile.statefile import Journal, State, read_state
+from reconcile.local.statefile import Journal, State, read_state
 
 
 class Clock:

@@ -16,13 +16,18 @@ from typing import Any, Iterator
 
 import pytest
 
-from reconcile import homefs, local_state, systemd
-from reconcile.accounts import Account, lookup_accounts
-from reconcile.homefs import CONFIG_DIR, STATE_DIR, TOKEN_FILE, EntryState, UnsafePath
-from reconcile.local_state import (RECONCILE_SERVICE, RECONCILE_TIMER, SYNC_SERVICE, SYNC_TIMER, DesiredDirectory,
-                                   DesiredLocal, DesiredTimer, DesiredTokenFile, DesiredUnit, LocalContext,
-                                   ObservedLocal, ObservedTimer, apply_local_change, desired_local, finish_local,
-                                   observe_local, plan_local)
+from reconcile.local import systemd
+from reconcile.local import homefs
+from reconcile.local import apply as local_apply
+from reconcile.local import desired as local_desired
+from reconcile.local.accounts import Account, lookup_accounts
+from reconcile.local.homefs import CONFIG_DIR, STATE_DIR, TOKEN_FILE, EntryState, UnsafePath
+from reconcile.local.apply import LocalContext, apply_local_change, finish_local
+from reconcile.local.desired import (RECONCILE_SERVICE, RECONCILE_TIMER, SYNC_SERVICE, SYNC_TIMER,
+                                     DesiredDirectory, DesiredLocal, DesiredTimer, DesiredTokenFile,
+                                     DesiredUnit, desired_local)
+from reconcile.local.observe import ObservedLocal, ObservedTimer, observe_local
+from reconcile.local.plan import plan_local
 from reconcile.common.model import Action, Change, Kind, UserProblem, is_pending, sort_for_apply
 from reconcile.roster.values import Roster, User
 
@@ -217,7 +222,7 @@ def plan(root: Path, roster: Roster = ROSTER, *, prune: bool = False,
     """Observe and plan the local domain. `minting`: whose token the run mints (default: everyone's,
     as an admin run would, so timers need no token files here; the gating has tests of its own)."""
     found = accounts(root, roster)
-    desired = desired_local(roster, EXEC, "/etc/claude-auth/roster.yaml", local_state.homes_of(found))
+    desired = desired_local(roster, EXEC, "/etc/claude-auth/roster.yaml", local_desired.homes_of(found))
     seen = observe_local(root, desired, found)
     return plan_local(desired, seen, prune=prune,
                       minting=set(roster.users) if minting is None else minting), seen
@@ -385,7 +390,7 @@ def test_a_failed_reload_fails_the_timer_changes_without_a_traceback(tmp_path: P
     monkeypatch.setattr(systemd, "is_live_root", lambda root: True)
     ctx = LocalContext(tmp_path, {}, units_written=1)
     timer = DesiredTimer("claude-auth-sync@alice.timer", True, "alice")
-    outcomes = local_state.apply_timer_changes([Change(A, Kind.TIMER, timer.unit, "x", desired=timer)], ctx)
+    outcomes = local_apply.apply_timer_changes([Change(A, Kind.TIMER, timer.unit, "x", desired=timer)], ctx)
     assert [str(o) for o in outcomes] == ["`systemctl daemon-reload` failed: Access denied"]
 
 
@@ -408,10 +413,10 @@ def test_a_live_root_starts_only_the_timers_whose_links_were_made(tmp_path: Path
     ctx = LocalContext(tmp_path, {})
     timers = [DesiredTimer(f"claude-auth-sync@{user}.timer", True, user) for user in ("alice", "bob", "carol")]
     changes = [Change(A, Kind.TIMER, timer.unit, "x", desired=timer) for timer in timers]
-    linked = local_state.link_timers(changes, ctx)
+    linked = local_apply.link_timers(changes, ctx)
     assert [str(o) for o in linked] == ["", "`systemctl enable` refused claude-auth-sync@bob.timer", ""]
     assert not [name for name, _ in calls if name == "start"]  # nothing starts in the link stage
-    outcomes = local_state.start_timers(changes, linked, ctx)
+    outcomes = local_apply.start_timers(changes, linked, ctx)
     assert [str(o) for o in outcomes] == ["enabled and started",
                                           "`systemctl enable` refused claude-auth-sync@bob.timer",
                                           "`systemctl start` refused claude-auth-sync@carol.timer"]
@@ -438,7 +443,7 @@ def _systemctl_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         commands.append(command)
         return real(command, **kwargs)
 
-    monkeypatch.setattr(subprocess, "run", run)  # as reconcile.systemd sees it
+    monkeypatch.setattr(subprocess, "run", run)  # as reconcile.local.systemd sees it
     return commands
 
 
@@ -728,7 +733,7 @@ def test_other_roots_never_start_stop_or_reload(root: Path, monkeypatch: pytest.
 
 
 def test_a_change_of_another_domain_is_refused(root: Path) -> None:
-    with pytest.raises(local_state.LocalChangeError, match="not a local change"):
+    with pytest.raises(local_apply.LocalChangeError, match="not a local change"):
         apply_local_change(Change(A, Kind.POLICY, "p", "missing"), LocalContext(root, {}))
 
 

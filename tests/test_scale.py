@@ -14,8 +14,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from reconcile import local_state
-from reconcile.accounts import lookup_accounts
+from reconcile.local import desired as local_desired
+from reconcile.local import observe as local_observe
+from reconcile.local.accounts import lookup_accounts
 from reconcile.commands import reconcile_cmd
 from reconcile.common.exitcodes import Exit
 from reconcile.roster.values import Roster, User
@@ -44,8 +45,8 @@ def test_local_observation_walks_the_desired_paths_once_not_once_per_person(tmp_
         os.chown(tmp_path / "home" / name, 5001 + i, 5001 + i)
     roster = Roster(users={name: User(name) for name in names})
     accounts = lookup_accounts(tmp_path, names)
-    desired = local_state.desired_local(roster, "/usr/bin/claude-auth", "/etc/claude-auth/roster.yaml",
-                                        local_state.homes_of(accounts))
+    desired = local_desired.desired_local(roster, "/usr/bin/claude-auth", "/etc/claude-auth/roster.yaml",
+                                        local_desired.homes_of(accounts))
 
     class Directories(CountedTuple):
         walks = 0
@@ -53,9 +54,9 @@ def test_local_observation_walks_the_desired_paths_once_not_once_per_person(tmp_
     class TokenFiles(CountedTuple):
         walks = 0
 
-    counted = local_state.DesiredLocal(desired.home_users, Directories(desired.directories),
+    counted = local_desired.DesiredLocal(desired.home_users, Directories(desired.directories),
                                        TokenFiles(desired.token_files), desired.units, desired.timers)
-    observed = local_state.observe_local(tmp_path, counted, accounts)
+    observed = local_observe.observe_local(tmp_path, counted, accounts)
 
     assert len(observed.entries) == 3 * PEOPLE
     assert (Directories.walks, TokenFiles.walks) == (1, 1)  # per person it was PEOPLE each
@@ -64,13 +65,13 @@ def test_local_observation_walks_the_desired_paths_once_not_once_per_person(tmp_
 def test_plan_observes_local_and_vault_in_one_thread(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker thread for the local walk made every Vault lookup wait for the GIL (the convoy)."""
     threads: list[threading.Thread] = []
-    original = local_state.observe_local
+    original = local_observe.observe_local
 
     def observe(*args: Any, **kwargs: Any) -> Any:
         threads.append(threading.current_thread())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(reconcile_cmd.local_state, "observe_local", observe)
+    monkeypatch.setattr(local_observe, "observe_local", observe)
     world.write_roster({"alice": {}})
     assert world.run("plan").code == Exit.CHANGES_PENDING
     assert threads == [threading.current_thread()]

@@ -1,5 +1,5 @@
 """The unit files (rendered, verified and scored by the real systemd-analyze) and
-reconcile.systemd against the real `systemctl --root`.
+reconcile.local.systemd against the real `systemctl --root`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from reconcile import systemd
-from reconcile.local_state import (RECONCILE_SERVICE, RECONCILE_TIMER, SYNC_SERVICE, SYNC_TIMER, render_drop_in,
-                                   render_units, systemd_environment, systemd_exec_word, write_unit)
+from reconcile.local import systemd
+from reconcile.local.apply import write_unit
+from reconcile.local.desired import (RECONCILE_SERVICE, RECONCILE_TIMER, SYNC_SERVICE, SYNC_TIMER,
+                                     render_drop_in, render_units, systemd_environment, systemd_exec_word)
 from reconcile.roster.values import Roster, StatusSettings, SyncSettings, User, VaultSettings
-from reconcile.systemd import SystemdError, parse_is_enabled
+from reconcile.local.systemd import SystemdError, parse_is_enabled
 
 REPO = Path(__file__).resolve().parent.parent
 EXEC = str(REPO / ".venv" / "bin" / "claude-auth")
@@ -245,7 +246,7 @@ class Calls:
             self.commands.append(list(command))
             return real(command, **kwargs)  # type: ignore[call-overload,no-any-return]
 
-        monkeypatch.setattr(subprocess, "run", run)  # as reconcile.systemd sees it
+        monkeypatch.setattr(subprocess, "run", run)  # as reconcile.local.systemd sees it
 
 
 def test_enable_disable_and_one_batched_is_enabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

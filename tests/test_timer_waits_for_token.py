@@ -50,7 +50,7 @@ def test_a_token_file_another_host_writes_between_the_two_reads_enables_the_time
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Shared /home: the local read finds no token file, another host writes it, then the token
     observation reads it and finds it valid. The timer must not wait a whole run for that."""
-    from reconcile import local_state
+    from reconcile.local import observe as local_observe
     world.write_roster({"alice": {}})
     assert world.run("apply").code == Exit.OK
     token_file = world.root / "home/alice/.config/claude-auth-sync/vault-token"
@@ -58,7 +58,7 @@ def test_a_token_file_another_host_writes_between_the_two_reads_enables_the_time
     token_file.unlink()
     subprocess.run(["systemctl", f"--root={world.root}", "disable", "claude-auth-sync@alice.timer"],
                    check=True, capture_output=True)
-    original = local_state.observe_local
+    original = local_observe.observe_local
 
     def then_another_host_writes(*args: object, **kwargs: object) -> object:
         observed = original(*args, **kwargs)  # type: ignore[arg-type]
@@ -67,9 +67,9 @@ def test_a_token_file_another_host_writes_between_the_two_reads_enables_the_time
         token_file.chmod(0o600)
         return observed
 
-    monkeypatch.setattr(local_state, "observe_local", then_another_host_writes)
+    monkeypatch.setattr(local_observe, "observe_local", then_another_host_writes)
     result = world.run("apply")
     assert result.code == Exit.OK, result.err
     assert timer_state(world, "alice") == "enabled"
-    monkeypatch.setattr(local_state, "observe_local", original)
+    monkeypatch.setattr(local_observe, "observe_local", original)
     world.assert_converged()

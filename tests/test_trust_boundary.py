@@ -25,10 +25,12 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from reconcile import homefs
-from reconcile.accounts import Account
+from reconcile.local import homefs
+from reconcile.local import homelock as local_homelock
+from reconcile.local.accounts import Account
 from reconcile.common.exitcodes import Exit
-from reconcile.homefs import CONFIG_DIR, MINT_LOCK_FILE, TOKEN_FILE, UnsafePath
+from reconcile.local.homefs import CONFIG_DIR, TOKEN_FILE, UnsafePath
+from reconcile.local.homelock import MINT_LOCK_FILE
 from reconcile.sync import setup_token as st
 from tests.support.world import World
 
@@ -89,7 +91,7 @@ def test_a_hard_link_raced_into_the_mint_lock_is_never_given_to_the_person(
     os.link(victim, lock)
     hits = race_after_open(monkeypatch, "mint.lock", lock.unlink)
     with pytest.raises(UnsafePath, match="owned by root, not by eve"):
-        homefs.lock_private_file(account, MINT_LOCK_FILE, timeout=0.1)
+        local_homelock.lock_private_file(account, MINT_LOCK_FILE, timeout=0.1)
     assert hits, "the race was not forced"
     assert mode_owner(victim) == (0o660, 0, GID) and victim.read_bytes() == b"root's secret\n"
 
@@ -159,7 +161,7 @@ def test_a_half_made_folder_or_lock_is_adopted(account: Account, killed_after: s
     if killed_after == "create mint.lock":
         os.chown(folder, UID, GID)
         os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # empty, root's, 0600
-    os.close(homefs.lock_private_file(account, MINT_LOCK_FILE, timeout=0.1))
+    os.close(local_homelock.lock_private_file(account, MINT_LOCK_FILE, timeout=0.1))
     assert mode_owner(config)[1:] == (UID, GID)
     assert mode_owner(folder) == (0o700, UID, GID)
     assert mode_owner(lock) == (0o600, UID, GID)
@@ -188,7 +190,7 @@ def test_a_root_object_that_is_not_half_made_is_refused(account: Account, shape:
         if shape.startswith("folder"):
             homefs.ensure_directory(account, CONFIG_DIR)
         else:
-            os.close(homefs.lock_private_file(account, MINT_LOCK_FILE, timeout=0.1))
+            os.close(local_homelock.lock_private_file(account, MINT_LOCK_FILE, timeout=0.1))
     assert {p.name: mode_owner(p) for p in [folder, *folder.iterdir()]} == before
 
 
@@ -448,7 +450,7 @@ def test_one_home_through_two_paths_is_one_home(world: World) -> None:
 def test_systemctl_gets_no_vault_variable(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The admin run holds VAULT_TOKEN; the systemctl it runs (a long-lived one could be read by
     anything of root's) gets no Vault or OpenBao variable."""
-    from reconcile import systemd
+    from reconcile.local import systemd
 
     records = tmp_path / "systemctl-env"
     records.mkdir()

@@ -456,7 +456,7 @@ def test_write_failure_revokes_the_new_token(world: World, monkeypatch: pytest.M
         return result
 
     def fail(account: Any, rel: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
-        from reconcile.homefs import UnsafePath
+        from reconcile.local.homefs import UnsafePath
         raise UnsafePath("~/.config/claude-auth-sync is a symbolic link; refusing to follow it")
 
     monkeypatch.setattr(vault_module.Vault, "create_orphan_token", spy)
@@ -592,13 +592,13 @@ def test_a_recorded_token_replaced_in_the_file_is_revoked_in_the_same_run(world:
 
 
 def test_a_failing_timer_batch_fails_each_timer_change(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    from reconcile import local_state
-    from reconcile.systemd import SystemdError
+    from reconcile.local import apply as local_apply
+    from reconcile.local.systemd import SystemdError
 
     def fail(changes: Any, ctx: Any) -> Any:
         raise SystemdError("systemctl daemon-reload failed: Access denied")
 
-    monkeypatch.setattr(local_state, "link_timers", fail)
+    monkeypatch.setattr(local_apply, "link_timers", fail)
     world.write_roster({"alice": {}, "bob": {}})
     run = world.run("apply")
     assert run.code == Exit.ERROR
@@ -614,12 +614,13 @@ def test_timer_links_are_made_while_the_tokens_are_minted(world: World, monkeypa
     """`systemctl enable` of many timers is slow (it searches every unit folder per name), so its
     links are made alongside the mints rather than after them. Each mint here waits until the
     links have begun: it cannot see that when they come after it."""
-    from reconcile import local_state, vault_state
+    from reconcile import vault_state
+    from reconcile.local import apply as local_apply
 
     linking = threading.Event()
     seen_by_mints: list[bool] = []
     written_first: list[bool] = []  # the links name the unit files: those come first
-    real_link, real_mint = local_state.link_timers, vault_state._mint
+    real_link, real_mint = local_apply.link_timers, vault_state._mint
 
     def link(changes: Any, ctx: Any) -> Any:
         units = world.root / "etc/systemd/system"
@@ -632,7 +633,7 @@ def test_timer_links_are_made_while_the_tokens_are_minted(world: World, monkeypa
         seen_by_mints.append(linking.wait(timeout=5 if not seen_by_mints else 0))
         return real_mint(order, ctx)
 
-    monkeypatch.setattr(local_state, "link_timers", link)
+    monkeypatch.setattr(local_apply, "link_timers", link)
     monkeypatch.setattr(vault_state, "_mint", mint)
     world.write_roster({"alice": {}, "bob": {}})
     run = world.run("apply")
@@ -649,7 +650,9 @@ def test_a_live_root_starts_each_timer_only_after_every_token_is_written(world: 
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A new timer runs its first sync as soon as it starts (OnBootSec= has long passed): the start
     must wait for the token files, though the links need not."""
-    from reconcile import local_state, systemd, vault_state
+    from reconcile import vault_state
+    from reconcile.local import systemd
+    from reconcile.local import apply as local_apply
 
     started: list[tuple[str, bool]] = []
     start_called = threading.Event()
@@ -665,7 +668,7 @@ def test_a_live_root_starts_each_timer_only_after_every_token_is_written(world: 
         start_called.wait(timeout=1.5 if len(mints) == 1 else 0)
         return real_mint(order, ctx)
 
-    monkeypatch.setattr(local_state.LocalContext, "is_live", property(lambda self: True))
+    monkeypatch.setattr(local_apply.LocalContext, "is_live", property(lambda self: True))
     monkeypatch.setattr(systemd, "start", start)
     monkeypatch.setattr(vault_state, "_mint", mint)
     monkeypatch.setattr(systemd, "daemon_reload", lambda: None)
@@ -695,12 +698,12 @@ def test_user_database_that_is_a_folder(world: World) -> None:
                                    ValueError("cannot put 'a b' on a systemd command line")])
 def test_local_observation_errors_are_one_line(world: World, monkeypatch: pytest.MonkeyPatch,
                                                error: Exception) -> None:
-    from reconcile import local_state
+    from reconcile.local import observe as local_observe
 
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(local_state, "observe_local", fail)
+    monkeypatch.setattr(local_observe, "observe_local", fail)
     world.write_roster({"alice": {}})
     run = world.run("plan")
     assert run.code == Exit.ERROR and run.out == ""

@@ -25,7 +25,7 @@ lists those changes (exit 2). Policies cannot be read without an admin token
 and are then not checked.
 
 `apply` holds the apply lock (`<root>/var/lib/claude-auth/lock`, see
-reconcile.statefile) from just after Vault is reached until it ends; another
+reconcile.local.statefile) from just after Vault is reached until it ends; another
 apply meanwhile ends at once with one ERROR line, exit 1. `plan` takes none.
 """
 
@@ -40,20 +40,25 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from reconcile import local_state, render, statefile
+from reconcile import render
+from reconcile.local import statefile
+from reconcile.local import apply as local_apply
+from reconcile.local import desired as local_desired
+from reconcile.local import observe as local_observe
 from reconcile.common import atomicfile
-from reconcile.accounts import Account, UserDatabaseUnreadable, lookup_accounts
+from reconcile.local.accounts import Account, UserDatabaseUnreadable, lookup_accounts
 from reconcile.executor import ExecContext, Result, execute, failures, finish, lost_to_vault
 from reconcile.common.exitcodes import Exit
 from reconcile.roster.fleet import this_host
-from reconcile.homefs import (CONFIG_DIR, MINT_LOCK_FILE, TOKEN_FILE, HomeFsError, LockAllowance, LockHeld,
-                              inspect, lock_private_file, remove_stale_temps, write_private_file)
+from reconcile.local.homefs import (CONFIG_DIR, TOKEN_FILE, HomeFsError, inspect, remove_stale_temps,
+                                    write_private_file)
+from reconcile.local.homelock import MINT_LOCK_FILE, LockAllowance, LockHeld, lock_private_file
 from reconcile.common.model import Plan, UserProblem
 from reconcile.planner import Desired, Observed, has_pending, make_plan
 from reconcile.roster.values import Roster
 from reconcile.roster.issues import RosterInvalid
 from reconcile.roster.loader import load_roster
-from reconcile.systemd import SystemdError
+from reconcile.local.systemd import SystemdError
 from reconcile.vault import Secret, Vault, VaultDenied, VaultError, resolve_address, resolve_token
 from reconcile.vault_state import (VaultContext, desired_vault, mint_users, next_pending, next_records,
                                    observe_vault, token_reader)
@@ -259,8 +264,8 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
         found = lookup_accounts(root, home_users)
     except UserDatabaseUnreadable as exc:
         raise CommandFailed(str(exc)) from None
-    d_local = local_state.desired_local(local_roster, local_state.default_exec_path(), roster_path,
-                                        local_state.homes_of(found))
+    d_local = local_desired.desired_local(local_roster, local_desired.default_exec_path(), roster_path,
+                                        local_desired.homes_of(found))
     d_vault = desired_vault(roster, host)
     # Local first, then Vault, one after the other. Overlapping them in two threads
     # cost more than it saved: the CPU-bound local walk held the GIL while every
@@ -270,7 +275,7 @@ def _read_and_plan(args: argparse.Namespace, roster_path: str, roster: Roster, r
     # verdict; a user with a local problem gets no token work.
     found_accounts = {name: value for name, value in found.items() if isinstance(value, Account)}
     try:
-        o_local = local_state.observe_local(root, d_local, found)
+        o_local = local_observe.observe_local(root, d_local, found)
     except SystemdError as exc:
         raise CommandFailed(f"systemd: {exc}") from None
     except UserDatabaseUnreadable as exc:
@@ -320,7 +325,7 @@ def _remove_stale_temps(session: Session, hold: Any) -> dict[str, str]:
             held[user] = str(exc)
         except HomeFsError:
             continue  # the next run tries again
-    unit_dir = session.root / local_state.UNIT_DIR
+    unit_dir = session.root / local_desired.UNIT_DIR
     targets = [unit_dir / unit.name for unit in session.desired.local.units]
     targets += [unit_dir / name for name in session.observed.local.stray_drop_ins]
     targets.append(statefile.state_path(session.root))
@@ -431,7 +436,7 @@ def _apply(args: argparse.Namespace, roster_path: str, session: Session) -> int:
         except statefile.StateFileError as exc:  # no intent on disk: no mint may be asked for
             print(render.error_line("state", str(exc)), file=sys.stderr)
             return Exit.ERROR
-    ctx = ExecContext(vault=vault_ctx, local=local_state.LocalContext.create(session.root, session.accounts),
+    ctx = ExecContext(vault=vault_ctx, local=local_apply.LocalContext.create(session.root, session.accounts),
                       skipped=held)
     results: tuple[Result, ...] = ()
     try:

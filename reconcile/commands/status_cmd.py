@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from reconcile.accounts import UserDatabaseUnreadable
+from reconcile.local.accounts import UserDatabaseUnreadable
 from reconcile.commands.reconcile_cmd import CommandFailed, connect_vault
 from reconcile.common.exitcodes import Exit
 from reconcile.metrics import render_textfile, write_textfile

@@ -8,7 +8,7 @@
 
 The sync runs as the person and never reads the roster: `apply` renders the
 mode into the person's unit drop-in as the environment variable ENV_VAR
-(see reconcile.local_state.render_drop_in). Stdlib only, so the sync can use it.
+(see reconcile.local.desired.render_drop_in). Stdlib only, so the sync can use it.
 """
 
 from __future__ import annotations

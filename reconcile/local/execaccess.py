@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from reconcile.accounts import Account, is_system_root
+from reconcile.local.accounts import Account, is_system_root
+
 
 MAX_SYMLINKS = 40
 """Linux's limit on links followed in one path lookup (MAXSYMLINKS)."""

@@ -1,4 +1,5 @@
-"""The only module that reads or writes below a user's home folder as root.
+"""The only module that reads or writes below a user's home folder as root (with
+reconcile.local.homelock, the mint lock, built on this module's `walk`).
 
 Everything below a home folder is controlled by its user, who may plant a
 symbolic link (`~/.config -> /etc`) or a hard link (`vault-token` linked to a
@@ -35,17 +36,15 @@ shown to people as `~/.config/claude-auth-sync`.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 import secrets
 import stat
-import threading
-import time
 from dataclasses import dataclass
 from typing import Literal
 
-from reconcile.accounts import Account
+from reconcile.local.accounts import Account
+
 
 CONFIG_DIR = ".config/claude-auth-sync"
 STATE_DIR = ".local/state/claude-auth-sync"
@@ -89,7 +88,7 @@ def shown(rel_path: str) -> str:
     return f"~/{rel_path}"
 
 
-def _split(rel_path: str) -> list[str]:
+def split_path(rel_path: str) -> list[str]:
     parts = rel_path.split("/")
     if rel_path.startswith("/") or any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"not a plain relative path below a home folder: {rel_path!r}")
@@ -196,7 +195,7 @@ def _adopt_if_half_made(fd: int, account: Account, display: str) -> None:
         raise HomeFsError(f"cannot set owner and mode of {display}: {exc.strerror}") from None
 
 
-def _walk(account: Account, parts: list[str], *, create: bool) -> int | None:
+def walk(account: Account, parts: list[str], *, create: bool) -> int | None:
     """A descriptor of the folder ~/parts[0]/.../parts[-1], or None when a component is missing.
 
     With `create`, missing folders are created owned by the user with
@@ -230,8 +229,8 @@ def inspect(account: Account, rel_path: str) -> EntryState:
     Raises UnsafePath when a parent folder is a symbolic link or not a folder
     (the final component is reported as kind "symlink"/"other", not raised).
     """
-    parts = _split(rel_path)
-    parent = _walk(account, parts[:-1], create=False)
+    parts = split_path(rel_path)
+    parent = walk(account, parts[:-1], create=False)
     if parent is None:
         return MISSING
     try:
@@ -275,7 +274,7 @@ def _half_made(fd: int, st: os.stat_result) -> bool:
     return not stat.S_ISDIR(st.st_mode) or not os.listdir(fd)
 
 
-def _fix(fd: int, account: Account, mode: int, display: str) -> None:
+def fix_descriptor(fd: int, account: Account, mode: int, display: str) -> None:
     """Group and mode of an object the person already owns, or a half-made one of root's (on the descriptor)."""
     st = os.fstat(fd)
     if not _half_made(fd, st):
@@ -296,8 +295,8 @@ def ensure_directory(account: Account, rel_path: str, mode: int = 0o700) -> None
     Missing intermediate folders are created (owned by the user, 0700);
     existing intermediate folders keep their mode.
     """
-    parts = _split(rel_path)
-    parent = _walk(account, parts[:-1], create=True)
+    parts = split_path(rel_path)
+    parent = walk(account, parts[:-1], create=True)
     assert parent is not None
     try:
         display = shown(rel_path)
@@ -307,7 +306,7 @@ def ensure_directory(account: Account, rel_path: str, mode: int = 0o700) -> None
     finally:
         os.close(parent)
     try:
-        _fix(fd, account, mode, display)
+        fix_descriptor(fd, account, mode, display)
     finally:
         os.close(fd)
 
@@ -323,9 +322,9 @@ def write_private_file(account: Account, rel_path: str, data: bytes, mode: int =
     replaced, never written through: whatever it points to stays untouched.
     Missing parent folders are created as in ensure_directory's intermediates.
     """
-    parts = _split(rel_path)
+    parts = split_path(rel_path)
     display = shown(rel_path)
-    parent = _walk(account, parts[:-1], create=True)
+    parent = walk(account, parts[:-1], create=True)
     assert parent is not None
     leaf = parts[-1]
     temp = f".{leaf}.tmp-{secrets.token_hex(8)}"  # is_temp_of must match this
@@ -385,9 +384,9 @@ def remove_stale_temps(account: Account, rel_path: str) -> int:
     unlinked through the folder's descriptor (a name is removed, never
     followed). A folder that is missing or unsafe to open is left alone.
     """
-    parts = _split(rel_path)
+    parts = split_path(rel_path)
     try:
-        parent = _walk(account, parts[:-1], create=False)
+        parent = walk(account, parts[:-1], create=False)
     except HomeFsError:
         return 0
     if parent is None:
@@ -430,9 +429,9 @@ def _open_regular(account: Account, rel_path: str, verb: str) -> int | None:
     Raises UnsafePath when it is a symbolic link, not a regular file, or has
     more than one hard link (possibly a link to someone else's file).
     """
-    parts = _split(rel_path)
+    parts = split_path(rel_path)
     display = shown(rel_path)
-    parent = _walk(account, parts[:-1], create=False)
+    parent = walk(account, parts[:-1], create=False)
     if parent is None:
         return None
     try:
@@ -442,14 +441,14 @@ def _open_regular(account: Account, rel_path: str, verb: str) -> int | None:
     if fd is None:
         return None
     try:
-        _require_plain_file(fd, account, display, verb)
+        require_plain_file(fd, account, display, verb)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _require_plain_file(fd: int, account: Account, display: str, verb: str, *,
+def require_plain_file(fd: int, account: Account, display: str, verb: str, *,
                         half_made_ok: bool = False) -> os.stat_result:
     """Raise UnsafePath unless `fd` is a regular file of the person's with one link (a second may be
     planted). Checked on the descriptor, after opening: a name may point elsewhere by now."""
@@ -521,9 +520,9 @@ def fix_owner_mode(account: Account, rel_path: str, mode: int) -> None:
     anything the person does not own (checked on the descriptor) is refused
     with UnsafePath; a missing entry raises HomeFsError.
     """
-    parts = _split(rel_path)
+    parts = split_path(rel_path)
     display = shown(rel_path)
-    parent = _walk(account, parts[:-1], create=False)
+    parent = walk(account, parts[:-1], create=False)
     if parent is None:
         raise HomeFsError(f"{display} does not exist")
     try:
@@ -545,122 +544,6 @@ def fix_owner_mode(account: Account, rel_path: str, mode: int) -> None:
             raise UnsafePath(f"{display} changed while it was being checked; refusing to change it")
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             raise UnsafePath(f"{display} has {st.st_nlink} hard links (one may be planted); refusing to change it")
-        _fix(fd, account, mode, display)
+        fix_descriptor(fd, account, mode, display)
     finally:
         os.close(fd)
-
-
-MINT_LOCK_FILE = ".config/claude-auth-sync/mint.lock"
-"""Serialises token mints for one person across hosts that share the home folder (docs/design.md, "Fleet")."""
-
-LOCK_WAIT_ALLOWANCE = 3.0
-"""Seconds one whole run may spend waiting on locks in homes, all people together."""
-
-
-class LockHeld(HomeFsError):
-    """A lock in a home is held by someone else beyond what this run may wait: that person's row is skipped."""
-
-
-class LockAllowance:
-    """One run's allowance of waiting on locks that people can hold (their mint locks).
-
-    A person owns the lock file in her home and may hold it forever. Waiting per person
-    would let a few people stall everyone's run, so the waiting is shared: every wait
-    draws on one allowance of `seconds` for the run, and once it is spent each lock is
-    only tried, never waited for. Another host's mint over a shared home holds the lock
-    for milliseconds, well within it. Thread-safe.
-    """
-
-    def __init__(self, seconds: float = LOCK_WAIT_ALLOWANCE) -> None:
-        self._left = seconds
-        self.total = seconds
-        self._guard = threading.Lock()
-
-    def left(self) -> float:
-        with self._guard:
-            return max(0.0, self._left)
-
-    def spend(self, seconds: float) -> None:
-        with self._guard:
-            self._left -= seconds
-
-
-def _open_lock_file(parent: int, leaf: str, account: Account, display: str) -> int:
-    """The lock file, created by root (and given to the person) or the person's own, never another's."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    for _ in range(3):  # created and removed by others in between: try a few times
-        try:
-            fd = os.open(leaf, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=parent)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise HomeFsError(f"cannot create {display}: {exc.strerror}") from None
-        else:
-            try:
-                os.fchown(fd, account.uid, account.gid)
-                os.fchmod(fd, 0o600)
-            except OSError as exc:
-                os.close(fd)
-                raise HomeFsError(f"cannot set owner and mode of {display}: {exc.strerror}") from None
-            return fd
-        try:
-            fd = os.open(leaf, flags, dir_fd=parent)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePath(f"{display} is a symbolic link; refusing to follow it") from None
-            if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP, errno.EISDIR):
-                raise UnsafePath(f"{display} is not a regular file; refusing to use it") from None
-            raise HomeFsError(f"cannot open {display}: {exc.strerror}") from None
-        try:
-            _require_plain_file(fd, account, display, "use", half_made_ok=True)
-            _fix(fd, account, 0o600, display)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-    raise UnsafePath(f"{display} keeps appearing and disappearing; refusing to use it")
-
-
-def lock_private_file(account: Account, rel_path: str, *, timeout: float,
-                      allowance: LockAllowance | None = None) -> int:
-    """An exclusive flock on ~/rel_path (created empty, 0600, owner the user); returns the descriptor.
-
-    The lock is dropped by closing the descriptor. The file is opened as every
-    other file here: parents walked without following links, the leaf created
-    by root with O_EXCL (and given to the person) or else opened with
-    O_NOFOLLOW and refused unless it is a regular file with one link that the
-    person already owns. A holder (another host's apply over a shared home, or
-    the person) is waited for at most `timeout` seconds and never beyond what
-    is left of the run's `allowance` (none given: the timeout alone); then LockHeld.
-    """
-    allowance = allowance if allowance is not None else LockAllowance(timeout)
-    parts = _split(rel_path)
-    display = shown(rel_path)
-    parent = _walk(account, parts[:-1], create=True)
-    assert parent is not None
-    try:
-        fd = _open_lock_file(parent, parts[-1], account, display)
-    finally:
-        os.close(parent)
-    try:
-        started = time.monotonic()
-        ends = started + min(timeout, allowance.left())
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return fd
-                except BlockingIOError:
-                    if time.monotonic() >= ends:
-                        raise LockHeld(f"{display} is held by another process (this run waits on "
-                                       f"such locks for {allowance.total:g} s in all)") from None
-                    time.sleep(0.02)
-                except OSError as exc:
-                    raise HomeFsError(f"cannot lock {display}: {exc.strerror}") from None
-        finally:
-            allowance.spend(time.monotonic() - started)
-    except BaseException:
-        os.close(fd)
-        raise

@@ -17,6 +17,7 @@ from typing import Sequence
 
 from reconcile.common import childenv
 
+
 SYSTEMCTL = "systemctl"
 TIMEOUT_SECONDS = 120
 

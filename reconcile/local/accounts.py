@@ -5,7 +5,7 @@ real path on this machine). With root `/` the system database answers
 (`pwd`, so NSS sources count too); with any other root, `DIR/etc/passwd` is
 parsed here and the home folder is joined under DIR. The home folder path
 itself is trusted (root chose it in the user database); everything below it
-is not, and only reconcile.homefs touches it.
+is not, and only reconcile.local.homefs touches it.
 """
 
 from __future__ import annotations

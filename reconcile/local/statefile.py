@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Mapping
 
 from reconcile.common.atomicfile import make_folders, write_atomically
 
+
 STATE_DIR = Path("var/lib/claude-auth")
 STATE_FILE = STATE_DIR / "state.json"
 LOCK_FILE = STATE_DIR / "lock"
