@@ -1,4 +1,4 @@
-"""Token lookups pipelined (reconcile.vault_pipeline) and on the bounded pool (reconcile.vault_pool) vs the
+"""Token lookups pipelined (reconcile.vault.pipeline) and on the bounded pool (reconcile.vault.pool) vs the
 sequential hvac loop, per network delay.
 
 `bench/pool_bench.py --tokens 1000 --delays 0.002,0.0005,0`: mints the tokens on
@@ -45,8 +45,9 @@ def measure(address: str, root_token: str, tokens: list[Any], rounds: int) -> li
 
     import hvac
 
-    from reconcile.vault import Secret, Vault
-    from reconcile.vault_pool import CONNECTIONS_ENV, ordered_map
+    from reconcile.vault.client import Vault
+    from reconcile.vault.values import Secret
+    from reconcile.vault.pool import CONNECTIONS_ENV, ordered_map
 
     results = []
     for _ in range(rounds):
@@ -82,7 +83,8 @@ def main() -> int:
     if args.proxy:
         slow_proxy(int(args.proxy[0]), float(args.proxy[1]))
         return 0
-    from reconcile.vault import Secret, Vault
+    from reconcile.vault.client import Vault
+    from reconcile.vault.values import Secret
     from tests.support.openbao import OpenBaoServer
 
     report: dict[str, Any] = {"tokens": args.tokens, "ratios_vs_sequential_hvac_loop": {}}

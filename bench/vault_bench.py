@@ -24,7 +24,7 @@ How it measures. Each phase runs in a child process of its own (this script
 with `--child`), so peak memory (`resource.getrusage(RUSAGE_SELF).ru_maxrss`)
 is that phase's alone. Requests are counted in the child at the HTTP layer
 (requests' HTTPAdapter.send is wrapped, and the tool's pipelined requests as
-reconcile.vault_pipeline reports them sent), whatever code sends them; a write is
+reconcile.vault.pipeline reports them sent), whatever code sends them; a write is
 any method other than GET/LIST/HEAD, except the read-only POST endpoints
 (token lookups, capabilities-self), exactly as reconcile.vault counts them.
 Wall time (`wall_s`, the one the targets use) is measured in the child
@@ -103,8 +103,8 @@ class Counter:
         requests.adapters.HTTPAdapter.send = send  # type: ignore[method-assign,assignment]
 
     def install_pipeline(self) -> None:
-        """The tool's pipelined requests (reconcile.vault_pipeline) bypass requests: counted as sent."""
-        from reconcile import vault_pipeline
+        """The tool's pipelined requests (reconcile.vault.pipeline) bypass requests: counted as sent."""
+        from reconcile.vault import pipeline as vault_pipeline
 
         original = vault_pipeline.exchange
         counter = self

@@ -2,7 +2,7 @@
 
 Changes run in Kind order (model.sort_for_apply: policies, folders, tokens,
 renewals, token files, units, timers), dispatched on (kind, action) only to
-the domain handlers: Vault kinds to reconcile.vault_state, local kinds to
+the domain handlers: Vault kinds to reconcile.vault.apply, local kinds to
 reconcile.local.apply. A failed change is recorded and the rest still run.
 Results are reported in that order too, but two kinds of work start early:
 the policy writes are sent together pipelined, and when timers change, the
@@ -32,11 +32,11 @@ from reconcile.local import apply as local_apply
 from reconcile.local.homefs import HomeFsError
 from reconcile.local.homelock import LockHeld
 from reconcile.common.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
-from reconcile.vault_state import HANDLERS as VAULT_HANDLERS
-from reconcile.vault_state import apply_policies_pipelined
+from reconcile.vault.apply import HANDLERS as VAULT_HANDLERS
+from reconcile.vault.apply import apply_policies_pipelined
 from reconcile.local.systemd import SystemdError
-from reconcile.vault import VaultError, VaultUnreachable
-from reconcile.vault_state import TokenFileWriteFailed, VaultContext
+from reconcile.vault.values import VaultError, VaultUnreachable
+from reconcile.vault.apply import TokenFileWriteFailed, VaultContext
 
 LOCAL_KINDS = frozenset({Kind.DIRECTORY, Kind.TOKEN_FILE, Kind.UNIT, Kind.TIMER})
 _DOMAIN_ERRORS = (VaultError, HomeFsError, SystemdError, TokenFileWriteFailed)

@@ -13,7 +13,9 @@ from typing import Any
 
 from reconcile.local import plan as local_plan
 from reconcile.common.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
-from reconcile.vault_state import DesiredVault, ObservedVault, TokenState, plan_vault
+from reconcile.vault.desired import DesiredVault
+from reconcile.vault.observe import ObservedVault, TokenState
+from reconcile.vault.plan import plan_vault
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What `claude-auth status` knows about each roster user, gathered read-only.
 
 Reads the same world `plan` reads (Vault through the observe functions of
-vault_state, the homes through homefs, timers through reconcile.local), plus each
+reconcile.vault.observe, the homes through homefs, timers through reconcile.local), plus each
 user's sync.log (its tail, never following a link) and the latest backup's
 version and `backed_up_at` (with the admin token, else with the user's own
 token, whose policy may read its own path). Nothing is ever written. Where a
@@ -28,10 +28,12 @@ from reconcile.metrics import UserMetrics
 from reconcile.common.model import UserProblem
 from reconcile.roster.values import Roster
 from reconcile.local.systemd import SystemdError
-from reconcile.vault import KvSecret, Secret, Vault, VaultError
+from reconcile.vault.client import Vault
+from reconcile.vault.values import KvSecret, Secret, VaultError
 from reconcile.common.identity import shown_display_name
-from reconcile.vault_state import (ObservedToken, ObservedVault, TokenState, token_reader,
-                                   desired_vault, observe_vault, render_policy)
+from reconcile.engine.homes import token_reader
+from reconcile.vault.desired import desired_vault, render_policy
+from reconcile.vault.observe import ObservedToken, ObservedVault, TokenState, observe_vault
 
 SYNC_LOG = f"{STATE_DIR}/sync.log"
 SYNC_LOG_ROTATED = f"{SYNC_LOG}.1"

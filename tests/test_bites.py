@@ -24,7 +24,8 @@ import pytest
 from reconcile.common.exitcodes import Exit
 from reconcile.sync import backup, livecheck
 from reconcile.sync.livecheck import Verdict
-from reconcile.vault import CasConflict, KvRawSecret, Secret, Vault
+from reconcile.vault.client import Vault
+from reconcile.vault.values import CasConflict, KvRawSecret, Secret
 from tests.support.openbao import OpenBaoServer
 from tests.support.policy_text import expected_policy
 from tests.support.world import World

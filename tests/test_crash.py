@@ -38,7 +38,7 @@ import pytest
 import yaml
 
 from reconcile.common.exitcodes import Exit
-from reconcile.retry import SCAN_BUDGET_ENV
+from reconcile.vault.retry import SCAN_BUDGET_ENV
 from tests.support.faultproxy import FaultProxy
 from tests.support.leaks import assert_no_secrets
 from tests.support.openbao import OpenBaoServer

@@ -21,7 +21,8 @@ import hvac
 import pytest
 
 from reconcile.sync.backup import back_up
-from reconcile.vault import Secret, Vault
+from reconcile.vault.client import Vault
+from reconcile.vault.values import Secret
 from tests.support.cluster import RaftCluster
 from tests.support.fleet import Host, Outcome, Relay, make_hosts, run_all, tool_tokens, write_roster
 from tests.support.leaks import assert_no_secrets
@@ -538,7 +539,9 @@ def test_a_mint_a_standby_forwarded_and_answered_307_leaves_no_twin(openbao: Any
     with Relay([openbao.address], standby) as relay:
         from reconcile.common.model import Action, Change, Kind
         from reconcile.roster.values import Roster, User, VaultSettings
-        from reconcile.vault_state import MintOrder, VaultContext, apply_token, desired_vault
+        from reconcile.vault.apply import VaultContext, apply_token
+        from reconcile.vault.desired import desired_vault
+        from reconcile.vault.plan import MintOrder
 
         prefix = f"tw{secrets.token_hex(3)}-"
         want = desired_vault(Roster(users={"alice": User("alice")}, vault=VaultSettings(policy_prefix=prefix)),

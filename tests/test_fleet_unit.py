@@ -22,9 +22,11 @@ from reconcile.local.homelock import MINT_LOCK_FILE, lock_private_file
 from reconcile.common.model import Action, Kind, is_pending
 from reconcile.render import change_line, elsewhere_lines, summary_line
 from reconcile.roster.values import Roster, User, VaultSettings
-from reconcile.vault import TokenInfo
-from reconcile.vault_state import (ObservedToken, ObservedVault, RecordedToken, TokenState, desired_vault,
-                                   is_garbage_candidate, is_ours_to_revoke, plan_garbage, plan_vault)
+from reconcile.vault.values import TokenInfo
+from reconcile.vault.desired import desired_vault, is_ours_to_revoke
+from reconcile.vault.observe import (ObservedToken, ObservedVault, RecordedToken, TokenState,
+                                     is_garbage_candidate)
+from reconcile.vault.plan import plan_garbage, plan_vault
 
 PERIOD = 768 * 3600
 VAULT = VaultSettings(policy_prefix="wc-")
@@ -190,8 +192,8 @@ def test_a_lock_the_person_holds_only_delays_their_own_mint(account: Account) ->
 def test_a_scan_of_every_token_steps_over_dangling_and_gone_accessors() -> None:
     """A killed leader can leave an accessor whose lookup is 403 even on the active node (FACTS seen
     here): the scan goes on past it. (A fake: the real case cannot be made on demand.)"""
-    from reconcile.vault import VaultDenied
-    from reconcile.vault_state import scan_tokens
+    from reconcile.vault.values import VaultDenied
+    from reconcile.vault.observe import scan_tokens
 
     class Lookups:
         def lookup_accessors_pipelined(self, accessors: list[str]) -> list[TokenInfo | None]:
@@ -220,7 +222,7 @@ class _Scan:
         return [None] * len(accessors)  # none answered plainly: each asked the ordinary way
 
     def lookup_accessor(self, accessor: str) -> TokenInfo | None:
-        from reconcile.vault import VaultError
+        from reconcile.vault.values import VaultError
         self.lookups += 1
         if accessor == self.failing:
             raise VaultError("InternalServerError (token lookup-accessor)")
@@ -228,7 +230,7 @@ class _Scan:
 
 
 def test_an_intent_whose_token_is_in_the_file_resolves_without_a_scan() -> None:
-    from reconcile.vault_state import _resolve_intents
+    from reconcile.vault.observe import _resolve_intents
     vault = _Scan({"a1": info("bob", "ws2", "a1")})
     tokens = {"bob": ObservedToken("bob", TokenState.VALID, info=info("bob", "ws2", "f1", mint_nonce="n1"))}
     scan = _resolve_intents(vault, {"n1": "bob"}, tokens, admin=True, budget=0.0)  # type: ignore[arg-type]
@@ -236,7 +238,7 @@ def test_an_intent_whose_token_is_in_the_file_resolves_without_a_scan() -> None:
 
 
 def test_a_failing_lookup_or_a_spent_budget_leaves_the_intents_outstanding() -> None:
-    from reconcile.vault_state import _resolve_intents
+    from reconcile.vault.observe import _resolve_intents
     tokens = {"a1": info("bob", "ws2", "a1", mint_nonce="n1"), "a2": info("bob", "ws2", "a2"), "a3": info("bob", "ws2", "a3", mint_nonce="n2")}
     failing = _resolve_intents(_Scan(tokens, failing="a2"), {"n1": "bob", "n2": "carol"}, {},  # type: ignore[arg-type]
                                admin=True, budget=60.0)
@@ -260,7 +262,7 @@ def test_a_failing_lookup_or_a_spent_budget_leaves_the_intents_outstanding() -> 
 
 
 def test_a_file_token_that_superseded_a_live_record_revokes_it_only_when_this_host_minted_it() -> None:
-    from reconcile.vault_state import RevokeOrder, plan_token
+    from reconcile.vault.plan import RevokeOrder, plan_token
     want = desired_vault(ROSTER, "ws2").tokens["bob"]
     in_file = ObservedToken("bob", TokenState.VALID, info=replace(info("bob", "ws2", "new"), policies=(want.policy,),
                                                                    display_name=want.vault_display_name))

@@ -1,4 +1,4 @@
-"""The retry policy (reconcile.retry) as pure logic: a fake clock, a recorded sleep, fixed jitter.
+"""The retry policy (reconcile.vault.retry) as pure logic: a fake clock, a recorded sleep, fixed jitter.
 
 The same policy against a real OpenBao behind a faulty proxy is in tests/test_vault_faults.py.
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from hvac.exceptions import InternalServerError
 
-from reconcile.retry import (DEADLINE, REQUEST_TIMEOUT, Deadline, GaveUp, RetryPolicy, Transience,
-                             call_with_retries)
-from reconcile.vault import classify as vault_classify
+from reconcile.vault.retry import (DEADLINE, REQUEST_TIMEOUT, Deadline, GaveUp, RetryPolicy, Transience,
+                                   call_with_retries)
+from reconcile.vault.transport import classify as vault_classify
 
 
 class FakeClock:

@@ -37,7 +37,8 @@ import pytest
 from reconcile.cli import main as cli_main
 from reconcile.sync import backup, flow
 from reconcile.common.templating import render
-from reconcile.vault import Secret, Vault
+from reconcile.vault.client import Vault
+from reconcile.vault.values import Secret
 from tests.conftest import assert_no_secrets
 from tests.support.messages_api import MessagesApiStandIn
 from tests.support.openbao import OpenBaoServer, free_port

@@ -22,7 +22,7 @@ import pytest
 
 from reconcile.sync import backup, credentials, livecheck, settings, statuslog
 from reconcile.sync.livecheck import Verdict
-from reconcile.vault import CasConflict, KvRawSecret
+from reconcile.vault.values import CasConflict, KvRawSecret
 from tests.conftest import assert_no_secrets
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,8 @@ from typing import Iterator
 import pytest
 
 from reconcile.common.exitcodes import Exit
-from reconcile.vault import Secret, Vault
+from reconcile.vault.client import Vault
+from reconcile.vault.values import Secret
 from tests.support.faultproxy import FaultProxy
 from tests.support.openbao import OpenBaoServer, free_port
 from tests.support.world import World

@@ -1,4 +1,4 @@
-"""Pipelined Vault requests (reconcile.vault_pipeline): a fast path that changes no outcome.
+"""Pipelined Vault requests (reconcile.vault.pipeline): a fast path that changes no outcome.
 
 Against a real OpenBao, behind the loopback fault proxy where a test needs to
 see or break the wire: the lookups of a no-op plan and the policy writes of a
@@ -22,10 +22,11 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 
-from reconcile import vault_pipeline
+from reconcile.vault import pipeline as vault_pipeline
 from reconcile.common.exitcodes import Exit
-from reconcile.vault import Secret, Vault
-from reconcile.vault_pipeline import Answer, Request
+from reconcile.vault.client import Vault
+from reconcile.vault.values import Secret
+from reconcile.vault.pipeline import Answer, Request
 from tests.support.faultproxy import FaultProxy
 from tests.support.openbao import OpenBaoServer
 from tests.support.world import World

@@ -19,11 +19,13 @@ from reconcile.executor import Result
 from reconcile.common.model import Action, Change, Kind, is_pending
 from reconcile.planner import Desired, Observed, make_plan
 from reconcile.roster.values import Roster, User, VaultSettings
-from reconcile.vault import Secret, TokenInfo
-from reconcile.vault_state import (MintOrder, ObservedToken, ObservedVault, PendingRevoke, RecordedToken,
-                                   RevokeOrder, TokenOutcomes, TokenState, desired_vault, is_managed_policy,
-                                   is_tool_policy, next_pending, next_records, parse_token_file, plan_vault,
-                                   policy_header, vault_display_name)
+from reconcile.vault.values import Secret, TokenInfo
+from reconcile.common.identity import vault_display_name
+from reconcile.vault.apply import TokenOutcomes, next_pending, next_records
+from reconcile.vault.desired import desired_vault, is_managed_policy, is_tool_policy, policy_header
+from reconcile.vault.observe import (ObservedToken, ObservedVault, PendingRevoke, RecordedToken, TokenState,
+                                     parse_token_file)
+from reconcile.vault.plan import MintOrder, RevokeOrder, plan_vault
 from tests.support.policy_text import expected_policy
 
 HOST = "ws1"

@@ -1,4 +1,4 @@
-"""The per-person token lookups overlap on a small bounded pool (reconcile.vault_pool).
+"""The per-person token lookups overlap on a small bounded pool (reconcile.vault.pool).
 
 Against a real OpenBao behind the loopback proxy (tests/support/faultproxy.py),
 which holds each of the first lookups until the pool's size of them are in
@@ -15,8 +15,8 @@ from typing import Iterator
 import pytest
 
 from reconcile.common.exitcodes import Exit
-from reconcile.retry import Deadline
-from reconcile.vault_pool import CONNECTIONS, CONNECTIONS_ENV, connections
+from reconcile.vault.retry import Deadline
+from reconcile.vault.pool import CONNECTIONS, CONNECTIONS_ENV, connections
 from tests.support.faultproxy import FaultProxy
 from tests.support.openbao import OpenBaoServer
 from tests.support.world import World

@@ -446,8 +446,8 @@ def test_claude_auth_false_revokes_the_token_keeps_the_policy(world: World) -> N
 def test_write_failure_revokes_the_new_token(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     world.write_roster({"alice": {}})
     minted: list[str] = []
-    from reconcile import vault as vault_module
-    original = vault_module.Vault.create_orphan_token
+    from reconcile.vault import client as vault_client
+    original = vault_client.Vault.create_orphan_token
 
     def spy(self: Any, **kwargs: Any) -> Any:
         result = original(self, **kwargs)
@@ -459,7 +459,7 @@ def test_write_failure_revokes_the_new_token(world: World, monkeypatch: pytest.M
         from reconcile.local.homefs import UnsafePath
         raise UnsafePath("~/.config/claude-auth-sync is a symbolic link; refusing to follow it")
 
-    monkeypatch.setattr(vault_module.Vault, "create_orphan_token", spy)
+    monkeypatch.setattr(vault_client.Vault, "create_orphan_token", spy)
     monkeypatch.setattr(reconcile_cmd, "write_private_file", fail)
     run = world.run("apply")
     assert run.code == Exit.ERROR
@@ -614,13 +614,13 @@ def test_timer_links_are_made_while_the_tokens_are_minted(world: World, monkeypa
     """`systemctl enable` of many timers is slow (it searches every unit folder per name), so its
     links are made alongside the mints rather than after them. Each mint here waits until the
     links have begun: it cannot see that when they come after it."""
-    from reconcile import vault_state
+    from reconcile.vault import apply as vault_apply
     from reconcile.local import apply as local_apply
 
     linking = threading.Event()
     seen_by_mints: list[bool] = []
     written_first: list[bool] = []  # the links name the unit files: those come first
-    real_link, real_mint = local_apply.link_timers, vault_state._mint
+    real_link, real_mint = local_apply.link_timers, vault_apply._mint
 
     def link(changes: Any, ctx: Any) -> Any:
         units = world.root / "etc/systemd/system"
@@ -634,7 +634,7 @@ def test_timer_links_are_made_while_the_tokens_are_minted(world: World, monkeypa
         return real_mint(order, ctx)
 
     monkeypatch.setattr(local_apply, "link_timers", link)
-    monkeypatch.setattr(vault_state, "_mint", mint)
+    monkeypatch.setattr(vault_apply, "_mint", mint)
     world.write_roster({"alice": {}, "bob": {}})
     run = world.run("apply")
     assert run.code == Exit.OK, run.err
@@ -650,14 +650,14 @@ def test_a_live_root_starts_each_timer_only_after_every_token_is_written(world: 
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A new timer runs its first sync as soon as it starts (OnBootSec= has long passed): the start
     must wait for the token files, though the links need not."""
-    from reconcile import vault_state
+    from reconcile.vault import apply as vault_apply
     from reconcile.local import systemd
     from reconcile.local import apply as local_apply
 
     started: list[tuple[str, bool]] = []
     start_called = threading.Event()
     mints: list[Any] = []
-    real_mint = vault_state._mint
+    real_mint = vault_apply._mint
 
     def start(units: Any) -> None:
         started.extend((unit, all(world.token(user) for user in ("alice", "bob"))) for unit in units)
@@ -670,7 +670,7 @@ def test_a_live_root_starts_each_timer_only_after_every_token_is_written(world: 
 
     monkeypatch.setattr(local_apply.LocalContext, "is_live", property(lambda self: True))
     monkeypatch.setattr(systemd, "start", start)
-    monkeypatch.setattr(vault_state, "_mint", mint)
+    monkeypatch.setattr(vault_apply, "_mint", mint)
     monkeypatch.setattr(systemd, "daemon_reload", lambda: None)
     world.write_roster({"alice": {}, "bob": {}})
     run = world.run("apply")
@@ -829,7 +829,8 @@ def test_a_version_1_state_file_is_still_read(world: World) -> None:
 def test_a_tokenless_client_does_not_pick_up_vault_token(openbao: OpenBaoServer,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """hvac falls back to $VAULT_TOKEN when given none; the hourly run's tokenless client must not."""
-    from reconcile.vault import Vault, VaultError
+    from reconcile.vault.client import Vault
+    from reconcile.vault.values import VaultError
     monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
     with pytest.raises(VaultError):
         Vault(openbao.address, None).lookup_self()

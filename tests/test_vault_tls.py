@@ -12,7 +12,8 @@ from typing import Iterator
 
 import pytest
 
-from reconcile.vault import Secret, Vault
+from reconcile.vault.client import Vault
+from reconcile.vault.values import Secret
 from tests.support.openbao import OpenBaoServer
 
 

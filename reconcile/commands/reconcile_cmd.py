@@ -59,9 +59,13 @@ from reconcile.roster.values import Roster
 from reconcile.roster.issues import RosterInvalid
 from reconcile.roster.loader import load_roster
 from reconcile.local.systemd import SystemdError
-from reconcile.vault import Secret, Vault, VaultDenied, VaultError, resolve_address, resolve_token
-from reconcile.vault_state import (VaultContext, desired_vault, mint_users, next_pending, next_records,
-                                   observe_vault, token_reader)
+from reconcile.vault.client import Vault
+from reconcile.vault.values import Secret, VaultDenied, VaultError, resolve_address, resolve_token
+from reconcile.engine.homes import token_reader
+from reconcile.vault.apply import VaultContext, next_pending, next_records
+from reconcile.vault.desired import desired_vault
+from reconcile.vault.observe import observe_vault
+from reconcile.vault.plan import mint_users
 
 NO_ADMIN_ENV = "CLAUDE_AUTH_NO_ADMIN"
 CREATE_ORPHAN = "auth/token/create-orphan"

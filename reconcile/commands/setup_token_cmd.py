@@ -34,7 +34,8 @@ from reconcile.sync.livecheck import Verdict
 from reconcile.sync.safefile import TOKEN_FILE_LIMIT, UnsafeFile, read_capped
 from reconcile.sync.settings import SettingsError, SyncSettings
 from reconcile.sync.statuslog import Redactor, Status, status_line, utc_timestamp
-from reconcile.vault import Secret, Vault, VaultError, resolve_token
+from reconcile.vault.client import Vault
+from reconcile.vault.values import Secret, VaultError, resolve_token
 
 PROMPT = "Setup token (paste the token, or all that `claude setup-token` printed, then Enter; not shown): "
 

@@ -12,7 +12,7 @@ It also holds the write-ahead log of mints: before each create-orphan call,
 a random nonce and the user it is for are written (fsynced) to `intents`,
 and the same nonce travels in the new token's metadata (`mint_nonce`). Once
 the token is in the user's file the record replaces the intent. An intent
-left by a crash is resolved by the next admin run (reconcile.vault_state):
+left by a crash is resolved by the next admin run (reconcile.vault.observe):
 the token carrying its nonce is adopted when it is in the user's file, and
 revoked otherwise. `Journal` keeps the file current while apply runs.
 

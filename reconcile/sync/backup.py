@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Protocol
 from reconcile.common import boundedjson
 from reconcile.sync.credentials import MAX_DEPTH, oauth_problem
 from reconcile.sync.safefile import CREDENTIALS_LIMIT
-from reconcile.vault import CasConflict, KvRawSecret
+from reconcile.vault.values import CasConflict, KvRawSecret
 
 FIELD_OAUTH_JSON = "claude_ai_oauth_json"
 FIELD_EXPIRES_AT = "credential_expires_at_ms"
@@ -54,7 +54,7 @@ class OlderThanBackup(BackupError):
 
 
 class KvStore(Protocol):
-    """What backup needs from reconcile.vault.Vault (a fake fits it in unit tests)."""
+    """What backup needs from reconcile.vault.client.Vault (a fake fits it in unit tests)."""
 
     def kv_read_raw(self, mount: str, path: str, *, consistent: bool = False) -> KvRawSecret | None: ...
 
@@ -182,7 +182,7 @@ def back_up(store: KvStore, mount: str, path: str, oauth: Mapping[str, Any], bac
 
     A stored object that cannot be read (too deep, too large, the wrong
     type) counts as different, so a working login heals the backup. Vault
-    errors (reconcile.vault.VaultError) pass through; running out of CAS
+    errors (reconcile.vault.values.VaultError) pass through; running out of CAS
     attempts raises BackupError. With `not_older` (a backup no probe has
     proven, `sync --backup-only`), a usable stored login whose expiresAt is
     later than `oauth`'s is kept: OlderThanBackup, nothing written.

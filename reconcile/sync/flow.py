@@ -63,7 +63,8 @@ from reconcile.sync.safefile import TOKEN_FILE_LIMIT, UnsafeFile, read_capped
 from reconcile.sync.settings import SettingsError, SyncSettings
 from reconcile.sync.statuslog import (Lock, Redactor, Reporter, Status, ensure_private_dir, log_problem,
                                       utc_timestamp)
-from reconcile.vault import Secret, Vault, VaultDenied, VaultError
+from reconcile.vault.client import Vault
+from reconcile.vault.values import Secret, VaultDenied, VaultError
 
 _SECRET_LEAF_LENGTH = 16
 """String values at least this long inside the credentials are treated as secrets by the redactor."""

@@ -42,7 +42,7 @@ from reconcile.common import boundedjson
 from reconcile.sync import livecheck
 from reconcile.sync.credentials import is_setup_token_object
 from reconcile.sync.livecheck import LiveResult
-from reconcile.vault import Secret
+from reconcile.vault.values import Secret
 
 PREFIX = "sk-ant-oat01-"
 FIELD_TOKEN = "claude_setup_token"

@@ -42,7 +42,8 @@ from reconcile.sync.livecheck import LiveResult, Verdict
 from reconcile.sync.safefile import UnsafeFile
 from reconcile.sync.settings import SyncSettings
 from reconcile.sync.statuslog import Status
-from reconcile.vault import Vault, VaultError
+from reconcile.vault.client import Vault
+from reconcile.vault.values import VaultError
 
 CREDENTIALS_SHOWN = "~/.claude/.credentials.json"
 

@@ -20,7 +20,7 @@ import pytest
 import requests.adapters
 import yaml
 
-from reconcile import vault_pipeline
+from reconcile.vault import pipeline as vault_pipeline
 from reconcile.cli import main
 from reconcile.common.exitcodes import Exit
 from tests.support.leaks import assert_no_secrets

@@ -15,7 +15,7 @@ whole value, such as a policy's text), and it answers with what came back:
 an `Answer` (status and body, read within `max_body`) or None where nothing
 was read whole (refused, reset, timed out, closed, too large, unparsable). The
 caller takes the answers it can use and sends every other request again the
-ordinary way (reconcile.vault.Vault._call), where the one retry policy decides
+ordinary way (reconcile.vault.connection.Connection._call), where the one retry policy decides
 about redirects, elections, refusals and outages. No error leaves this
 module: any failure of a connection only leaves its unanswered requests None.
 

@@ -16,8 +16,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
-from reconcile.vault import Vault
-from reconcile.vault_pipeline import CONNECTIONS, CONNECTIONS_ENV, MAX_CONNECTIONS, connections
+from reconcile.vault.client import Vault
+from reconcile.vault.pipeline import CONNECTIONS, CONNECTIONS_ENV, MAX_CONNECTIONS, connections
 
 __all__ = ["CONNECTIONS", "CONNECTIONS_ENV", "MAX_CONNECTIONS", "connections", "ordered_map"]
 

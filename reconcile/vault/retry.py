@@ -1,7 +1,7 @@
 """The one retry policy: what a failure means, how long to wait, when to stop.
 
-Every Vault request goes through `call_with_retries` (reconcile.vault's
-`Vault._call`), so plan, apply, status and sync ride out the same faults the
+Every Vault request goes through `call_with_retries` (reconcile.vault.connection's
+`Connection._call`), so plan, apply, status and sync ride out the same faults the
 same way; nothing else grows its own loop. This module knows nothing about
 Vault or HTTP: the caller hands it a `classify` function that sorts an
 exception into one of three `Transience` values, and a `Deadline` for the
