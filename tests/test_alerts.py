@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconcile.metrics import FAMILIES
+from reconcile.engine.metrics import FAMILIES
 
 ALERTS = Path(__file__).resolve().parent.parent / "deploy" / "alerts"
 

@@ -20,7 +20,7 @@ from reconcile.roster.fleet import HOSTNAME_ENV, is_assigned, this_host
 from reconcile.local.homefs import HomeFsError, UnsafePath
 from reconcile.local.homelock import MINT_LOCK_FILE, lock_private_file
 from reconcile.common.model import Action, Kind, is_pending
-from reconcile.render import change_line, elsewhere_lines, summary_line
+from reconcile.commands.render import change_line, elsewhere_lines, summary_line
 from reconcile.roster.values import Roster, User, VaultSettings
 from reconcile.vault.values import TokenInfo
 from reconcile.vault.desired import desired_vault, is_ours_to_revoke

@@ -13,8 +13,8 @@ import random
 import re
 from dataclasses import dataclass
 
-from reconcile import render
-from reconcile.executor import Result
+from reconcile.commands import render
+from reconcile.engine.executor import Result
 from reconcile.common.exitcodes import Exit
 from reconcile.common.model import Action, Change, Kind, sort_for_apply
 from tests.support.world import World

@@ -17,7 +17,6 @@ import pytest
 from reconcile.local import desired as local_desired
 from reconcile.local import observe as local_observe
 from reconcile.local.accounts import lookup_accounts
-from reconcile.commands import reconcile_cmd
 from reconcile.common.exitcodes import Exit
 from reconcile.roster.values import Roster, User
 from tests.support.world import World

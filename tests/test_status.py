@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconcile.commands.status_cmd import _short_time, render_table
-from reconcile.metrics import FAMILIES, UserMetrics, escape_label_value, render_textfile
-from reconcile.status import SyncRecord, UserStatus, _iso, parse_sync_log, parse_time
+from reconcile.engine.metrics import FAMILIES, UserMetrics, escape_label_value, render_textfile
+from reconcile.engine.status import SyncRecord, UserStatus, _iso, parse_sync_log, parse_time
 from tests.support.world import World
 
 STATE = ".local/state/claude-auth-sync"

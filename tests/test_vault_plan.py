@@ -13,11 +13,11 @@ from typing import Any, Callable
 
 import pytest
 
-from reconcile import render
-from reconcile.commands.reconcile_cmd import admin_probe_paths, is_admin
-from reconcile.executor import Result
+from reconcile.commands import render
+from reconcile.engine.connect import admin_probe_paths, is_admin
+from reconcile.engine.executor import Result
 from reconcile.common.model import Action, Change, Kind, is_pending
-from reconcile.planner import Desired, Observed, make_plan
+from reconcile.engine.planner import Desired, Observed, make_plan
 from reconcile.roster.values import Roster, User, VaultSettings
 from reconcile.vault.values import Secret, TokenInfo
 from reconcile.common.identity import vault_display_name

@@ -22,7 +22,8 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from reconcile.commands import reconcile_cmd
+from reconcile.engine import homes as engine_homes
+from reconcile.engine import session as engine_session
 from reconcile.common.exitcodes import Exit
 from reconcile.roster.loader import load_roster
 from tests.support.openbao import OpenBaoServer, free_port
@@ -37,7 +38,7 @@ def short_period(monkeypatch: pytest.MonkeyPatch, period: str, seconds: int) -> 
         roster = load_roster(path)
         return dataclasses.replace(roster, vault=dataclasses.replace(
             roster.vault, token_period=period, token_period_seconds=seconds))
-    monkeypatch.setattr(reconcile_cmd, "load_roster", load)
+    monkeypatch.setattr(engine_session, "load_roster", load)
 
 
 # --- the whole cycle ------------------------------------------------------------------------------
@@ -460,7 +461,7 @@ def test_write_failure_revokes_the_new_token(world: World, monkeypatch: pytest.M
         raise UnsafePath("~/.config/claude-auth-sync is a symbolic link; refusing to follow it")
 
     monkeypatch.setattr(vault_client.Vault, "create_orphan_token", spy)
-    monkeypatch.setattr(reconcile_cmd, "write_private_file", fail)
+    monkeypatch.setattr(engine_homes, "write_private_file", fail)
     run = world.run("apply")
     assert run.code == Exit.ERROR
     assert ("ERROR devvm-claude-auth-alice: writing the token file failed (~/.config/claude-auth-sync is a "

@@ -15,13 +15,10 @@ from datetime import datetime
 from pathlib import Path
 
 from reconcile.local.accounts import UserDatabaseUnreadable
-from reconcile.commands.reconcile_cmd import CommandFailed, connect_vault
 from reconcile.common.exitcodes import Exit
-from reconcile.metrics import render_textfile, write_textfile
-from reconcile.roster.values import Roster
 from reconcile.roster.issues import RosterInvalid
 from reconcile.roster.loader import load_roster
-from reconcile.status import UNKNOWN, UserStatus, gather
+from reconcile.engine.status import UNKNOWN, UserStatus, collect, write_prometheus
 
 HEADERS = ("USER", "STATE", "POLICY", "TOKEN", "TIMER", "LAST SYNC", "BACKUP")
 WIDTH = 100
@@ -116,18 +113,6 @@ def render_table(rows: list[UserStatus]) -> str:
         lines.append("Why some cells show —:")
         lines.extend(notes)
     return "\n".join(line[:WIDTH] for line in lines)
-
-
-def collect(roster: Roster, roster_path: str, root: Path) -> list[UserStatus]:
-    try:
-        vault, no_admin_reason = connect_vault(roster, allow_non_admin=True)  # read-only: any token
-    except CommandFailed as exc:
-        return gather(roster, roster_path, root, None, admin=False, vault_note=str(exc))
-    return gather(roster, roster_path, root, vault, admin=no_admin_reason is None)
-
-
-def write_prometheus(path: str, rows: list[UserStatus]) -> None:
-    write_textfile(Path(path), render_textfile([row.metrics() for row in rows]))
 
 
 def run(args: argparse.Namespace, roster_path: str) -> int:

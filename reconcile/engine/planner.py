@@ -3,7 +3,7 @@
 No I/O here: each domain's pure planner is called on values already read,
 and the changes are concatenated into one immutable, apply-ordered Plan
 (model.sort_for_apply: what the executor needs). How it is shown to people,
-grouped by person, is model.sort_for_display, applied by reconcile.render.
+grouped by person, is model.sort_for_display, applied by reconcile.commands.render.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from reconcile.sync import setup_token
 from reconcile.local.accounts import Account, lookup_accounts
 from reconcile.roster.fleet import this_host
 from reconcile.local.homefs import STATE_DIR, HomeFsError, read_private_tail
-from reconcile.metrics import UserMetrics
+from reconcile.engine.connect import CommandFailed, connect_vault
+from reconcile.engine.metrics import UserMetrics, render_textfile, write_textfile
 from reconcile.common.model import UserProblem
 from reconcile.roster.values import Roster
 from reconcile.local.systemd import SystemdError
@@ -390,3 +391,18 @@ def _read_backups_ahead(world: _World, roster: Roster) -> dict[str, KvSecret | N
 
 def by_user(rows: list[UserStatus]) -> Mapping[str, UserStatus]:
     return {row.user: row for row in rows}
+
+
+def collect(roster: Roster, roster_path: str, root: Path) -> list[UserStatus]:
+    """Every row, with whatever Vault access there is: any token will do (read-only), and a Vault that
+    cannot be reached only blanks the cells it would fill (the reason goes below the table)."""
+    try:
+        vault, no_admin_reason = connect_vault(roster, allow_non_admin=True)  # read-only: any token
+    except CommandFailed as exc:
+        return gather(roster, roster_path, root, None, admin=False, vault_note=str(exc))
+    return gather(roster, roster_path, root, vault, admin=no_admin_reason is None)
+
+
+def write_prometheus(path: str, rows: list[UserStatus]) -> None:
+    """The node_exporter textfile for `rows`, written atomically."""
+    write_textfile(Path(path), render_textfile([row.metrics() for row in rows]))

@@ -35,10 +35,10 @@ import difflib
 import json
 from typing import Iterable
 
-from reconcile.executor import Result
+from reconcile.engine.executor import Result
 from reconcile.roster.fleet import is_assigned
 from reconcile.common.model import Change, Plan, UserProblem, display_key, is_pending, sort_for_display
-from reconcile.planner import counts, has_pending
+from reconcile.engine.planner import counts, has_pending
 from reconcile.roster.values import Roster
 
 NO_CHANGES = "No changes."
