@@ -1,4 +1,4 @@
-"""reconcile.local_state: folders, token-file owner and mode, unit files and timers.
+"""reconcile.local (desired, observe, plan, apply): folders, token-file owner and mode, unit files and timers.
 
 First the pure planner on literal values (one scenario per case, no-op cases
 included), then observe / plan / apply / plan-again against a temporary

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from reconcile import boundedjson
+from reconcile.common import boundedjson
 from reconcile.sync import credentials, setup_token
 from reconcile.sync.statuslog import Status
 

@@ -33,7 +33,7 @@ from reconcile.vault.values import KvSecret, Secret, TokenInfo
 class FastPath(Connection):
     """Pipelined lookups, KV reads and policy reads and writes."""
 
-    # --- many independent requests at once (reconcile.vault_pipeline) ------------------
+    # --- many independent requests at once (reconcile.vault.pipeline) ------------------
 
     def _pipelined(self, requests: list[vault_pipeline.Request], count_as: str) -> list[vault_pipeline.Answer | None]:
         """Requests that may be sent again, pipelined on a few connections; None for each one not

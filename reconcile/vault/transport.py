@@ -191,7 +191,7 @@ _STANDBY_500 = ("active cluster node not found", "local node not active", "node 
 
 
 def classify(exc: BaseException) -> Transience:
-    """The one place that decides what a failed Vault request means for a retry (reconcile.retry)."""
+    """The one place that decides what a failed Vault request means for a retry (reconcile.vault.retry)."""
     if isinstance(exc, Redirected):
         return Transience.NOT_DONE  # a standby points at a leader; it did not act
     if isinstance(exc, requests.exceptions.ConnectTimeout) or never_connected(exc):
