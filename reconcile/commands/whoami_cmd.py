@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Mapping, TextIO
 
-from reconcile.exitcodes import Exit
+from reconcile.common.exitcodes import Exit
 from reconcile.sync import settings as config
 from reconcile.sync import whoami
 from reconcile.sync.settings import SettingsError

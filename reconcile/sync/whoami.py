@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from reconcile.loginmode import Login
+from reconcile.common.loginmode import Login
 from reconcile.sync import credentials, notice
 from reconcile.sync import settings as config
 from reconcile.sync.credentials import CredentialsError
@@ -210,7 +210,8 @@ def _remote(me: Whoami, env: Mapping[str, str], settings: config.SyncSettings, v
     if found is None:
         me.notes.append(f"Vault: no token file at {full.shown(full.token_file)}")
         return
-    from reconcile.vault import Secret, Vault, VaultError
+    from reconcile.vault.client import Vault
+    from reconcile.vault.values import Secret, VaultError
 
     token = Secret(found.data.decode("utf-8", errors="replace").strip())
     try:
