@@ -25,7 +25,7 @@ BINDIR ?= /usr/local/bin
 # The login-shell notice (deploy/profile.d/claude-auth.sh: one line when a person's login needs them).
 PROFILE_DIR ?= /etc/profile.d
 
-.PHONY: test demo bench setup clean install uninstall test-claude-version test-claude-latest
+.PHONY: test demo bench setup clean install uninstall test-claude-version test-claude-latest deb deb-lock
 
 setup: $(STAMP) $(CLAUDE_BIN) $(PROMTOOL)
 
@@ -101,6 +101,19 @@ install:
 	install -m 0644 deploy/profile.d/claude-auth.sh $(PROFILE_DIR)/claude-auth.sh
 	$(BINDIR)/claude-auth --help >/dev/null
 	@echo "installed $(PREFIX); $(BINDIR)/claude-auth -> $(PREFIX)/bin/claude-auth"
+
+# `make deb`: dist/claude-auth_<version>_<arch>.deb (README, "Install on a workstation";
+# packaging/deb/README.Debian). The pinned wheels are downloaded once into WHEELHOUSE and reused;
+# DEB_VERSION overrides the version (default: pyproject's). Needs dpkg-deb; lintian checks it.
+WHEELHOUSE ?= build/deb/wheels
+deb: $(STAMP)
+	BUILD_PYTHON=$(PY) WHEELHOUSE=$(WHEELHOUSE) DEB_VERSION=$(DEB_VERSION) DEB_MAINTAINER="$(DEB_MAINTAINER)" \
+		packaging/deb/build.sh
+
+# Re-pin the package's Python dependencies (packaging/requirements.txt) to the newest releases
+# that satisfy pyproject.toml, with their wheels' hashes, for this machine's Python and arch.
+deb-lock: $(STAMP)
+	packaging/deb/lock.sh $(PY)
 
 # Removes the program only: stop and remove the units first (README), and the roster,
 # /var/lib/claude-auth and the Vault data stay.
