@@ -139,4 +139,4 @@ uninstall:
 	if cmp -s deploy/profile.d/claude-auth.sh $(PROFILE_DIR)/claude-auth.sh; then rm -f $(PROFILE_DIR)/claude-auth.sh; fi
 
 clean:
-	rm -rf $(VENV) .node $(TOOLS_DIR) .demo build *.egg-info
+	rm -rf $(VENV) .node $(TOOLS_DIR) .demo build dist *.egg-info
