@@ -28,6 +28,9 @@ VENV=$STAGE$PREFIX
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
+for tool in dpkg-deb strip "$PYTHON"; do
+    command -v "$tool" >/dev/null || { echo "make deb: $tool is missing (apt-get install dpkg binutils python3-venv)" >&2; exit 1; }
+done
 rm -rf "$WORK" && mkdir -p "$STAGE" "$OUT" "$WHEELHOUSE"
 umask 022
 
