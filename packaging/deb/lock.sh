@@ -14,7 +14,7 @@ deps=$(/usr/bin/python3.11 -c 'import tomllib; print("\n".join(tomllib.load(open
 "$work/venv/bin/pip" download -q --disable-pip-version-check --only-binary=:all: --no-deps \
     -r "$work/frozen.txt" -d "$work/wheels"
 {
-    sed -n '1,/^# Regenerate/p' packaging/requirements.txt
+    sed '/^[^#]/,$d' packaging/requirements.txt   # the comment lines at the top
     "$work/venv/bin/python" - "$work/wheels" <<'PY'
 import hashlib, pathlib, sys
 for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl"), key=lambda p: p.name.lower()):
