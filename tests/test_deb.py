@@ -7,8 +7,8 @@ brings a unit change). The pinned wheels are cached in /var/cache/claude-auth-te
 - lintian reports only the tags the package overrides, and README.Debian explains each one.
 - In Debian 12 booted in systemd-nspawn (an overlay over the suite's cached base tree, which has
   only Debian's python3 and no network: --private-network), as an administrator would:
-  `apt-get install ./claude-auth_<v1>.deb` starts and enables nothing and ships exactly the pinned
-  Python distributions; the admin `apply` enables the timers; a sync is OK; `apt-get install` of the
+  `apt-get install ./claude-auth_<v1>.deb` starts and enables nothing, ships exactly the pinned
+  Python distributions and one conffile (the profile.d notice); the admin `apply` enables the timers; a sync is OK; `apt-get install` of the
   newer build with the timers running neither restarts a timer nor runs a sync (same activation,
   same next elapse, same last sync invocation), `plan` then shows the changed template and the next
   `apply` renders it, and a sync of the new build is OK; `apt-get remove` leaves no timer enabled
@@ -229,7 +229,8 @@ def test_install_apply_sync_upgrade_remove_purge(machine: Box, debs: tuple[Path,
     assert box.sh("claude-auth", "validate", "--roster", "/usr/share/claude-auth/roster.example.yaml")[0] == 0
     assert installed_pins(box) == {**pins(), "claude-auth": debs[0].name.split("_")[1]}
     assert box.sh("test", "-e", "/etc/claude-auth/roster.yaml", check=False)[0] == 1
-    assert box.sh("dpkg-query", "-W", "-f=${Conffiles}", "claude-auth")[1].strip() == ""
+    conffiles = box.sh("dpkg-query", "-W", "-f=${Conffiles}", "claude-auth")[1].split()
+    assert conffiles[0::2] == ["/etc/profile.d/claude-auth.sh"], conffiles
 
     # --- the admin apply enables the timers; a sync is OK ------------------------------------------------
     box.write("/etc/claude-auth/roster.yaml", roster("alice", "bob"))
@@ -278,12 +279,14 @@ def test_install_apply_sync_upgrade_remove_purge(machine: Box, debs: tuple[Path,
     assert unit_files(box) == [name for name in rendered if ".wants/" not in name]
     assert box.sh("test", "-s", "/var/lib/claude-auth/state.json", check=False)[0] == 0
     assert box.sh("test", "-s", "/etc/claude-auth/roster.yaml", check=False)[0] == 0
+    assert box.sh("test", "-s", "/etc/profile.d/claude-auth.sh", check=False)[0] == 0  # a conffile
     assert home_digests(box) == homes and vault_snapshot(box) == vault
 
     # --- purge: rendered units and /var/lib/claude-auth gone; the admin's drop-in, homes, Vault kept -----
     apt(box, "purge", "claude-auth")
     assert unit_files(box) == ["./claude-auth-sync@.service.d", "./claude-auth-sync@.service.d/test.conf"]
     assert box.sh("test", "-e", "/var/lib/claude-auth", check=False)[0] == 1
+    assert box.sh("test", "-e", "/etc/profile.d/claude-auth.sh", check=False)[0] == 1
     assert box.sh("test", "-s", "/etc/claude-auth/roster.yaml", check=False)[0] == 0
     assert box.sh("dpkg-query", "-W", "-f=${db:Status-Status}", "claude-auth", check=False)[1] in ("", "not-installed")
     assert home_digests(box) == homes and vault_snapshot(box) == vault

@@ -76,6 +76,8 @@ install -m 0644 deploy/alerts/claude-auth.prometheus.yml deploy/alerts/claude-au
     "$STAGE/usr/share/claude-auth/alerts/"
 install -m 0644 deploy/grafana/claude-auth.json "$STAGE/usr/share/claude-auth/grafana/"
 install -m 0644 roster.example.yaml "$STAGE/usr/share/claude-auth/roster.example.yaml"
+# The login-shell notice: the package's one conffile (DEBIAN/conffiles below).
+install -D -m 0644 deploy/profile.d/claude-auth.sh "$STAGE/etc/profile.d/claude-auth.sh"
 install -m 0644 packaging/deb/README.Debian packaging/deb/copyright "$STAGE/usr/share/doc/claude-auth/"
 for doc in README.md docs/design.md docs/runbook.md docs/claude-cli.md; do
     gzip -9n < "$doc" > "$STAGE/usr/share/doc/claude-auth/$(basename "$doc").gz"
@@ -88,6 +90,7 @@ install -m 0644 packaging/deb/lintian-overrides "$STAGE/usr/share/lintian/overri
 # 4. Control files, then the package.
 install -d "$STAGE/DEBIAN"
 install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$STAGE/DEBIAN/"
+echo /etc/profile.d/claude-auth.sh > "$STAGE/DEBIAN/conffiles"
 size=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)
 sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$size/" -e "s/@MAINTAINER@/$MAINTAINER/" \
     packaging/deb/control.in \
