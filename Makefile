@@ -12,10 +12,13 @@ STAMP := $(VENV)/.installed
 CLAUDE_CODE_VERSION := 2.1.332
 NODE_DIR := .node/$(CLAUDE_CODE_VERSION)
 CLAUDE_BIN := $(NODE_DIR)/node_modules/.bin/claude
-# promtool (to unit-test the shipped alert rules), taken from Debian's prometheus
-# package without installing the server or its service.
+# promtool (to unit-test the shipped alert rules), and the prometheus and node_exporter servers
+# (the dashboard test starts them on loopback), taken from Debian's prometheus and
+# prometheus-node-exporter packages without installing either server or its service.
 TOOLS_DIR := .tools
 PROMTOOL := $(TOOLS_DIR)/promtool
+PROMETHEUS := $(TOOLS_DIR)/prometheus
+NODE_EXPORTER := $(TOOLS_DIR)/prometheus-node-exporter
 
 # `make install`: an administrator's installation (README, "Install on a workstation").
 # A venv from Debian's python3 in PREFIX, readable and executable by every user (each
@@ -25,9 +28,9 @@ BINDIR ?= /usr/local/bin
 # The login-shell notice (deploy/profile.d/claude-auth.sh: one line when a person's login needs them).
 PROFILE_DIR ?= /etc/profile.d
 
-.PHONY: test demo bench setup clean install uninstall test-claude-version test-claude-latest
+.PHONY: test demo bench setup clean install uninstall test-claude-version test-claude-latest deb deb-lock
 
-setup: $(STAMP) $(CLAUDE_BIN) $(PROMTOOL)
+setup: $(STAMP) $(CLAUDE_BIN) $(PROMTOOL) $(PROMETHEUS) $(NODE_EXPORTER)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,17 +43,29 @@ $(CLAUDE_BIN):
 		@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
 	test -x $@
 
-$(PROMTOOL):
+$(PROMTOOL) $(PROMETHEUS) &:
 	rm -rf $(TOOLS_DIR)/deb && mkdir -p $(TOOLS_DIR)/deb
 	cd $(TOOLS_DIR)/deb && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; }
 	dpkg-deb -x $(TOOLS_DIR)/deb/prometheus_*.deb $(TOOLS_DIR)/deb/root
-	cp $(TOOLS_DIR)/deb/root/usr/bin/promtool $@
+	cp $(TOOLS_DIR)/deb/root/usr/bin/promtool $(PROMTOOL)
+	cp $(TOOLS_DIR)/deb/root/usr/bin/prometheus $(PROMETHEUS)
 	rm -rf $(TOOLS_DIR)/deb
+	$(PROMTOOL) --version >/dev/null
+	$(PROMETHEUS) --version >/dev/null
+
+$(NODE_EXPORTER):
+	rm -rf $(TOOLS_DIR)/deb-ne && mkdir -p $(TOOLS_DIR)/deb-ne
+	cd $(TOOLS_DIR)/deb-ne && { apt-get download prometheus-node-exporter 2>/dev/null || \
+		{ apt-get update -qq && apt-get download prometheus-node-exporter; }; }
+	dpkg-deb -x $(TOOLS_DIR)/deb-ne/prometheus-node-exporter_*.deb $(TOOLS_DIR)/deb-ne/root
+	cp $(TOOLS_DIR)/deb-ne/root/usr/bin/prometheus-node-exporter $@
+	rm -rf $(TOOLS_DIR)/deb-ne
 	$@ --version >/dev/null
 
 test: setup
 	$(PY) -m mypy reconcile
 	CLAUDE_AUTH_TEST_CLAUDE=$(abspath $(CLAUDE_BIN)) CLAUDE_AUTH_PROMTOOL=$(abspath $(PROMTOOL)) \
+		CLAUDE_AUTH_PROMETHEUS=$(abspath $(PROMETHEUS)) CLAUDE_AUTH_NODE_EXPORTER=$(abspath $(NODE_EXPORTER)) \
 		$(PY) -m pytest
 
 demo: setup
@@ -102,6 +117,19 @@ install:
 	$(BINDIR)/claude-auth --help >/dev/null
 	@echo "installed $(PREFIX); $(BINDIR)/claude-auth -> $(PREFIX)/bin/claude-auth"
 
+# `make deb`: dist/claude-auth_<version>_<arch>.deb (README, "Install on a workstation";
+# packaging/deb/README.Debian). The pinned wheels are downloaded once into WHEELHOUSE and reused;
+# DEB_VERSION overrides the version (default: pyproject's). Needs dpkg-deb; lintian checks it.
+WHEELHOUSE ?= build/deb/wheels
+deb: $(STAMP)
+	BUILD_PYTHON=$(PY) WHEELHOUSE=$(WHEELHOUSE) DEB_VERSION=$(DEB_VERSION) DEB_MAINTAINER="$(DEB_MAINTAINER)" \
+		packaging/deb/build.sh
+
+# Re-pin the package's Python dependencies (packaging/requirements.txt) to the newest releases
+# that satisfy pyproject.toml, with their wheels' hashes, for this machine's Python and arch.
+deb-lock: $(STAMP)
+	packaging/deb/lock.sh $(PY)
+
 # Removes the program only: stop and remove the units first (README), and the roster,
 # /var/lib/claude-auth and the Vault data stay.
 uninstall:
@@ -111,4 +139,4 @@ uninstall:
 	if cmp -s deploy/profile.d/claude-auth.sh $(PROFILE_DIR)/claude-auth.sh; then rm -f $(PROFILE_DIR)/claude-auth.sh; fi
 
 clean:
-	rm -rf $(VENV) .node $(TOOLS_DIR) .demo build *.egg-info
+	rm -rf $(VENV) .node $(TOOLS_DIR) .demo build dist *.egg-info

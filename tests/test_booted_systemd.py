@@ -45,7 +45,7 @@ from tests.support.openbao import bao_binary
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "/opt/claude-auth"
-SOURCE_ITEMS = ("pyproject.toml", "Makefile", "README.md", "reconcile", "templates", "schema")
+SOURCE_ITEMS = ("pyproject.toml", "Makefile", "README.md", "reconcile", "templates", "schema", "deploy")
 VAULT_ADDR = "http://127.0.0.1:8200"
 UNIT_DIR = "/etc/systemd/system"
 STAND_IN_URL = "/run/claude-auth-test/messages-api.url"
