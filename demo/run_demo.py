@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.messages_api import MessagesApiStandIn  # noqa: E402
 from tests.support.openbao import OpenBaoServer  # noqa: E402
+from tests.support.pinned import pinned_claude  # noqa: E402
 
 SANDBOX = Path(os.environ.get("CLAUDE_AUTH_DEMO_DIR") or REPO / ".demo").resolve()
 ROOT = SANDBOX / "root"
@@ -119,7 +120,7 @@ def write_login(name: str, access_token: str, refresh_token: str) -> None:
 
 
 def find_claude(api: MessagesApiStandIn) -> tuple[Path, str]:
-    configured = os.environ.get("CLAUDE_AUTH_DEMO_CLAUDE") or str(REPO / ".node/node_modules/.bin/claude")
+    configured = os.environ.get("CLAUDE_AUTH_DEMO_CLAUDE") or str(pinned_claude())
     if os.access(configured, os.X_OK):
         return Path(configured), f"the real Claude Code CLI ({configured}) against a loopback Messages API stand-in"
     stub_dir = SANDBOX / "stub-bin"

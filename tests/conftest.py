@@ -10,6 +10,7 @@ import hvac
 import pytest
 
 from tests.support.leaks import assert_no_secrets  # noqa: F401  (re-exported for tests)
+from tests.support.pinned import pinned_claude
 from tests.support.messages_api import MessagesApiStandIn
 from tests.support.openbao import OpenBaoServer
 from tests.support.world import world  # noqa: F401  (a fixture: a sandbox --root on the shared OpenBao)
@@ -52,7 +53,7 @@ def root_client(openbao: OpenBaoServer) -> hvac.Client:
 def claude_bin() -> Path:
     """The real Claude Code CLI from the pinned npm package that `make test` installs."""
     configured = os.environ.get("CLAUDE_AUTH_TEST_CLAUDE")
-    path = Path(configured) if configured else REPO / ".node" / "node_modules" / ".bin" / "claude"
+    path = Path(configured) if configured else pinned_claude()
     if not os.access(path, os.X_OK):
         pytest.fail(f"the pinned claude CLI is missing at {path}: run `make test`, which installs it")
     return path

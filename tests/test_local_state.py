@@ -23,7 +23,8 @@ from reconcile.local import desired as local_desired
 from reconcile.local.accounts import Account, lookup_accounts
 from reconcile.local.homefs import CONFIG_DIR, STATE_DIR, TOKEN_FILE, EntryState, UnsafePath
 from reconcile.local.apply import LocalContext, apply_local_change, finish_local
-from reconcile.local.desired import (RECONCILE_SERVICE, RECONCILE_TIMER, SYNC_SERVICE, SYNC_TIMER,
+from reconcile.local.desired import (BACKUP_PATH, BACKUP_SERVICE, RECONCILE_SERVICE, RECONCILE_TIMER, SYNC_SERVICE,
+                                     SYNC_TIMER,
                                      DesiredDirectory, DesiredLocal, DesiredTimer, DesiredTokenFile,
                                      DesiredUnit, desired_local)
 from reconcile.local.observe import ObservedLocal, ObservedTimer, observe_local
@@ -175,12 +176,16 @@ def test_desired_local() -> None:
         DesiredDirectory("alice", CONFIG_DIR, 0o700), DesiredDirectory("alice", STATE_DIR, 0o700),
         DesiredDirectory("bob", CONFIG_DIR, 0o700), DesiredDirectory("bob", STATE_DIR, 0o700))
     assert desired.token_files == (DesiredTokenFile("alice", TOKEN_FILE, 0o600), DesiredTokenFile("bob", TOKEN_FILE, 0o600))
-    assert [unit.name for unit in desired.units] == [SYNC_SERVICE, SYNC_TIMER, RECONCILE_SERVICE, RECONCILE_TIMER]
+    assert [unit.name for unit in desired.units] == [SYNC_SERVICE, SYNC_TIMER, BACKUP_SERVICE, BACKUP_PATH,
+                                                     RECONCILE_SERVICE, RECONCILE_TIMER]
     assert desired.timers == (
         DesiredTimer(RECONCILE_TIMER, True),
         DesiredTimer("claude-auth-sync@alice.timer", True, "alice", ""),
+        DesiredTimer("claude-auth-backup@alice.path", True, "alice", ""),
         DesiredTimer("claude-auth-sync@bob.timer", False, "bob", "parked"),
+        DesiredTimer("claude-auth-backup@bob.path", False, "bob", "parked"),
         DesiredTimer("claude-auth-sync@carol.timer", False, "carol", "claude_auth false"),
+        DesiredTimer("claude-auth-backup@carol.path", False, "carol", "claude_auth false"),
     )
 
 
@@ -291,14 +296,18 @@ def test_plan_apply_plan_again(root: Path) -> None:
          "mode 0644, want 0600; group gid 0, want gid 5001"),
         (A, Kind.UNIT, SYNC_SERVICE, "missing"),
         (A, Kind.UNIT, SYNC_TIMER, "missing"),
+        (A, Kind.UNIT, BACKUP_SERVICE, "missing"),
+        (A, Kind.UNIT, BACKUP_PATH, "missing"),
         (A, Kind.UNIT, RECONCILE_SERVICE, "missing"),
         (A, Kind.UNIT, RECONCILE_TIMER, "missing"),
-        (A, Kind.UNIT, "claude-auth-sync@alice.service.d/home.conf", "missing"),
-        (A, Kind.UNIT, "claude-auth-sync@bob.service.d/home.conf", "missing"),
-        (A, Kind.UNIT, "claude-auth-sync@carol.service.d/home.conf", "missing"),
+        *((A, Kind.UNIT, f"claude-auth-{unit}@{name}.{kind}.d/home.conf", "missing")
+          for name in ("alice", "bob", "carol")
+          for unit, kind in (("sync", "service"), ("backup", "service"), ("backup", "path"))),
         (A, Kind.TIMER, RECONCILE_TIMER, "not enabled, want enabled"),
         (A, Kind.TIMER, "claude-auth-sync@alice.timer", "not enabled, want enabled"),
+        (A, Kind.TIMER, "claude-auth-backup@alice.path", "not enabled, want enabled"),
         (A, Kind.TIMER, "claude-auth-sync@bob.timer", "not enabled, want enabled"),
+        (A, Kind.TIMER, "claude-auth-backup@bob.path", "not enabled, want enabled"),
     }
     assert plan(root)[0] == changes  # planning changed nothing
 
@@ -315,10 +324,18 @@ def test_plan_apply_plan_again(root: Path) -> None:
     assert (legacy / "vault-token").read_bytes() == b"hvs.legacy\n"
     unit_dir = root / "etc" / "systemd" / "system"
     assert sorted(p.name for p in unit_dir.iterdir() if p.is_file()) == sorted(
-        [SYNC_SERVICE, SYNC_TIMER, RECONCILE_SERVICE, RECONCILE_TIMER])
+        [SYNC_SERVICE, SYNC_TIMER, BACKUP_SERVICE, BACKUP_PATH, RECONCILE_SERVICE, RECONCILE_TIMER])
     assert mode_owner(unit_dir / SYNC_SERVICE) == (0o644, 0, 0)
     assert is_enabled(root, "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer",
                       "claude-auth-sync@carol.timer", RECONCILE_TIMER) == ["enabled", "enabled", "disabled", "enabled"]
+    assert is_enabled(root, "claude-auth-backup@alice.path", "claude-auth-backup@bob.path",
+                      "claude-auth-backup@carol.path") == ["enabled", "enabled", "disabled"]
+    assert (unit_dir / "paths.target.wants" / "claude-auth-backup@alice.path").is_symlink()
+    # The backup service runs under the sync's own drop-in; the path unit watches the person's login file.
+    assert (unit_dir / "claude-auth-backup@alice.service.d" / "home.conf").read_text() == \
+        (unit_dir / "claude-auth-sync@alice.service.d" / "home.conf").read_text()
+    assert "PathChanged=/home/alice/.claude/.credentials.json" in \
+        (unit_dir / "claude-auth-backup@alice.path.d" / "home.conf").read_text().splitlines()
 
     # Each person's drop-in names their home as the user database does, not as --root sees it.
     drop_in = (unit_dir / "claude-auth-sync@alice.service.d" / "home.conf").read_text()
@@ -362,7 +379,8 @@ def test_drop_in_follows_the_roster_login_mode_both_ways(root: Path) -> None:
         switched = Roster(users={"alice": User("alice", claude_login=mode), "bob": User("bob"),
                                  "carol": User("carol", parked=True)})
         changes, _ = plan(root, switched)
-        assert summary(changes) == {(U, Kind.UNIT, "claude-auth-sync@alice.service.d/home.conf", "content differs")}
+        assert summary(changes) == {(U, Kind.UNIT, "claude-auth-sync@alice.service.d/home.conf", "content differs"),
+                                    (U, Kind.UNIT, "claude-auth-backup@alice.service.d/home.conf", "content differs")}
         assert apply(root, changes, switched) == {}
         assert f'Environment="CLAUDE_AUTH_LOGIN={mode}"' in drop_in.read_text().splitlines()
         assert plan(root, switched)[0] == []
@@ -570,10 +588,14 @@ def test_timer_of_a_user_no_longer_in_the_roster(root: Path) -> None:
     changes, _ = plan(root, smaller)
     assert summary(changes) == {
         (O, Kind.TIMER, "claude-auth-sync@bob.timer", "enabled, user not in the roster; `apply --prune` disables it"),
-        (O, Kind.UNIT, "claude-auth-sync@bob.service.d/home.conf", "user not in the roster; `apply --prune` removes it")}
+        (O, Kind.TIMER, "claude-auth-backup@bob.path", "enabled, user not in the roster; `apply --prune` disables it"),
+        *((O, Kind.UNIT, f"claude-auth-{unit}@bob.{kind}.d/home.conf",
+           "user not in the roster; `apply --prune` removes it")
+          for unit, kind in (("sync", "service"), ("backup", "service"), ("backup", "path")))}
     pruned, _ = plan(root, smaller, prune=True)
     assert apply(root, pruned, smaller) == {}
-    assert is_enabled(root, "claude-auth-sync@bob.timer") == ["disabled"]
+    assert is_enabled(root, "claude-auth-sync@bob.timer", "claude-auth-backup@bob.path") == ["disabled", "disabled"]
+    assert not list((root / "etc/systemd/system").glob("claude-auth-*@bob.*.d"))
     assert plan(root, smaller, prune=True)[0] == []
 
 

@@ -172,11 +172,11 @@ def owner_of(shown: str, prefix: str) -> str | None:
         "token-renewal": r"devvm-claude-auth-(.+)",
         "directory": r"([^:]+):.*",
         "token-file": r"([^:]+):.*",
-        "unit": r"claude-auth-sync@(.+)\.service\.d/.*",
-        "timer": r"claude-auth-sync@(.+)\.timer",
+        "unit": r"claude-auth-(?:sync@(.+)\.service|backup@(.+)\.(?:service|path))\.d/.*",
+        "timer": r"claude-auth-(?:sync@(.+)\.timer|backup@(.+)\.path)",
     }
     match = re.fullmatch(patterns[kind], name)
-    return match.group(1) if match else None
+    return next((group for group in match.groups() if group), None) if match else None
 
 
 def assert_grouped(shown: list[str], prefix: str) -> None:

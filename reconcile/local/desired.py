@@ -1,9 +1,10 @@
 """What the roster asks for on this machine, pure: folders, token-file modes, unit files, timers.
 
 `desired_local(roster, exec_path, roster_path, homes)`: folders and the token
-file's mode for every user with `claude_auth`, the four unit files rendered from
-templates/ (with each person's drop-in), and one timer per roster user, enabled
-iff `user.wants_timer`, plus the hourly reconcile timer, always enabled. The
+file's mode for every user with `claude_auth`, the six unit files rendered from
+templates/ (with each person's three drop-ins), and per roster user one sync timer
+and one backup-on-change path unit, enabled iff `user.wants_timer`, plus the
+hourly reconcile timer, always enabled. The
 unit names and systemd quoting live here too.
 """
 
@@ -29,9 +30,13 @@ from reconcile.common.templating import render
 
 SYNC_SERVICE = "claude-auth-sync@.service"
 SYNC_TIMER = "claude-auth-sync@.timer"
+BACKUP_SERVICE = "claude-auth-backup@.service"
+BACKUP_PATH = "claude-auth-backup@.path"
 RECONCILE_SERVICE = "claude-auth-reconcile.service"
 RECONCILE_TIMER = "claude-auth-reconcile.timer"
-UNIT_NAMES = (SYNC_SERVICE, SYNC_TIMER, RECONCILE_SERVICE, RECONCILE_TIMER)
+UNIT_NAMES = (SYNC_SERVICE, SYNC_TIMER, BACKUP_SERVICE, BACKUP_PATH, RECONCILE_SERVICE, RECONCILE_TIMER)
+TRIGGER_TEMPLATES = (SYNC_TIMER, BACKUP_PATH, RECONCILE_TIMER)
+"""The units `DesiredTimer`s are instances of (or are): what is enabled and started per person."""
 
 UNIT_DIR = "etc/systemd/system"
 """Where unit files go, relative to --root."""
@@ -44,11 +49,19 @@ RECONCILE_INTERVAL = "1h"
 RECONCILE_RANDOMIZED_DELAY = "5min"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYNC_DROP_IN_TEMPLATE = "claude-auth-sync-home.conf.j2"
+BACKUP_PATH_DROP_IN_TEMPLATE = "claude-auth-backup-home.conf.j2"
+CREDENTIALS_FILE = ".claude/.credentials.json"
 SYNC_WRITABLE = (".claude", ".claude.json", CONFIG_DIR, STATE_DIR)
 """Below the person's home: what the sync (and claude) may write; all else is read-only."""
 
-_SYNC_TIMER_INSTANCE = re.compile(r"^claude-auth-sync@(?P<user>[^/]+)\.timer$")
-_SYNC_DROP_IN = re.compile(r"^claude-auth-sync@(?P<user>[^/]+)\.service\.d/home\.conf$")
+_SYNC_TIMER_INSTANCE = re.compile(
+    r"^claude-auth-(?:sync@(?P<user>[^/]+)\.timer|backup@(?P<backup_user>[^/]+)\.path)$")
+"""A person's trigger: their sync timer or their backup-on-change path unit (use `instance_user`)."""
+_SYNC_DROP_IN = re.compile(r"^claude-auth-(?:sync@(?P<user>[^/]+)\.service|backup@(?P<backup_user>[^/]+)"
+                           r"\.(?:service|path))\.d/home\.conf$")
+"""A person's drop-in: for their sync service, backup service or backup path unit (use `instance_user`)."""
+DROP_IN_GLOBS = ("claude-auth-sync@*.service.d/home.conf", "claude-auth-backup@*.service.d/home.conf",
+                 "claude-auth-backup@*.path.d/home.conf")
 _ACTIVE = frozenset({"active", "activating", "reloading"})
 
 
@@ -59,6 +72,27 @@ def sync_timer(user: str) -> str:
 def sync_drop_in(user: str) -> str:
     """The per-person drop-in naming that person's home (unit folder relative)."""
     return f"claude-auth-sync@{user}.service.d/home.conf"
+
+
+def backup_path(user: str) -> str:
+    return f"claude-auth-backup@{user}.path"
+
+
+def backup_drop_ins(user: str) -> tuple[str, str]:
+    """The person's drop-ins for their backup service (as the sync's) and path unit (the file watched)."""
+    return f"claude-auth-backup@{user}.service.d/home.conf", f"claude-auth-backup@{user}.path.d/home.conf"
+
+
+def instance_user(match: re.Match[str] | None) -> str | None:
+    """The person a _SYNC_TIMER_INSTANCE or _SYNC_DROP_IN match names."""
+    if match is None:
+        return None
+    return match.group("user") or match.group("backup_user")
+
+
+def wants_folder(unit: str) -> str:
+    """Where `systemctl enable` links the unit (its [Install] WantedBy=), below the unit folder."""
+    return "paths.target.wants" if unit.endswith(".path") else "timers.target.wants"
 
 
 # --- desired --------------------------------------------------------------
@@ -156,7 +190,7 @@ def default_exec_path() -> str:
 
 
 def render_units(roster: Roster, exec_path: str, roster_path: str) -> tuple[DesiredUnit, ...]:
-    """The four unit files, rendered from templates/ (pure)."""
+    """The six unit files, rendered from templates/ (pure)."""
     if not os.path.isabs(exec_path):
         raise ValueError(f"the claude-auth executable must be an absolute path, not {exec_path!r}")
     exec_word = systemd_exec_word(exec_path)
@@ -183,6 +217,8 @@ def render_units(roster: Roster, exec_path: str, roster_path: str) -> tuple[Desi
             f"{SYNC_TIMER}.j2", interval=format_duration(roster.sync.interval_seconds),
             randomized_delay=format_duration(roster.sync.randomized_delay_seconds),
             boot_delay=SYNC_BOOT_DELAY)),
+        DesiredUnit(BACKUP_SERVICE, render(f"{BACKUP_SERVICE}.j2", exec_path=exec_word, environment=environment)),
+        DesiredUnit(BACKUP_PATH, render(f"{BACKUP_PATH}.j2")),
         DesiredUnit(RECONCILE_SERVICE, render(
             f"{RECONCILE_SERVICE}.j2", exec_path=exec_word,
             roster_path=systemd_exec_word(os.path.abspath(roster_path)),
@@ -216,6 +252,18 @@ def render_drop_in(user: str, home: str, login: str = DEFAULT_LOGIN.value) -> De
     return DesiredUnit(sync_drop_in(user), text, user)
 
 
+def render_backup_drop_ins(user: str, sync_drop_in_text: str, home: str) -> tuple[DesiredUnit, DesiredUnit]:
+    """The person's backup-on-change drop-ins: the service's is the sync service's own text (the
+    same writable paths, PATH and login mode), the path unit's names the file it watches."""
+    home = home.rstrip("/") or "/"
+    watched = f"{home}/{CREDENTIALS_FILE}"
+    if any(ch in watched for ch in "\n\r\0"):
+        raise ValueError(f"cannot watch {watched!r} from a systemd path unit")
+    service_name, path_name = backup_drop_ins(user)
+    path_text = render(BACKUP_PATH_DROP_IN_TEMPLATE, user=user, credentials_path=watched.replace("%", "%%"))
+    return DesiredUnit(service_name, sync_drop_in_text, user), DesiredUnit(path_name, path_text, user)
+
+
 def desired_local(roster: Roster, exec_path: str, roster_path: str,
                   homes: Mapping[str, str] | None = None) -> DesiredLocal:
     """What the roster asks for on this machine (pure, apart from rendering templates).
@@ -234,8 +282,13 @@ def desired_local(roster: Roster, exec_path: str, roster_path: str,
     for name, user in roster.users.items():
         why = "" if user.wants_timer else ("claude_auth false" if not user.claude_auth else "parked")
         timers.append(DesiredTimer(sync_timer(name), user.wants_timer, name, why))
+        # Backup on change (issue 24): on and off with the sync timer, and like it only once the token is there.
+        timers.append(DesiredTimer(backup_path(name), user.wants_timer, name, why))
     known_homes = homes or {}
-    drop_ins = tuple(render_drop_in(name, known_homes[name], roster.users[name].claude_login)
-                     for name in home_users if name in known_homes)
+    drop_ins: tuple[DesiredUnit, ...] = ()
+    for name in home_users:
+        if name in known_homes:
+            sync = render_drop_in(name, known_homes[name], roster.users[name].claude_login)
+            drop_ins += (sync, *render_backup_drop_ins(name, sync.text, known_homes[name]))
     return DesiredLocal(home_users, directories, token_files,
                         render_units(roster, exec_path, roster_path) + drop_ins, tuple(timers), exec_path)

@@ -22,8 +22,9 @@ from reconcile.local import homefs as local_homefs
 from reconcile.local.accounts import Account, lookup_accounts, names_by_uid
 from reconcile.local.homefs import EntryState, HomeFsError
 from reconcile.common.model import UserProblem
-from reconcile.local.desired import (RECONCILE_TIMER, SYNC_TIMER, UNIT_DIR, _ACTIVE, _SYNC_DROP_IN,
-                                     _SYNC_TIMER_INSTANCE, DesiredLocal, DesiredTimer)
+from reconcile.local.desired import (DROP_IN_GLOBS, TRIGGER_TEMPLATES, UNIT_DIR, _ACTIVE, _SYNC_DROP_IN,
+                                     _SYNC_TIMER_INSTANCE, DesiredLocal, DesiredTimer, instance_user,
+                                     wants_folder)
 
 
 @dataclass(frozen=True)
@@ -92,17 +93,18 @@ def _read_unit(root: Path, name: str) -> bytes | None:
 
 
 def _stray_timers(root: Path, roster_users: Iterable[str]) -> tuple[str, ...]:
-    wants = Path(root) / UNIT_DIR / "timers.target.wants"
-    try:
-        names = os.listdir(wants)
-    except (FileNotFoundError, NotADirectoryError):
-        return ()
+    """Enabled sync timers and backup path units of people not in the roster."""
     known = set(roster_users)
     stray = []
-    for name in names:
-        match = _SYNC_TIMER_INSTANCE.match(name)
-        if match and match.group("user") not in known:
-            stray.append(name)
+    for folder in ("timers.target.wants", "paths.target.wants"):
+        try:
+            names = os.listdir(Path(root) / UNIT_DIR / folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            user = instance_user(_SYNC_TIMER_INSTANCE.match(name))
+            if user is not None and user not in known:
+                stray.append(name)
     return tuple(sorted(stray))
 
 
@@ -110,11 +112,12 @@ def _stray_drop_ins(root: Path, desired_names: Iterable[str]) -> tuple[str, ...]
     folder = Path(root) / UNIT_DIR
     wanted = set(desired_names)
     stray = []
-    for entry in sorted(folder.glob("claude-auth-sync@*.service.d/home.conf")):
-        name = f"{entry.parent.name}/{entry.name}"
-        if _SYNC_DROP_IN.match(name) and name not in wanted:
-            stray.append(name)
-    return tuple(stray)
+    for pattern in DROP_IN_GLOBS:
+        for entry in folder.glob(pattern):
+            name = f"{entry.parent.name}/{entry.name}"
+            if _SYNC_DROP_IN.match(name) and name not in wanted:
+                stray.append(name)
+    return tuple(sorted(stray))
 
 
 def observe_local(root: Path, desired: DesiredLocal,
@@ -157,10 +160,10 @@ def observe_local(root: Path, desired: DesiredLocal,
     timer_names = [timer.unit for timer in desired.timers]
     # An instance of a template we manage that is not on disk yet is not
     # enabled; asking systemctl about it would only make it stop early.
-    missing_templates = {name for name in (SYNC_TIMER, RECONCILE_TIMER) if units.get(name) is None}
+    missing_templates = {name for name in TRIGGER_TEMPLATES if units.get(name) is None}
     # A link left behind still counts, so a stale one is planned away once the template is back.
-    wants = Path(root) / UNIT_DIR / "timers.target.wants"
-    known = {name: ("enabled" if os.path.islink(wants / name) else systemd.NOT_FOUND)
+    unit_dir = Path(root) / UNIT_DIR
+    known = {name: ("enabled" if os.path.islink(unit_dir / wants_folder(name) / name) else systemd.NOT_FOUND)
              for name in timer_names if _template_of(name) in missing_templates}
     for timer in desired.timers:
         if timer.unit not in known:
@@ -231,8 +234,8 @@ def _plainly(root: Path, timer: DesiredTimer) -> str | None:
             unusual = own.is_symlink() or (folder.startswith("run") and os.path.lexists(own))
         if unusual:
             return None  # masked or overridden: ask systemctl
-    link = base / UNIT_DIR / "timers.target.wants" / timer.unit
-    runtime_link = base / "run/systemd/system/timers.target.wants" / timer.unit
+    link = base / UNIT_DIR / wants_folder(timer.unit) / timer.unit
+    runtime_link = base / "run/systemd/system" / wants_folder(timer.unit) / timer.unit
     if timer.enabled:
         try:
             target = os.readlink(link)

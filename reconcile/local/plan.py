@@ -20,7 +20,7 @@ from reconcile.local.accounts import Account
 from reconcile.local.homefs import TOKEN_FILE, EntryState
 from reconcile.common.model import Action, Change, Kind
 from reconcile.local.desired import (_SYNC_DROP_IN, _SYNC_TIMER_INSTANCE, DesiredLocal, DesiredTimer,
-                                     DesiredUnit)
+                                     DesiredUnit, instance_user)
 from reconcile.local.observe import ObservedLocal, ObservedTimer
 
 
@@ -124,8 +124,7 @@ def plan_local(desired: DesiredLocal, observed: ObservedLocal, *, prune: bool = 
 
     roster_users = {timer.user for timer in desired.timers if timer.user is not None}
     for stray in observed.stray_drop_ins:
-        match = _SYNC_DROP_IN.match(stray)
-        owner = match.group("user") if match else None
+        owner = instance_user(_SYNC_DROP_IN.match(stray))
         unwanted = DesiredUnit(stray, "", owner)
         if owner in desired.home_users:
             continue  # wanted, but their home is unknown now (a problem reported elsewhere): leave it
@@ -139,8 +138,7 @@ def plan_local(desired: DesiredLocal, observed: ObservedLocal, *, prune: bool = 
                                   desired=unwanted))
 
     for stray in observed.stray_timers:
-        match = _SYNC_TIMER_INSTANCE.match(stray)
-        owner = match.group("user") if match else None
+        owner = instance_user(_SYNC_TIMER_INSTANCE.match(stray))
         gone = DesiredTimer(stray, False, owner, "not in the roster")
         if prune:
             changes.append(Change(Action.DELETE, Kind.TIMER, stray, "enabled, user not in the roster",
