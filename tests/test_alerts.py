@@ -28,7 +28,7 @@ def test_prometheus_rules_pass_promtool_check() -> None:
     result = subprocess.run([promtool(), "check", "rules", "claude-auth.prometheus.yml"],
                             cwd=ALERTS, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
     assert "FAILED" not in result.stdout + result.stderr  # e.g. promtool's duplicate-rule lint
 
 
@@ -211,3 +211,16 @@ def test_random_schedules_one_off_never_fires_and_two_fails_in_a_row_do() -> Non
         timeline = _fires(persistent, persistent[-1][0] + H, step=60)
         firing = [at for at, on in timeline if on]
         assert firing and firing[-1] < persistent[-1][0], persistent  # fires, resolves on OK
+
+
+def test_reauth_rule_unit_tests_can_fail(tmp_path: Path) -> None:
+    """Not vacuous: with the 3-day threshold moved to 1 day, bob's alert must not come, and the test fails."""
+    rules = (ALERTS / "claude-auth.prometheus.yml").read_text()
+    broken = rules.replace("claude_auth_login_reauth_deadline_timestamp_seconds - time() < 3 * 86400",
+                           "claude_auth_login_reauth_deadline_timestamp_seconds - time() < 1 * 86400")
+    assert broken != rules
+    (tmp_path / "claude-auth.prometheus.yml").write_text(broken)
+    test = "claude-auth.reauth.prometheus.test.yml"
+    (tmp_path / test).write_text((ALERTS / test).read_text())
+    result = subprocess.run([promtool(), "test", "rules", test], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode != 0

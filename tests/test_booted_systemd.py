@@ -18,6 +18,9 @@ so no change can silently break the units on a real machine. Inside it:
   enable the timer of a person who has no token yet;
 - a timer fires (test drop-in: OnActiveSec=5s, AccuracySec=1s, no random delay);
 - `apply --prune` stops and disables a departed person's timer;
+- the backup-on-change path unit backs a rewrite up within 10 s, a burst of 100
+  rewrites in 10 s in at most five versions, and never a broken shape
+  (`claude-auth whoami` as the person reads the backup's version);
 - the README's uninstall steps leave no unit and no installation behind;
 - the container powers off cleanly and leaves no process behind.
 
@@ -102,11 +105,27 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def oauth(access: str) -> str:
-    return json.dumps({"claudeAiOauth": {
-        "accessToken": access, "refreshToken": "sk-ant-ort01-" + secrets.token_urlsafe(24),
-        "expiresAt": int(time.time() * 1000) + 8 * 3_600_000,
-        "scopes": ["user:inference"], "subscriptionType": "enterprise"}})
+def oauth(access: str, hours: float = 8, scopes: tuple[str, ...] | None = ("user:inference",)) -> str:
+    login = {"accessToken": access, "refreshToken": "sk-ant-ort01-" + secrets.token_urlsafe(24),
+             "expiresAt": int(time.time() * 1000 + hours * 3_600_000), "subscriptionType": "enterprise"}
+    if scopes is not None:
+        login["scopes"] = list(scopes)
+    return json.dumps({"claudeAiOauth": login})
+
+
+# Claude's own way to replace the login: a new file renamed over the old one, as the person.
+REWRITES = """\
+import json, os, secrets, sys, time
+path = "/home/alice/.claude/.credentials.json"
+access, count, seconds = sys.stdin.read().strip(), int(sys.argv[1]), float(sys.argv[2])  # no token in argv
+for n in range(count):
+    login = {"accessToken": access, "refreshToken": "sk-ant-ort01-" + secrets.token_urlsafe(24),
+             "expiresAt": int(time.time() * 1000) + 9 * 3_600_000 + n, "scopes": ["user:inference"]}
+    with open(path + ".tmp", "w") as f:
+        json.dump({"claudeAiOauth": login}, f)
+    os.rename(path + ".tmp", path)
+    time.sleep(seconds / count)
+"""
 
 
 class Box:
@@ -241,8 +260,10 @@ def test_units_under_a_booted_systemd(box: Box) -> None:
     assert (code, out.splitlines()[-1]) == (0, "No changes."), out + err
     for timer in TIMERS[:2]:
         assert box.state(timer) == ("enabled", "active"), timer
+    assert box.state("claude-auth-backup@alice.path") == ("enabled", "active")
     code, out, err = box.sh("systemd-analyze", "verify", "claude-auth-sync@alice.service",
-                            "claude-auth-sync@alice.timer", "claude-auth-reconcile.service",
+                            "claude-auth-sync@alice.timer", "claude-auth-backup@alice.service",
+                            "claude-auth-backup@alice.path", "claude-auth-reconcile.service",
                             "claude-auth-reconcile.timer", check=False)
     assert code == 0 and "claude-auth" not in err, out + err
 
@@ -254,7 +275,8 @@ def test_units_under_a_booted_systemd(box: Box) -> None:
     assert box.start("claude-auth-sync@alice.service") == 0, box.why("claude-auth-sync@alice.service")
     assert any(line.startswith("OK") for line in box.journal("claude-auth-sync@alice.service"))
 
-    box.write("/home/alice/.claude/.credentials.json", oauth(broken), owner="alice", mode="0600")
+    # A raced refresh left an older, rejected login behind (older: the backup on change keeps the newer backup).
+    box.write("/home/alice/.claude/.credentials.json", oauth(broken, hours=7), owner="alice", mode="0600")
     assert box.start("claude-auth-sync@alice.service") == 0, box.why("claude-auth-sync@alice.service")
     assert any(line.startswith("RECOVERED") for line in box.journal("claude-auth-sync@alice.service"))
     restored = json.loads(box.sh("cat", "/home/alice/.claude/.credentials.json", secret=True)[1])
@@ -310,6 +332,41 @@ def test_units_under_a_booted_systemd(box: Box) -> None:
     assert box.state("claude-auth-sync@bob.timer") == ("disabled", "inactive"), out
     code, out, err = box.sh("claude-auth", "plan", admin=True, check=False)
     assert (code, out.splitlines()[-1]) == (0, "No changes."), out + err
+
+    # --- backup on change: the path unit backs each rewrite up within seconds (issue 24) ----------
+    def me() -> dict:
+        return json.loads(box.sh("runuser", "-u", "alice", "--", "claude-auth", "whoami", "--json")[1])
+
+    def backup_runs() -> int:
+        return len([line for line in box.journal("claude-auth-backup@alice.service")
+                    if line.split(" ", 1)[0] in ("OK", "SKIP", "FAIL")])
+
+    first = me()
+    assert first["backup_path_unit"] == "enabled" and first["timer"] == "enabled", first
+    assert first["login"] == "ok" and first["vault_token_ttl_seconds"] > 0, first
+    box.write("/etc/claude-auth-test/rewrites.py", REWRITES)
+    began = time.monotonic()
+    box.sh("runuser", "-u", "alice", "--", "python3", "/etc/claude-auth-test/rewrites.py", "1", "0", input=good)
+    wait_for("the backup of one rewrite", lambda: me()["backup_version"] > first["backup_version"], timeout=10)
+    one = me()["backup_version"]
+    print(f"one rewrite backed up in {time.monotonic() - began:.1f} s")
+    # 100 rewrites in 10 s: the run waits for the file to be still, so a handful of versions, not 100.
+    box.sh("runuser", "-u", "alice", "--", "python3", "/etc/claude-auth-test/rewrites.py", "100", "10", input=good)
+    wait_for("the burst's backup", lambda: box.state("claude-auth-backup@alice.service")[1] == "inactive"
+             and me()["backup_version"] > one, timeout=30)
+    time.sleep(2)
+    burst = me()["backup_version"] - one
+    assert 1 <= burst <= 5, burst
+    latest = json.loads(box.sh("cat", "/home/alice/.claude/.credentials.json", secret=True)[1])
+    # A broken shape (a refresh that dropped scopes, #85262) written to the file is never backed up.
+    runs = backup_runs()
+    box.write("/home/alice/.claude/.credentials.json", oauth(good, hours=10, scopes=None), owner="alice",
+              mode="0600")
+    wait_for("the backup run on the broken shape", lambda: backup_runs() > runs, timeout=15)
+    assert me()["backup_version"] == one + burst
+    assert any("holds a broken login" in line for line in box.journal("claude-auth-backup@alice.service"))
+    assert not any(line.startswith("FAIL") for line in box.journal("claude-auth-backup@alice.service"))
+    box.write("/home/alice/.claude/.credentials.json", json.dumps(latest), owner="alice", mode="0600")
 
     # --- the README's uninstall steps, word for word ----------------------------------------------
     readme = (REPO / "README.md").read_text()

@@ -194,7 +194,7 @@ PANELS: dict[str, Expected] = {
     "Time since the last sync run": per_user("last_sync_at", age=True),
     "Vault token TTL": ttl,
     "Backup age": per_user("backup_at", age=True),
-    "Reauthentication deadline": per_user("setup_token_expires_at", until=True),
+    "Reauthentication deadline": per_user("reauth_deadline", until=True),
 }
 
 
@@ -262,4 +262,5 @@ def test_the_alert_thresholds_are_drawn_on_their_panels() -> None:
 
     assert "> 43800" in exprs and steps("Time since the last successful sync") == {43800}
     assert "< 7 * 86400" in exprs and steps("Vault token TTL") == {7 * 86400}
-    assert "< 30 * 86400" in exprs and steps("Reauthentication deadline") == {7 * 86400, 30 * 86400}
+    assert "< 30 * 86400" in exprs and "< 3 * 86400" in exprs
+    assert steps("Reauthentication deadline") == {3 * 86400, 7 * 86400, 30 * 86400}

@@ -4,6 +4,7 @@ real OpenBao and a --root sandbox."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -80,3 +81,27 @@ def test_status_says_whether_the_expiry_is_known_or_assumed(mixed: World, source
     rows = {row["user"]: row for row in json.loads(mixed.run("status", "--json").out)["users"]}
     assert rows["tokened"]["setup_token_expiry_source"] == (source or None)
     assert f"days left; {phrase})" in mixed.run("status").out
+
+
+def test_the_reauthentication_deadline_comes_from_the_persons_file_or_the_setup_token(mixed: World,
+                                                                                       tmp_path: Path) -> None:
+    """oauth mode: the reauth-by file the person's sync keeps (reconcile.sync.notice); setup-token
+    mode: the stored token's expiry. A file that is not a deadline is no deadline."""
+    state = mixed.root / "home" / "classic" / ".local" / "state" / "claude-auth-sync"
+    deadline = int(time.time()) + 2 * 86400
+    (state / "reauth-by").write_text(f"{deadline} 2030-01-01 claude auth login --claudeai --sso\n")
+    os.chown(state / "reauth-by", mixed.uids["classic"], mixed.uids["classic"])
+    target = tmp_path / "claude-auth.prom"
+    assert mixed.run("status", "--json", "--prometheus", str(target)).code == 0
+    rows = {row["user"]: row for row in json.loads(mixed.run("status", "--json").out)["users"]}
+    assert rows["classic"]["reauth_deadline"] == time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(deadline))
+    assert rows["tokened"]["reauth_deadline"] == rows["tokened"]["setup_token_expires_at"]
+    samples = {s.labels["user"]: s.value for family in text_string_to_metric_families(target.read_text())
+               for s in family.samples if s.name == "claude_auth_login_reauth_deadline_timestamp_seconds"}
+    assert samples == {"classic": deadline, "tokened": EXPIRES_MS / 1000}
+
+    for planted in ("9" * 40 + " 2030-01-01 x\n", "soon\n", f"{deadline} not-a-date x\n"):
+        (state / "reauth-by").write_text(planted)
+        rows = {row["user"]: row for row in json.loads(mixed.run("status", "--json").out)["users"]}
+        assert rows["classic"]["reauth_deadline"] is None
+        assert not [note for note in rows["classic"]["notes"] if "reauth" in note]

@@ -27,6 +27,9 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("claude_auth_backup_timestamp_seconds", "Time of the latest Claude login backup in Vault (backed_up_at)."),
     ("claude_auth_setup_token_expiry_timestamp_seconds",
      "setup-token mode: when the stored long-lived setup token expires (claude_setup_token_expires_at_ms)."),
+    ("claude_auth_login_reauth_deadline_timestamp_seconds",
+     "When the person must log in again at the latest: Claude's refreshTokenExpiresAt as their last sync "
+     "read it, or the setup token's expiry; absent when unknown."),
 )
 
 
@@ -40,6 +43,7 @@ class UserMetrics:
     token_ttl: float | None = None
     backup_time: float | None = None
     setup_token_expiry: float | None = None
+    reauth_deadline: float | None = None
 
 
 def escape_label_value(value: str) -> str:
@@ -73,6 +77,7 @@ def render_textfile(rows: list[UserMetrics]) -> str:
                 "claude_auth_token_ttl_seconds": row.token_ttl,
                 "claude_auth_backup_timestamp_seconds": row.backup_time,
                 "claude_auth_setup_token_expiry_timestamp_seconds": row.setup_token_expiry,
+                "claude_auth_login_reauth_deadline_timestamp_seconds": row.reauth_deadline,
             }[name]
             if value is not None:
                 lines.append(_sample(name, labels, float(value)))

@@ -20,7 +20,7 @@ from reconcile.local import statefile
 from reconcile.local import desired as local_desired
 from reconcile.local import observe as local_observe
 from reconcile.common.loginmode import Login
-from reconcile.sync import setup_token
+from reconcile.sync import notice, setup_token
 from reconcile.local.accounts import Account, lookup_accounts
 from reconcile.roster.fleet import this_host
 from reconcile.local.homefs import STATE_DIR, HomeFsError, read_private_tail
@@ -39,6 +39,9 @@ from reconcile.vault.observe import ObservedToken, ObservedVault, TokenState, ob
 SYNC_LOG = f"{STATE_DIR}/sync.log"
 SYNC_LOG_ROTATED = f"{SYNC_LOG}.1"
 LOG_TAIL_BYTES = 256 * 1024
+REAUTH_BY = f"{STATE_DIR}/{notice.REAUTH_BY}"
+REAUTH_BY_BYTES = 256
+DEADLINE_HORIZON_SECONDS = 10 * 366 * 86400
 _RESULTS = ("OK", "RECOVERED", "SKIP", "FAIL")
 UNKNOWN = "—"
 # Times read from files a user controls (sync.log, backed_up_at) are believed only in this
@@ -80,6 +83,9 @@ class UserStatus:
     """The roster's claude_login."""
     setup_token_expires_at: float | None = None
     """setup-token mode: when the stored setup token expires."""
+    reauth_deadline: float | None = None
+    """When the person must log in again at the latest: Claude's refreshTokenExpiresAt as their
+    last sync read it (the reauth-by file it keeps), or the setup token's expiry."""
     setup_token_expiry_source: str | None = None
     """Where that date came from: given (--expires-at), claude (printed by claude setup-token),
     default (365 days assumed); None when not recorded (stored by an older claude-auth)."""
@@ -98,6 +104,7 @@ class UserStatus:
             "claude_login": self.claude_login,
             "setup_token_expires_at": _iso(self.setup_token_expires_at),
             "setup_token_expiry_source": self.setup_token_expiry_source,
+            "reauth_deadline": _iso(self.reauth_deadline),
         }
 
     def metrics(self) -> UserMetrics:
@@ -106,7 +113,7 @@ class UserStatus:
                            last_run=self.last_run.at if self.last_run else None,
                            last_result=self.last_run.result if self.last_run else None,
                            token_ttl=self._metric_ttl(), backup_time=self.backup_at,
-                           setup_token_expiry=self.setup_token_expires_at)
+                           setup_token_expiry=self.setup_token_expires_at, reauth_deadline=self.reauth_deadline)
 
     def _metric_ttl(self) -> int | None:
         """A token that is wanted but dead, missing or unreadable has 0 seconds left, so the
@@ -263,6 +270,21 @@ def _backup(world: _World, roster: Roster, user: str,
     return secret.version, parse_time(backed_up) if isinstance(backed_up, str) else None, None
 
 
+def _reauth_deadline(account: Account | UserProblem | None) -> float | None:
+    """The deadline the person's own last sync wrote (reconcile.sync.notice), read as any file in a
+    home: through a descriptor, never a link, at most REAUTH_BY_BYTES, then checked for its shape."""
+    if not isinstance(account, Account):
+        return None
+    try:
+        raw = read_private_tail(account, REAUTH_BY, REAUTH_BY_BYTES)
+    except HomeFsError:
+        return None
+    found = notice.read_deadline(raw.decode(errors="replace")) if raw is not None else None
+    if found is None or not EARLIEST_TIME <= found[0] <= time.time() + DEADLINE_HORIZON_SECONDS:
+        return None  # the person's own file: a date that cannot be a login's is no date
+    return float(found[0])
+
+
 def _last_sync(account: Account | UserProblem | None) -> tuple[SyncRecord | None, float | None, str | None]:
     """(last run, last success, why unknown) from the tail of sync.log, and from the tail of
     the rotated sync.log.1 when sync.log holds no success (rotation moved it there)."""
@@ -340,11 +362,15 @@ def user_status(world: _World, roster: Roster, user: str) -> UserStatus:
         expires_at, expiry_source, why_no_expiry = _setup_token_expiry(world, roster, user, token_obs)
         if why_no_expiry:
             notes.append(f"setup token: {why_no_expiry}")
+    if login == SETUP_TOKEN_MODE:
+        deadline = expires_at
+    else:
+        deadline = _reauth_deadline(world.accounts.get(user)) if roster.users[user].claude_auth else None
     return UserStatus(user=user, state=_state_of(roster, user), policy=policy, token=token,
                       token_ttl_seconds=ttl, token_minted_at=minted, timer=timer, last_run=last_run,
                       last_success_at=last_success, backup_version=version, backup_at=backup_at,
                       notes=tuple(notes), claude_login=login, setup_token_expires_at=expires_at,
-                      setup_token_expiry_source=expiry_source)
+                      setup_token_expiry_source=expiry_source, reauth_deadline=deadline)
 
 
 def gather(roster: Roster, roster_path: str, root: Path, vault: Vault | None, *, admin: bool,
