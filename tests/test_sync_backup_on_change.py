@@ -31,8 +31,10 @@ def backup_only(user: SyncUser) -> flow.Outcome:
 
 
 def rewrite(user: SyncUser, oauth: dict) -> None:
-    """Claude's own way: a new file renamed over the old one."""
+    """Claude's own way: a new file renamed over the old one (with a token the API accepts)."""
     user.remember(oauth)
+    if oauth.get("accessToken"):
+        user.api.accept(oauth["accessToken"])
     tmp = user.credentials.with_name(".credentials.json.tmp")
     tmp.write_text(json.dumps({"claudeAiOauth": oauth, "mcpOAuth": {"kept": True}}))
     tmp.rename(user.credentials)
@@ -117,35 +119,49 @@ def test_a_burst_of_rewrites_makes_one_backup_of_the_last(user: SyncUser) -> Non
     assert user.stored_oauth() == logins[-1]
 
 
-def test_a_running_sync_is_waited_for(user: SyncUser) -> None:
+def test_a_running_sync_neither_blocks_the_backup_nor_is_skipped_for_it(user: SyncUser) -> None:
     first = new_oauth("first")
     user.login(first)
     assert user.sync().status.value == "OK"
     rewrite(user, later(first))
-    held = Lock(user.state_dir / "lock")
+    sync_lock = Lock(user.state_dir / "lock")
+    assert sync_lock.acquire()  # a sync is running
+    try:
+        outcome = backup_only(user)
+    finally:
+        sync_lock.release()
+    assert outcome.status.value == "OK", outcome.line
+    assert current_version(user.root, user.kv_path) == 2
+
+    backup_lock = Lock(user.state_dir / flow.BACKUP_LOCK)
+    assert backup_lock.acquire()  # a backup on change is settling: a sync starting now still runs
+    try:
+        assert user.sync().status.value == "OK"
+    finally:
+        backup_lock.release()
+
+
+def test_a_second_backup_waits_for_the_first_then_gives_up(user: SyncUser, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = new_oauth("first")
+    user.login(first)
+    assert user.sync().status.value == "OK"
+    rewrite(user, later(first))
+    held = Lock(user.state_dir / flow.BACKUP_LOCK)
     assert held.acquire()
     release = threading.Timer(1.5, held.release)
     release.start()
     began = time.monotonic()
-
     outcome = backup_only(user)
-
     assert outcome.status.value == "OK", outcome.line
     assert time.monotonic() - began >= 1.4
-    assert current_version(user.root, user.kv_path) == 2
 
-
-def test_a_sync_that_holds_the_lock_too_long_is_skip(user: SyncUser, monkeypatch: pytest.MonkeyPatch) -> None:
-    user.login(new_oauth())
     monkeypatch.setattr(flow, "BACKUP_LOCK_WAIT", 0.5)
-    held = Lock(user.state_dir / "lock")
     assert held.acquire()
     try:
         outcome = backup_only(user)
     finally:
         held.release()
-    assert outcome.status.value == "SKIP" and "backs the login up itself" in outcome.line
-    assert current_version(user.root, user.kv_path) == 0
+    assert outcome.status.value == "SKIP" and "another backup on change holds its lock" in outcome.line
 
 
 # --- the notice files --------------------------------------------------------------------------------

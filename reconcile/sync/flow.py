@@ -112,8 +112,13 @@ class Outcome:
 BACKUP_LOG = "backup.log"
 """Where `sync --backup-only` keeps its lines: sync.log is the record of proven logins (status
 reads its last OK as the last success), and a backup on change proves nothing."""
+BACKUP_LOCK = "backup.lock"
+"""A backup on change takes a lock of its own, never the sync's: a scheduled sync must not SKIP
+(and lose its check for six hours) because a backup was settling. The two need no lock between
+them: each reads the file under Claude's refresh lock (a restore writes under it too), and each
+Vault write is a check-and-set merge in which an older login never replaces a newer backup."""
 BACKUP_LOCK_WAIT = 60.0
-"""How long a backup on change waits for a running sync to finish (which backs up itself)."""
+"""How long a backup on change waits for another one (a run by hand beside the unit's)."""
 SETTLE_SECONDS = 1.0
 SETTLE_LIMIT = 10.0
 """A backup on change waits until the file has been still for SETTLE_SECONDS (at most
@@ -157,11 +162,12 @@ def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None,
             if unsafe_log is not None:
                 return _finish(reporter, Status.FAIL, f"{unsafe_log}; nothing changed", None)
             reporter.log_path = log_file
-            lock = Lock(home_settings.lock_file, home_settings.shown(home_settings.lock_file))
+            lock_file = home_settings.state_dir / BACKUP_LOCK if backup_only else home_settings.lock_file
+            lock = Lock(lock_file, home_settings.shown(lock_file))
             if not (lock.acquire_within(BACKUP_LOCK_WAIT) if backup_only else lock.acquire()):
                 lock = None
-                return _finish(reporter, Status.SKIP, "another sync run holds the lock"
-                               + ("; it backs the login up itself" if backup_only else ""), None)
+                return _finish(reporter, Status.SKIP, "another backup on change holds its lock" if backup_only
+                               else "another sync run holds the lock", None)
         except UnsafeFile as exc:
             lock = None
             return _finish(reporter, Status.FAIL, f"{exc}; nothing changed", None)
