@@ -39,8 +39,11 @@ from reconcile.vault.values import CasConflict, KvRawSecret
 FIELD_OAUTH_JSON = "claude_ai_oauth_json"
 FIELD_EXPIRES_AT = "credential_expires_at_ms"
 FIELD_BACKED_UP_AT = "backed_up_at"
-CAS_ATTEMPTS = 10
-"""Reads plus CAS writes before giving up against a busy concurrent writer."""
+CAS_ATTEMPTS = 20
+"""Reads plus CAS writes before giving up against a busy concurrent writer. Each attempt loses
+only to a write that lands inside its one read-to-write round trip; against a writer that never
+pauses (tests/test_sync_real.py, one merge every few ms) about half do, and on a loaded machine
+10 attempts once all lost (1 run in about 10). The cost is paid only under contention."""
 OAUTH_FIELD_LIMIT = CREDENTIALS_LIMIT
 """The stored object's JSON text is refused past this size (it has to fit in .credentials.json)."""
 
