@@ -592,6 +592,11 @@ def test_a_recorded_token_replaced_in_the_file_is_revoked_in_the_same_run(world:
 # --- one ERROR line, never a traceback -------------------------------------------------------------------
 
 
+TRIGGERS = sorted(["claude-auth-reconcile.timer", "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer",
+                   "claude-auth-backup@alice.path", "claude-auth-backup@bob.path"])
+"""What an apply of alice and bob enables: the reconcile timer, and each person's timer and path unit."""
+
+
 def test_a_failing_timer_batch_fails_each_timer_change(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     from reconcile.local import apply as local_apply
     from reconcile.local.systemd import SystemdError
@@ -604,10 +609,9 @@ def test_a_failing_timer_batch_fails_each_timer_change(world: World, monkeypatch
     run = world.run("apply")
     assert run.code == Exit.ERROR
     timer_errors = [line for line in run.err.splitlines() if line.startswith("ERROR ")]
-    timers = ["claude-auth-reconcile.timer", "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer"]
-    assert timer_errors == [f"ERROR {timer}: systemctl daemon-reload failed: Access denied" for timer in timers]
+    assert timer_errors == [f"ERROR {timer}: systemctl daemon-reload failed: Access denied" for timer in TRIGGERS]
     assert "Traceback" not in run.err
-    assert run.lines[-1].startswith("Applied: ") and run.lines[-1].endswith(" 3 failed, 0 need an admin run.")
+    assert run.lines[-1].startswith("Applied: ") and run.lines[-1].endswith(" 5 failed, 0 need an admin run.")
     assert world.token("alice") and world.token("bob")  # everything else was applied
 
 
@@ -641,8 +645,7 @@ def test_timer_links_are_made_while_the_tokens_are_minted(world: World, monkeypa
     assert run.code == Exit.OK, run.err
     assert seen_by_mints == [True, True] and written_first == [True]
     timer_lines = [line for line in run.lines if " timer " in line]
-    assert timer_lines == [f"+ timer {unit}: enabled" for unit in
-                           ("claude-auth-reconcile.timer", "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer")]
+    assert timer_lines == [f"+ timer {unit}: enabled" for unit in TRIGGERS]
     assert run.lines.index(timer_lines[0]) > max(i for i, line in enumerate(run.lines) if " unit " in line)
     world.assert_converged()
 
@@ -676,8 +679,7 @@ def test_a_live_root_starts_each_timer_only_after_every_token_is_written(world: 
     world.write_roster({"alice": {}, "bob": {}})
     run = world.run("apply")
     assert run.code == Exit.OK, run.err
-    assert started == [(unit, True) for unit in
-                       ("claude-auth-reconcile.timer", "claude-auth-sync@alice.timer", "claude-auth-sync@bob.timer")]
+    assert started == [(unit, True) for unit in TRIGGERS]
     assert "+ timer claude-auth-sync@bob.timer: enabled and started" in run.lines
 
 
