@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from reconcile.common.identity import shown_display_name
+from reconcile.vault.values import client_setting
 from reconcile.common.loginmode import ENV_VAR as LOGIN_ENV_VAR
 from reconcile.common.loginmode import Login
 
@@ -146,9 +147,9 @@ def login_from(environ: Mapping[str, str]) -> Login | None:
 
 def load(user: str, environ: Mapping[str, str]) -> SyncSettings:
     """The settings for `user` (already checked by check_user) from `environ`."""
-    vault_addr = environ.get("VAULT_ADDR", "").strip()
+    vault_addr = (client_setting("ADDR", environ) or "").strip()
     if not vault_addr:
-        raise SettingsError("VAULT_ADDR is not set (the sync service must set it)")
+        raise SettingsError("VAULT_ADDR is not set (the sync service must set it; BAO_ADDR also counts)")
     kv_mount = _text(environ, "CLAUDE_AUTH_KV_MOUNT", DEFAULT_KV_MOUNT).strip("/")
     path_prefix = _text(environ, "CLAUDE_AUTH_PATH_PREFIX", DEFAULT_PATH_PREFIX).strip("/")
     if not kv_mount or not path_prefix:

@@ -30,6 +30,7 @@ from reconcile.sync import settings as config
 from reconcile.sync.credentials import CredentialsError
 from reconcile.sync.safefile import TOKEN_FILE_LIMIT, UnsafeFile, read_capped
 from reconcile.sync.settings import SettingsError
+from reconcile.vault.values import client_setting
 
 LOG_TAIL = 64 * 1024
 """The end of sync.log read for the last result (lines are short; a run writes two or three)."""
@@ -147,7 +148,7 @@ def gather(user: str, environ: Mapping[str, str], *, systemd: bool = True,
     me = Whoami(user=user)
     me.timer, me.backup_path_unit = unit_states(user) if systemd else ("unknown", "unknown")
     home = config.home_folder(env)
-    settings = config.SyncSettings(user=user, home=home, vault_addr=env.get("VAULT_ADDR", ""))
+    settings = config.SyncSettings(user=user, home=home, vault_addr=client_setting("ADDR", env) or "")
     try:
         login_mode = config.login_from(env)
     except SettingsError as exc:
@@ -198,7 +199,7 @@ def _history(me: Whoami, settings: config.SyncSettings) -> None:
 
 
 def _remote(me: Whoami, env: Mapping[str, str], settings: config.SyncSettings, vault_factory: Any) -> None:
-    if not env.get("VAULT_ADDR"):
+    if not client_setting("ADDR", env):
         me.notes.append("Vault: no VAULT_ADDR (neither the sync unit nor the environment sets one)")
         return
     try:

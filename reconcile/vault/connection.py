@@ -26,11 +26,27 @@ import hvac.adapters
 import hvac.exceptions
 import hvac.utils
 import requests
+import requests.adapters
 
 from reconcile.vault.retry import Deadline, GaveUp, RetryPolicy, Transience, call_with_retries
 from reconcile.vault.transport import (READ_METHODS, BoundedAdapter, Link, Redirected, Unreadable, ask_leader,
                                        classify, count_key, translate)
-from reconcile.vault.values import Secret, VaultError, VaultUnreachable, check_address
+from reconcile.vault.values import (Secret, VaultError, VaultUnreachable, check_address, client_setting,
+                                    setting_name)
+
+
+class ServerNameAdapter(requests.adapters.HTTPAdapter):
+    """VAULT_TLS_SERVER_NAME: the name sent in SNI and checked in the server's certificate, when it is
+    not the host of the address (a Vault reached by IP, or through a tunnel)."""
+
+    def __init__(self, server_name: str) -> None:
+        self.server_name = server_name
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["server_hostname"] = self.server_name
+        kwargs["assert_hostname"] = self.server_name
+        super().init_poolmanager(*args, **kwargs)
 
 
 class Connection:
@@ -45,8 +61,17 @@ class Connection:
         """
         check_address(address)
         self.address = address
-        cacert = cacert or os.environ.get("VAULT_CACERT") or None
+        # The client variables an admin sets for the Vault CLI, read the way OpenBao's client reads
+        # them (values.client_setting: BAO_<name> over VAULT_<name>).
+        cacert = cacert or client_setting("CACERT") or client_setting("CAPATH")
         self._cacert = cacert
+        self.namespace = client_setting("NAMESPACE")
+        certificate, key = client_setting("CLIENT_CERT"), client_setting("CLIENT_KEY")
+        if (certificate is None) != (key is None):
+            raise VaultError(f"{setting_name('CLIENT_CERT')} and {setting_name('CLIENT_KEY')} must be set together "
+                             "(a client certificate and its key)")
+        self._client_cert = (certificate, key) if certificate and key else None
+        self._server_name = client_setting("TLS_SERVER_NAME")
         if _link is None:
             policy = policy or RetryPolicy.from_env()
             _link = Link(policy=policy, deadline=Deadline(policy.deadline), requests=Counter())
@@ -61,11 +86,16 @@ class Connection:
             # hvac takes a given session's `verify` over its own argument: without this the CA of
             # VAULT_CACERT was never used (requests' default bundle was), found by the TLS test.
             session.verify = settings["verify"]
+            if self._client_cert is not None:
+                session.cert = self._client_cert
+            if self._server_name is not None:
+                session.mount("https://", ServerNameAdapter(self._server_name))
             self._verify: bool | str | None = settings["verify"]
             self._proxied = bool(settings["proxies"])
             self._client = hvac.Client(url=address, token=token.reveal() if token else None,
                                        verify=settings["verify"], timeout=_link.policy.request_timeout,
-                                       session=session, allow_redirects=False, adapter=BoundedAdapter)
+                                       session=session, allow_redirects=False, adapter=BoundedAdapter,
+                                       cert=self._client_cert, namespace=self.namespace)
         except ValueError as exc:  # a URL requests or hvac cannot parse; the text names no token
             raise VaultError(f"VAULT_ADDR={address!r} is not a valid Vault address ({exc})") from None
         if token is None:

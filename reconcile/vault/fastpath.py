@@ -53,7 +53,8 @@ class FastPath(Connection):
                 return [None] * len(requests)
             result = vault_pipeline.exchange(self.address, requests, connections=vault_pipeline.connections(),
                                              timeout=link.policy.request_timeout, until=time.monotonic() + left,
-                                             max_body=MAX_ANSWER_BYTES, ssl_context=context)
+                                             max_body=MAX_ANSWER_BYTES, ssl_context=context,
+                                             server_name=self._server_name)
         with link.lock:
             link.requests[count_as] += result.sent_count
         return result.answers
@@ -71,6 +72,8 @@ class FastPath(Connection):
                 else:
                     context = ssl.create_default_context(cafile=where)
                 context.set_alpn_protocols(["http/1.1"])
+                if self._client_cert is not None:
+                    context.load_cert_chain(*self._client_cert)
             except (OSError, ValueError, ssl.SSLError):
                 return None
             self._ssl_context = context
@@ -78,6 +81,8 @@ class FastPath(Connection):
 
     def _headers(self, token: str | None, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
         base = (("X-Vault-Request", "true"),) + ((("X-Vault-Token", token),) if token else ())
+        if self.namespace:
+            base += (("X-Vault-Namespace", self.namespace),)
         return base + extra
 
     def lookup_tokens_pipelined(self, tokens: Sequence[Secret], *, own: bool) -> list[TokenInfo | None]:

@@ -110,7 +110,7 @@ def encode(request: Request, host: str) -> bytes | None:
 
 def exchange(address: str, requests: Sequence[Request], *, connections: int, depth: int = DEPTH,
              timeout: float, until: float, max_body: int,
-             ssl_context: ssl.SSLContext | None = None) -> Exchange:
+             ssl_context: ssl.SSLContext | None = None, server_name: str | None = None) -> Exchange:
     """Send every request on up to `connections` connections, `depth` at a time on each.
 
     `timeout` bounds each wait on a socket; `until` (time.monotonic()) ends the
@@ -126,7 +126,8 @@ def exchange(address: str, requests: Sequence[Request], *, connections: int, dep
 
     def run() -> None:
         try:
-            _connection(host_name, port, ssl_context, wire, answers, work, timeout, until, max_body)
+            _connection(host_name, port, ssl_context, wire, answers, work, timeout, until, max_body,
+                        server_name or host_name)
         except Exception:  # noqa: BLE001 - its requests stay unanswered: the caller asks again
             pass
 
@@ -173,7 +174,8 @@ class _Work:
 
 
 def _connection(host: str, port: int, ssl_context: ssl.SSLContext | None, wire: list[bytes | None],
-                answers: list[Answer | None], work: _Work, timeout: float, until: float, max_body: int) -> None:
+                answers: list[Answer | None], work: _Work, timeout: float, until: float, max_body: int,
+                server_name: str) -> None:
     left = until - time.monotonic()
     if left <= 0:
         return
@@ -182,7 +184,7 @@ def _connection(host: str, port: int, ssl_context: ssl.SSLContext | None, wire: 
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ssl_context is not None:
-            sock = ssl_context.wrap_socket(sock, server_hostname=host)
+            sock = ssl_context.wrap_socket(sock, server_hostname=server_name)
         stream: BinaryIO = sock.makefile("rb", buffering=64 * 1024)  # type: ignore[assignment]
         reader = stream
         while True:

@@ -120,15 +120,36 @@ class MintedToken:
     accessor: str
 
 
+CLIENT_SETTINGS = ("ADDR", "TOKEN", "CACERT", "CAPATH", "CLIENT_CERT", "CLIENT_KEY", "TLS_SERVER_NAME",
+                   "NAMESPACE")
+"""The client variables read, each as BAO_<name> or VAULT_<name> (client_setting)."""
+
+
+def client_setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """A client variable as OpenBao's own client reads it (openbao/openbao api/env.go): BAO_<name>
+    when it is set at all, even empty (a set BAO_TOKEN hides VAULT_TOKEN), else VAULT_<name>.
+    None when the value is empty or neither is set."""
+    environ = os.environ if environ is None else environ
+    bao = f"BAO_{name}"
+    value = environ[bao] if bao in environ else environ.get(f"VAULT_{name}", "")
+    return value or None
+
+
+def setting_name(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """Which variable client_setting(name) read, for messages: BAO_<name> or VAULT_<name>."""
+    environ = os.environ if environ is None else environ
+    return f"BAO_{name}" if f"BAO_{name}" in environ else f"VAULT_{name}"
+
+
 def resolve_address(configured: str | None) -> str | None:
-    """The roster's vault.address, else $VAULT_ADDR; None when neither is set.
+    """The roster's vault.address, else $BAO_ADDR or $VAULT_ADDR (client_setting); None when none is set.
 
     Raises VaultError (naming where the address came from) when it is not an
     http:// or https:// URL with a host.
     """
-    address = configured or os.environ.get("VAULT_ADDR") or None
+    address = configured or client_setting("ADDR")
     if address is not None:
-        check_address(address, source="vault.address in the roster" if configured else "VAULT_ADDR")
+        check_address(address, source="vault.address in the roster" if configured else setting_name("ADDR"))
     return address
 
 
@@ -154,8 +175,8 @@ def check_address(address: str, *, source: str = "VAULT_ADDR") -> None:
 
 
 def resolve_token(home: Path | None = None) -> Secret | None:
-    """$VAULT_TOKEN, else ~/.vault-token, as the Vault CLI does."""
-    value = os.environ.get("VAULT_TOKEN")
+    """$BAO_TOKEN or $VAULT_TOKEN (client_setting), else ~/.vault-token, as the CLI does."""
+    value = client_setting("TOKEN")
     if not value:
         token_file = (home or Path.home()) / ".vault-token"
         try:
