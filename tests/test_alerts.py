@@ -47,17 +47,21 @@ def test_setup_token_expiry_rules_fire_at_30_and_7_days() -> None:
     assert all("claude_auth_setup_token_expiry_timestamp_seconds" in rule["expr"] for rule in expiring)
 
 
-def test_setup_token_rule_unit_tests_can_fail(tmp_path: Path) -> None:
-    """Not vacuous: the same tests against rules with the 7-day threshold moved to 3 days must fail."""
+def _rule_tests_with(tmp_path: Path, test: str, old: str, new: str) -> int:
+    """promtool's exit code for `test` against the rules with `old` replaced by `new`."""
     rules = (ALERTS / "claude-auth.prometheus.yml").read_text()
-    broken = rules.replace("< 7 * 86400)\n          and on (instance, user)\n          (claude_auth_user_enabled",
-                           "< 3 * 86400)\n          and on (instance, user)\n          (claude_auth_user_enabled")
+    broken = rules.replace(old, new)
     assert broken != rules
     (tmp_path / "claude-auth.prometheus.yml").write_text(broken)
-    test = "claude-auth.setup-token.prometheus.test.yml"
     (tmp_path / test).write_text((ALERTS / test).read_text())
-    result = subprocess.run([promtool(), "test", "rules", test], cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode != 0
+    return subprocess.run([promtool(), "test", "rules", test], cwd=tmp_path, capture_output=True, text=True).returncode
+
+
+def test_setup_token_rule_unit_tests_can_fail(tmp_path: Path) -> None:
+    """Not vacuous: the same tests against rules with the 7-day threshold moved to 3 days must fail."""
+    assert _rule_tests_with(tmp_path, "claude-auth.setup-token.prometheus.test.yml",
+                            "< 7 * 86400)\n          and on (instance, user)\n          (claude_auth_user_enabled",
+                            "< 3 * 86400)\n          and on (instance, user)\n          (claude_auth_user_enabled") != 0
 
 
 def test_prometheus_rule_unit_tests_can_fail(tmp_path: Path) -> None:
@@ -215,12 +219,6 @@ def test_random_schedules_one_off_never_fires_and_two_fails_in_a_row_do() -> Non
 
 def test_reauth_rule_unit_tests_can_fail(tmp_path: Path) -> None:
     """Not vacuous: with the 3-day threshold moved to 1 day, bob's alert must not come, and the test fails."""
-    rules = (ALERTS / "claude-auth.prometheus.yml").read_text()
-    broken = rules.replace("claude_auth_login_reauth_deadline_timestamp_seconds - time() < 3 * 86400",
-                           "claude_auth_login_reauth_deadline_timestamp_seconds - time() < 1 * 86400")
-    assert broken != rules
-    (tmp_path / "claude-auth.prometheus.yml").write_text(broken)
-    test = "claude-auth.reauth.prometheus.test.yml"
-    (tmp_path / test).write_text((ALERTS / test).read_text())
-    result = subprocess.run([promtool(), "test", "rules", test], cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode != 0
+    assert _rule_tests_with(tmp_path, "claude-auth.reauth.prometheus.test.yml",
+                            "claude_auth_login_reauth_deadline_timestamp_seconds - time() < 3 * 86400",
+                            "claude_auth_login_reauth_deadline_timestamp_seconds - time() < 1 * 86400") != 0

@@ -50,7 +50,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, TextIO
+from typing import Any, Callable, Mapping, TextIO
 
 from reconcile.common.exitcodes import Exit
 from reconcile.common.loginmode import Login
@@ -180,22 +180,10 @@ def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None,
         except SettingsError as exc:
             return _finish(reporter, Status.FAIL, str(exc), None)
         steps = _Steps(settings, environ, reporter, redact)
-        if backup_only:
-            try:
-                status, reason = steps.back_up_on_change()
-            except Fail as exc:
-                status, reason = Status.FAIL, str(exc)
-            except Skip as exc:
-                status, reason = Status.SKIP, str(exc)
-            return _finish(reporter, status, reason, steps.vault)
-        try:
-            status, reason = steps.execute()
-        except Fail as exc:
-            status, reason = Status.FAIL, str(exc)
-        except Skip as exc:
-            status, reason = Status.SKIP, str(exc)
-        # What the person sees at their next login (reconcile.sync.notice): nothing secret in it.
-        notice.update(settings.state_dir, status, reason, steps.local_oauth, login_read=steps.login_read)
+        status, reason = _ended(steps.back_up_on_change if backup_only else steps.execute)
+        if not backup_only:  # a backup on change proves nothing about the login: the notice stays
+            # What the person sees at their next login (reconcile.sync.notice): nothing secret in it.
+            notice.update(settings.state_dir, status, reason, steps.local_oauth, login_read=steps.login_read)
         return _finish(reporter, status, reason, steps.vault)
     except KeyboardInterrupt:
         # Ctrl-C during a run by hand: still one status line, and the lock is released below.
@@ -209,6 +197,16 @@ def run(user: str | None, environ: Mapping[str, str], out: TextIO | None = None,
     finally:
         if lock is not None:
             lock.release()
+
+
+def _ended(steps: Callable[[], tuple[Status, str]]) -> tuple[Status, str]:
+    """The status and reason the steps ended with, a Fail or Skip included."""
+    try:
+        return steps()
+    except Fail as exc:
+        return Status.FAIL, str(exc)
+    except Skip as exc:
+        return Status.SKIP, str(exc)
 
 
 def _finish(reporter: Reporter, status: Status, reason: str, vault: Vault | None) -> Outcome:

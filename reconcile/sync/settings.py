@@ -149,7 +149,7 @@ def load(user: str, environ: Mapping[str, str]) -> SyncSettings:
     """The settings for `user` (already checked by check_user) from `environ`."""
     vault_addr = (client_setting("ADDR", environ) or "").strip()
     if not vault_addr:
-        raise SettingsError("VAULT_ADDR is not set (the sync service must set it; BAO_ADDR also counts)")
+        raise SettingsError("VAULT_ADDR is not set (the sync service must set it)")
     kv_mount = _text(environ, "CLAUDE_AUTH_KV_MOUNT", DEFAULT_KV_MOUNT).strip("/")
     path_prefix = _text(environ, "CLAUDE_AUTH_PATH_PREFIX", DEFAULT_PATH_PREFIX).strip("/")
     if not kv_mount or not path_prefix:
