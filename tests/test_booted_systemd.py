@@ -367,6 +367,7 @@ def test_units_under_a_booted_systemd(box: Box) -> None:
     assert any("holds a broken login" in line for line in box.journal("claude-auth-backup@alice.service"))
     assert not any(line.startswith("FAIL") for line in box.journal("claude-auth-backup@alice.service"))
     box.write("/home/alice/.claude/.credentials.json", json.dumps(latest), owner="alice", mode="0600")
+    print(box.sh("runuser", "-u", "alice", "--", "claude-auth", "whoami")[1])  # the README's example
 
     # --- the README's uninstall steps, word for word ----------------------------------------------
     readme = (REPO / "README.md").read_text()
