@@ -14,6 +14,10 @@ Prints one JSON document: per shell and state, the median and 90th percentile
 wall milliseconds of the whole shell, and the snippet's own share (median minus
 the baseline's median). Target (issue 24): under 10 ms added when there is
 nothing to say.
+
+Also `claude-auth whoami` as a person with no Vault configured (the local part
+only: its login file, sync.log and notice files), WHOAMI_RUNS times: the issue
+asks for well under a second.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +83,9 @@ def main() -> None:
                 figures["added_median_ms"] = round(figures["median_ms"] - baseline["median_ms"], 3)
                 per_state[name] = figures
             results[shell] = per_state
+        whoami = [sys.executable, "-m", "reconcile", "whoami", "--user", "nobody"]
+        plain = {"HOME": str(home), "PATH": env["PATH"]}
+        results["whoami_without_vault"] = _figures(_time(whoami, plain, max(5, args.runs // 10)))
     print(json.dumps(results, indent=2))
 
 
