@@ -97,6 +97,8 @@ class Params:
     refresh_interval: float = 0.6
     kv_edit_interval: float = 1.0
     monitor_interval: float = 8.0
+    bite: bool = False
+    """After the real checks: break each of five invariants on purpose and show the checks catch it."""
     disk_full_host: int = -1
     """The host whose state folder (/var/lib/claude-auth) is a small tmpfs (-1: the last host)."""
 
@@ -287,6 +289,7 @@ INVARIANTS = {
     "converged": "every host converged (`plan`: No changes.) within one cycle of the last fault",
     "processes_end": "no run of the tool hung past its timeout",
 }
+HARNESS = "harness"
 
 
 class Soak:
@@ -345,6 +348,7 @@ class Soak:
         self.last_fault_end = 0.0
         self.t0 = 0.0
         self.faketime_pids: list[int] = []
+        self.harness_error = ""
         self.quiet: dict[str, Any] = {}
 
     # --- bookkeeping ---------------------------------------------------------------------------------
@@ -398,7 +402,14 @@ class Soak:
         self.remember(self.cluster.unseal_key)
         root = self.root_client()
         # Every version is kept, so the history of each path can be checked whole.
-        root.secrets.kv.v2.configure(max_versions=1_000_000, mount_point=KV_MOUNT)
+        for _ in range(100):  # a new KV v2 mount answers 400 "Upgrading ..." for a moment
+            try:
+                root.secrets.kv.v2.configure(max_versions=1_000_000, mount_point=KV_MOUNT)
+                break
+            except hvac.exceptions.InvalidRequest:
+                time.sleep(0.3)
+        else:
+            raise RuntimeError("the KV mount never took its configuration")
         self.api.start()
         self.bin_dir = self.base / "bin"
         self.bin_dir.mkdir()
@@ -467,8 +478,60 @@ class Soak:
             self.disk_full_ok = ""
             self.say(f"soak: cannot mount a tmpfs ({done.stderr.strip()}): disk_full faults are skipped")
 
+    def majority_leader(self, timeout: float = 10.0) -> Any:
+        """The node most live nodes name as leader (sys/leader), active by its own account too.
+
+        Not cluster.wait_leader, which wants every node to agree: OpenBao 2.7.2 was seen here to let
+        an active node resumed after a SIGSTOP longer than an election keep calling itself active for
+        minutes beside the new one (see the report's notes), and the harness must see past that.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            votes: Counter[str] = Counter()
+            for node in self.cluster.nodes:
+                if not node.alive:
+                    continue
+                try:
+                    with requests.get(f"{node.address}/v1/sys/leader", timeout=1) as answer:
+                        address = answer.json().get("leader_address") or ""
+                except (requests.RequestException, ValueError):
+                    continue
+                if address:
+                    votes[address] += 1
+            if votes:
+                address, count = votes.most_common(1)[0]
+                node = next((n for n in self.cluster.nodes if n.address == address and n.alive), None)
+                if node is not None and count >= 2:
+                    return node
+            if time.monotonic() > deadline:
+                raise RuntimeError("no leader that most nodes agree on")
+            time.sleep(0.2)
+
+    def restart_node(self, node: Any) -> None:
+        """cluster.restart without its wait for every node to agree on a leader (see majority_leader)."""
+        self.cluster._spawn(node)
+        deadline = time.monotonic() + 120
+        self.cluster._wait_listening(node, deadline)
+        self.cluster._unseal(node, deadline)
+        self.majority_leader(max(1.0, deadline - time.monotonic()))
+
+    def stale_actives(self) -> list[Any]:
+        """Nodes that call themselves active while the majority names another."""
+        try:
+            leader = self.majority_leader(5)
+        except RuntimeError:
+            return []
+        stale = []
+        for node in self.cluster.nodes:
+            if node is leader or not node.alive:
+                continue
+            body = self.cluster.health(node) or {}
+            if body.get("initialized") and not body.get("sealed") and body.get("standby") is False:
+                stale.append(node)
+        return stale
+
     def root_client(self, timeout: float = 10.0) -> hvac.Client:
-        leader = self.cluster.wait_leader(timeout)
+        leader = self.majority_leader(timeout)
         return hvac.Client(url=leader.address, token=self.cluster.root_token, timeout=5)
 
     def hosts_of(self, person: Person) -> list[Host]:
@@ -611,6 +674,7 @@ class Soak:
         finally:
             with self.lock:
                 self.processes.pop(process.pid, None)
+                self.checks["processes_end"] += 1
         self.scan_output(out, where)
         self.scan_output(err, where)
         return process.returncode, out, err, killed
@@ -905,11 +969,11 @@ class Soak:
         if not self.node_fault.acquire(blocking=False):
             return False
         try:
-            node = self.cluster.wait_leader(30)
+            node = self.majority_leader(30)
             self.event("FAULT", f"leader_kill node{node.index} for {down} s")
             self.cluster.kill(node)
             time.sleep(down)
-            self.cluster.restart(node, timeout=90)
+            self.restart_node(node)
             self.event("FAULT_END", f"node{node.index} restarted")
             return True
         finally:
@@ -919,7 +983,7 @@ class Soak:
         if not self.node_fault.acquire(blocking=False):
             return False
         try:
-            target = self.cluster.wait_leader(30) if node == "leader" else self.cluster.nodes[int(node)]
+            target = self.majority_leader(30) if node == "leader" else self.cluster.nodes[int(node)]
             assert target.process is not None
             self.event("FAULT", f"pause_node node{target.index} ({node}) SIGSTOP for {seconds} s")
             os.killpg(target.process.pid, signal.SIGSTOP)
@@ -927,7 +991,7 @@ class Soak:
                 time.sleep(seconds)
             finally:
                 os.killpg(target.process.pid, signal.SIGCONT)
-            self.cluster.wait_leader(60)
+            self.majority_leader(60)
             self.event("FAULT_END", f"node{target.index} SIGCONT")
             return True
         finally:
@@ -1194,12 +1258,19 @@ class Soak:
                          f"faults={sum(self.faults_done.values())} violations={len(self.violations)}")
             self.event("phase", "faults stop")
             faults.join(timeout=120)
+            if faults.is_alive():
+                self.event("phase", "a fault has not ended after 120 s")
             self.stop.set()
             for actor in actors:
                 actor.join(timeout=360)
             self.heal()
             self.quiet_cycle()
             self.final_checks()
+            if self.params.bite:
+                self.bite()
+        except Exception as exc:  # reported, never raised: a traceback would show the cluster's root token
+            self.harness_error = f"{type(exc).__name__}: {exc}"
+            self.violate("harness", self.harness_error)
         finally:
             report = self.report()
             self.teardown()
@@ -1216,9 +1287,18 @@ class Soak:
                 os.killpg(node.process.pid, signal.SIGCONT)
         for node in self.cluster.nodes:
             if not node.alive:
-                self.cluster.restart(node, timeout=90)
-        self.cluster.wait_leader(60)
-        self.cluster.wait_voters(3, 60)
+                self.event("heal", f"node{node.index} restarted")
+                self.restart_node(node)
+        self.majority_leader(120)
+        time.sleep(5)
+        for node in self.stale_actives():
+            # The OpenBao behaviour in majority_leader's docstring, still there after the faults: the
+            # one thing the harness does to the cluster beyond undoing its faults, counted and reported.
+            self.ops["heal_restart_of_stale_active_node"] += 1
+            self.event("heal", f"node{node.index} still calls itself active beside the leader: restarted")
+            self.cluster.kill(node)
+            self.restart_node(node)
+        self.majority_leader(120)
         for folder in self.mounted:
             (folder / "soak-filler").unlink(missing_ok=True)
         self.event("phase", "healed")
@@ -1408,6 +1488,45 @@ class Soak:
         except AssertionError as exc:
             self.violate("no_secrets_out", str(exc).split("\n")[0])
 
+    def bite(self) -> None:
+        """Each check shown able to fail: a sibling key dropped, a stub backed up, one person's token in
+        another's file, a token minted and dropped, a secret printed; each must be caught."""
+        real, self.violations = self.violations, []
+        client = self.root_client(30)
+        try:
+            members = sorted((p for p in self.people.values() if p.enabled and not p.setup_token and self.hosts_of(p)),
+                             key=lambda p: p.name)
+            victim, other = members[0], members[1]
+            path = self.kv_path(victim.name)
+            read = client.secrets.kv.v2.read_secret_version(path=path, mount_point=KV_MOUNT,
+                                                            raise_on_deleted_version=False)
+            data = dict(read["data"]["data"])
+            data.pop(SIBLING_CONSTANT, None)
+            data["claude_ai_oauth_json"] = json.dumps({"accessToken": "", "refreshToken": "", "expiresAt": 0})
+            client.secrets.kv.v2.create_or_update_secret(path=path, secret=data, mount_point=KV_MOUNT)
+            host = self.hosts_of(victim)[0]
+            theirs = host.token_file(victim.name)
+            swapped = theirs.read_text()
+            other_token = next(t for t in (self.token_in(h.token_file(other.name)) for h in self.hosts_of(other)) if t)
+            theirs.write_text(other_token + "\n")
+            minted = client.auth.token.create_orphan(
+                policies=[f"{PREFIX}{victim.name}"], period="768h", no_default_policy=True,
+                display_name=f"devvm-claude-auth-{victim.name}",
+                meta={"managed_by": "claude-auth", "user": victim.name, "host": "nowhere"})["auth"]
+            self.remember(minted["client_token"])
+            self.scan_output(f"oops: {minted['client_token']}", "the bite")
+            self.check_right_person(client)
+            self.check_kv_history(client, final=True)
+            self.final_checks()
+            theirs.write_text(swapped)
+            client.auth.token.revoke_accessor(minted["accessor"])
+            caught = {v.invariant for v in self.violations}
+            self.quiet["bites"] = {name: name in caught for name in
+                                   ("siblings_kept", "backups_restorable", "right_person", "no_orphan_tokens",
+                                    "no_secrets_out")}
+        finally:
+            self.violations = real
+
     def tool_tokens(self, client: hvac.Client) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
         for accessor in client.auth.token.list_accessors()["data"]["keys"]:
@@ -1452,8 +1571,7 @@ class Soak:
         for name, text in INVARIANTS.items():
             mine = [v for v in violations if v.invariant == name]
             entry: dict[str, Any] = {"what": text, "checks": self.checks.get(name, 0),
-                                     "violations": len(mine), "ok": not mine and (self.checks.get(name, 0) > 0
-                                                                                 or name == "processes_end")}
+                                     "violations": len(mine), "ok": not mine and self.checks.get(name, 0) > 0}
             if mine:
                 first = mine[0]
                 entry["first"] = {"t": round(first.t, 2), "detail": first.detail,
@@ -1469,14 +1587,21 @@ class Soak:
             "faults": fault_counts,
             "operations": dict(sorted(self.ops.items())),
             "invariants": invariants,
-            "ok": all(entry["ok"] for entry in invariants.values()),
-            "quiet_cycle": {k: v for k, v in self.quiet.items() if k not in ("sync_results", "running")},
+            "ok": all(entry["ok"] for entry in invariants.values()) and not self.harness_error,
+            "harness_error": self.harness_error,
+            "last_events": [e.as_json() for e in events[-40:]] if self.harness_error else [],
+            "quiet_cycle": {k: v for k, v in self.quiet.items() if k not in ("sync_results", "running", "bites")},
+            "bites": self.quiet.get("bites", {}),
             "notes": {
                 "disk_full": self.disk_full_ok or "no tmpfs could be mounted: disk_full faults skipped",
                 "clock_jump": ("libfaketime (Debian's libfaketime, LD_PRELOAD) shifts the wall clock of the "
                                "host's tool processes started during the jump (and their claude child); "
                                "monotonic clocks and file times stay real" if self.faketime_lib
                                else "no libfaketime: clock_jump faults skipped"),
+                "openbao": ("OpenBao 2.7.2, seen in this harness: an active node resumed after a SIGSTOP longer "
+                            "than an election kept calling itself active (sys/health, sys/leader is_self) for "
+                            "over a minute beside the new active node; the harness names the leader by majority "
+                            "and, after the faults only, restarts such a node (heal_restart_of_stale_active_node)"),
                 "outputs_scanned": self.outputs_scanned,
                 "secrets_known": len(self.secrets),
                 "events": len(events),
@@ -1500,5 +1625,9 @@ def table(report: dict[str, Any]) -> str:
         if "first" in entry:
             lines += ["", f"first violation of {name} at t={entry['first']['t']}: {entry['first']['detail']}"]
             lines += [f"  {e['t']:>8.2f} {e['kind']:<10} {e['detail']}" for e in entry["first"]["events_around"]]
-    lines += ["", f"quiet cycle: {report['quiet_cycle']}"]
+    if report.get("harness_error"):
+        lines += ["", f"harness error: {report['harness_error']}"]
+        harness = [e for e in report.get("last_events", [])]
+        lines += [f"  {e['t']:>8.2f} {e['kind']:<10} {e['detail']}" for e in harness]
+    lines += ["", f"quiet cycle: {report['quiet_cycle']}", f"bites: {report.get('bites')}"]
     return "\n".join(lines)
