@@ -38,12 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     faketime = Path(os.environ.get("CLAUDE_AUTH_FAKETIME_LIB") or REPO / ".tools" / "libfaketime.so.1")
     params = Params(seed=args.seed, minutes=args.minutes, hosts=args.hosts, people=args.people, hires=args.hires,
                     fault_interval=args.fault_interval)
-    report = Soak(params, claude, faketime).run()
     path = args.report or REPO / ".soak" / f"report-{args.seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    events = path.with_name(path.name.replace("report-", "events-").replace(".json", ".jsonl"))
+    os.environ.setdefault("SOAK_EVENTS", str(events))
+    report = Soak(params, claude, faketime).run()
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
-    print(f"\nsoak: report written to {path}")
+    print(f"\nsoak: report written to {path}, every event to {os.environ['SOAK_EVENTS']}")
     return 0 if report["ok"] else 1
 
 

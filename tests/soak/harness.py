@@ -320,6 +320,8 @@ class Soak:
         self.api = MessagesApiStandIn()
         self.apply_slots = threading.BoundedSemaphore(params.apply_slots)
         self.sync_slots = threading.BoundedSemaphore(params.sync_slots)
+        self.fault_slot = threading.BoundedSemaphore(1)
+        self.node_states: dict[int, str] = {}
         self.sync_queue: list[tuple[float, int, str, int]] = []
         self.sync_counter = 0
         self.logins: dict[str, dict[str, Any]] = {}
@@ -349,6 +351,10 @@ class Soak:
         self.t0 = 0.0
         self.faketime_pids: list[int] = []
         self.harness_error = ""
+        self.events_file: Any = None
+        """Every event as one JSON line, as it happens (SOAK_EVENTS names the file)."""
+        if os.environ.get("SOAK_EVENTS"):
+            self.events_file = open(os.environ["SOAK_EVENTS"], "w", buffering=1)
         self.quiet: dict[str, Any] = {}
 
     # --- bookkeeping ---------------------------------------------------------------------------------
@@ -359,6 +365,8 @@ class Soak:
     def event(self, kind: str, detail: str = "") -> None:
         with self.lock:
             self.events.append(Event(self.now(), kind, detail))
+            if self.events_file is not None:
+                self.events_file.write(json.dumps(self.events[-1].as_json()) + "\n")
         if os.environ.get("SOAK_VERBOSE") == "1":
             self.say(f"{self.now():8.2f} {kind:<10} {detail}")
 
@@ -504,16 +512,19 @@ class Soak:
                 if node is not None and count >= 2:
                     return node
             if time.monotonic() > deadline:
-                raise RuntimeError("no leader that most nodes agree on")
+                seen = {f"node{n.index}": (self.cluster.health(n) or {}).get("standby", "no answer") if n.alive
+                        else "dead" for n in self.cluster.nodes}
+                raise RuntimeError(f"no leader that most nodes agree on (votes {dict(votes)}, standby: {seen})")
             time.sleep(0.2)
 
-    def restart_node(self, node: Any) -> None:
+    def restart_node(self, node: Any, wait: bool = True) -> None:
         """cluster.restart without its wait for every node to agree on a leader (see majority_leader)."""
         self.cluster._spawn(node)
         deadline = time.monotonic() + 120
         self.cluster._wait_listening(node, deadline)
         self.cluster._unseal(node, deadline)
-        self.majority_leader(max(1.0, deadline - time.monotonic()))
+        if wait:
+            self.majority_leader(max(1.0, deadline - time.monotonic()))
 
     def stale_actives(self) -> list[Any]:
         """Nodes that call themselves active while the majority names another."""
@@ -697,7 +708,10 @@ class Soak:
         argv = [sys.executable, "-m", "reconcile", command, "--roster", str(self.roster_path), "--root",
                 str(host.root)] + (["--prune"] if prune else [])
         label = f"{command}{'-admin' if admin else '-hourly'}{'-prune' if prune else ''}"
-        with self.apply_slots:
+        slots = self.fault_slot if kill_after is not None else self.apply_slots
+        if not slots.acquire(timeout=10 if kill_after is not None else None):
+            return None
+        try:
             if self.stop.is_set() and kill_after is None and command == "apply" and not self.quiet.get("running"):
                 return None
             process = self.spawn(argv, env, None, None)
@@ -705,6 +719,8 @@ class Soak:
                 self.faketime_pids.append(process.pid)
             self.event("start", f"{label} {host.name} pid {process.pid}")
             result = self.finish(process, f"{label} on {host.name}", None, kill_after, 240)
+        finally:
+            slots.release()
         code, out, err, killed = result
         word = "killed" if killed else f"exit{code}"
         self.ops[f"{label}:{word}"] += 1
@@ -753,8 +769,14 @@ class Soak:
         return result
 
     def sync(self, person: Person, host: Host, kill_after: float | None = None) -> tuple[int, str, str, bool] | None:
-        with self.sync_slots:
+        # A kill fault runs in a slot of its own (one at a time; skipped when that is busy for 10 s).
+        slots = self.fault_slot if kill_after is not None else self.sync_slots
+        if not slots.acquire(timeout=10 if kill_after is not None else None):
+            return None
+        try:
             return self.run_person(person, host, ["sync", "--user", person.name], kill_after=kill_after)
+        finally:
+            slots.release()
 
     # --- the actors --------------------------------------------------------------------------------
 
@@ -1129,8 +1151,24 @@ class Soak:
 
     # --- invariants while it runs ----------------------------------------------------------------
 
+    def node_state(self, node: Any) -> str:
+        if not node.alive:
+            return "dead"
+        body = self.cluster.health(node)
+        if body is None:
+            return "no answer"
+        return "sealed" if body.get("sealed") else ("standby" if body.get("standby") else "active")
+
+    def note_nodes(self) -> dict[int, str]:
+        states = {node.index: self.node_state(node) for node in self.cluster.nodes}
+        if states != self.node_states:
+            self.node_states = states
+            self.event("cluster", " ".join(f"node{i}={state}" for i, state in sorted(states.items())))
+        return states
+
     def monitor_loop(self) -> None:
         while not self.stop.wait(self.params.monitor_interval):
+            self.note_nodes()
             try:
                 client = self.root_client(5)
                 self.check_right_person(client)
@@ -1288,7 +1326,31 @@ class Soak:
         for node in self.cluster.nodes:
             if not node.alive:
                 self.event("heal", f"node{node.index} restarted")
-                self.restart_node(node)
+                self.restart_node(node, wait=False)
+        for node in self.cluster.nodes:  # a restart the faults left half done: sealed, so unseal it
+            if self.node_state(node) == "sealed":
+                self.event("heal", f"node{node.index} sealed: unsealed")
+                self.ops["heal_unseal"] += 1
+                self.cluster._unseal(node, time.monotonic() + 60)
+        self.note_nodes()
+        try:
+            self.majority_leader(60)
+        except RuntimeError:
+            # No two nodes agree (a stale active node beside a lagging one): restart them one by one,
+            # as an operator would, until two do. Counted and reported.
+            for node in self.cluster.nodes:
+                self.ops["heal_rolling_restart"] += 1
+                self.event("heal", f"no majority leader: node{node.index} restarted")
+                self.cluster.kill(node)
+                self.cluster._spawn(node)
+                self.cluster._wait_listening(node, time.monotonic() + 60)
+                self.cluster._unseal(node, time.monotonic() + 60)
+                self.note_nodes()
+                try:
+                    self.majority_leader(30)
+                    break
+                except RuntimeError:
+                    continue
         self.majority_leader(120)
         time.sleep(5)
         for node in self.stale_actives():
@@ -1299,6 +1361,7 @@ class Soak:
             self.cluster.kill(node)
             self.restart_node(node)
         self.majority_leader(120)
+        self.note_nodes()
         for folder in self.mounted:
             (folder / "soak-filler").unlink(missing_ok=True)
         self.event("phase", "healed")
@@ -1601,7 +1664,9 @@ class Soak:
                 "openbao": ("OpenBao 2.7.2, seen in this harness: an active node resumed after a SIGSTOP longer "
                             "than an election kept calling itself active (sys/health, sys/leader is_self) for "
                             "over a minute beside the new active node; the harness names the leader by majority "
-                            "and, after the faults only, restarts such a node (heal_restart_of_stale_active_node)"),
+                            "and, after the faults only, restarts such a node (heal_restart_of_stale_active_node), "
+                            "unseals a node a fault's restart left sealed (heal_unseal), and restarts the nodes "
+                            "one by one when no two agree on a leader (heal_rolling_restart)"),
                 "outputs_scanned": self.outputs_scanned,
                 "secrets_known": len(self.secrets),
                 "events": len(events),
