@@ -19,6 +19,10 @@ TOOLS_DIR := .tools
 PROMTOOL := $(TOOLS_DIR)/promtool
 PROMETHEUS := $(TOOLS_DIR)/prometheus
 NODE_EXPORTER := $(TOOLS_DIR)/prometheus-node-exporter
+# libfaketime (Debian's package, taken without installing it): the soak's clock jumps of a host.
+FAKETIME_LIB := $(TOOLS_DIR)/libfaketime.so.1
+# `make soak`: minutes of faults (then one quiet cycle and the checks); SOAK_SEED replays a run.
+SOAK_MINUTES ?= 30
 
 # `make install`: an administrator's installation (README, "Install on a workstation").
 # A venv from Debian's python3 in PREFIX, readable and executable by every user (each
@@ -28,9 +32,9 @@ BINDIR ?= /usr/local/bin
 # The login-shell notice (deploy/profile.d/claude-auth.sh: one line when a person's login needs them).
 PROFILE_DIR ?= /etc/profile.d
 
-.PHONY: test demo bench setup clean install uninstall test-claude-version test-claude-latest deb deb-lock
+.PHONY: test demo bench setup clean install uninstall test-claude-version test-claude-latest deb deb-lock soak
 
-setup: $(STAMP) $(CLAUDE_BIN) $(PROMTOOL) $(PROMETHEUS) $(NODE_EXPORTER)
+setup: $(STAMP) $(CLAUDE_BIN) $(PROMTOOL) $(PROMETHEUS) $(NODE_EXPORTER) $(FAKETIME_LIB)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,11 +66,24 @@ $(NODE_EXPORTER):
 	rm -rf $(TOOLS_DIR)/deb-ne
 	$@ --version >/dev/null
 
+$(FAKETIME_LIB):
+	rm -rf $(TOOLS_DIR)/ftdeb && mkdir -p $(TOOLS_DIR)/ftdeb
+	cd $(TOOLS_DIR)/ftdeb && { apt-get download libfaketime 2>/dev/null || { apt-get update -qq && apt-get download libfaketime; }; }
+	dpkg-deb -x $(TOOLS_DIR)/ftdeb/libfaketime_*.deb $(TOOLS_DIR)/ftdeb/root
+	cp $(TOOLS_DIR)/ftdeb/root/usr/lib/*/faketime/libfaketime.so.1 $@
+	rm -rf $(TOOLS_DIR)/ftdeb
+
 test: setup
 	$(PY) -m mypy reconcile
 	CLAUDE_AUTH_TEST_CLAUDE=$(abspath $(CLAUDE_BIN)) CLAUDE_AUTH_PROMTOOL=$(abspath $(PROMTOOL)) \
 		CLAUDE_AUTH_PROMETHEUS=$(abspath $(PROMETHEUS)) CLAUDE_AUTH_NODE_EXPORTER=$(abspath $(NODE_EXPORTER)) \
-		$(PY) -m pytest
+		CLAUDE_AUTH_FAKETIME_LIB=$(abspath $(FAKETIME_LIB)) $(PY) -m pytest
+
+# Issue 27: every fault at once for SOAK_MINUTES (not part of `make test`, which runs two seeded
+# minutes of it). Prints a table; the JSON report goes to .soak/report-<seed>.json.
+soak: setup
+	CLAUDE_AUTH_TEST_CLAUDE=$(abspath $(CLAUDE_BIN)) CLAUDE_AUTH_FAKETIME_LIB=$(abspath $(FAKETIME_LIB)) \
+		$(PY) -m tests.soak --minutes $(SOAK_MINUTES)
 
 demo: setup
 	CLAUDE_AUTH_DEMO_CLAUDE=$(abspath $(CLAUDE_BIN)) $(PY) demo/run_demo.py
