@@ -49,7 +49,9 @@ path and restores it when it breaks."""
 EPILOG = """\
 usual order: edit the roster, `claude-auth validate`, `claude-auth plan`, then
 `claude-auth apply` as root with an admin Vault token (VAULT_TOKEN or
-~/.vault-token); an hourly timer then runs `apply` without one.
+~/.vault-token), once per host: it enrolls the host. An hourly timer then runs
+`apply` without one, minting with the host's own token; after a roster change
+an admin runs `claude-auth apply --vault-only` once, from anywhere.
 
 exit status: 0 success; 1 an error (invalid roster, Vault unreachable, a
 failed change); 2 `plan` only: changes are pending; 64 a bad command line.
@@ -84,6 +86,11 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
         "also writes policies and mints tokens; without one (CLAUDE_AUTH_NO_ADMIN=1,\n"
         "as the hourly timer runs it) it renews tokens, repairs folders, units and\n"
         "timers, and prints a WARN line for each change only an admin can make.\n"
+        "The first admin apply on a host enrolls it: a token role and a host token\n"
+        "in /etc/claude-auth/host-token, with which the hourly run mints, re-mints\n"
+        "and rotates its own people's tokens. --vault-only (admin, anywhere, no\n"
+        "--root): only Vault, for the whole roster: policies and every enrolled\n"
+        "host's role.\n"
         "Exit 0 when everything needed was done, 1 when a change failed."),
     "sync": (
         "check, back up and if needed restore your Claude login (your timer runs it)",
@@ -123,6 +130,14 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
         "each person in setup-token mode and their stored token's expiry.\n"
         "--prometheus also writes the same figures for node_exporter's textfile\n"
         "collector."),
+    "retire-host": (
+        "take a host out of the fleet: revoke its host token, delete its role",
+        "With an admin Vault token, from anywhere: revoke every host token this\n"
+        "tool minted for HOST and delete HOST's token role and host policy, so\n"
+        "nothing can mint with its identity any more. People's tokens minted there\n"
+        "are left alone (in a shared home another host may use them); they lapse\n"
+        "after token_period unless renewed. Run it again to see it is done.\n"
+        "Exit 0 when done, 1 when it failed."),
 }
 
 
@@ -192,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--prune", action="store_true",
                        help="also revoke the token and remove the policy, drop-in and timer of people no "
                             "longer in the roster (their Vault data and home are kept)")
+        p.add_argument("--vault-only", action="store_true",
+                       help="only Vault, for the whole roster (an admin token, from anywhere): every "
+                            "person's policy and every enrolled host's token role; nothing local")
+
+    p = _add_command(sub, "retire-host")
+    _add_roster(p)
+    p.add_argument("host", metavar="HOST", help="the host's name (as its hourly run names itself)")
 
     p = _add_command(sub, "sync")
     p.add_argument("--user", default=None, metavar="NAME", help="whose login (default: the user running it)")
@@ -249,6 +271,11 @@ def _run_whoami(args: argparse.Namespace) -> int:
     return whoami_cmd.run(args.user, as_json=args.json)
 
 
+def _run_retire_host(args: argparse.Namespace) -> int:
+    from reconcile.commands import retire_host_cmd
+    return retire_host_cmd.run(args.host, args.roster or _default_roster())
+
+
 def _run_status(args: argparse.Namespace) -> int:
     from reconcile.commands import status_cmd
     return status_cmd.run(args, args.roster or _default_roster())
@@ -260,6 +287,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "apply": _run_apply,
     "sync": _run_sync,
     "status": _run_status,
+    "retire-host": _run_retire_host,
     "whoami": _run_whoami,
     "setup-token": _run_setup_token,
 }

@@ -29,7 +29,7 @@ ROOMS: dict[str, frozenset[str]] = {
 TOP_MODULES = frozenset({"reconcile", "reconcile.__main__", "reconcile.cli"})
 
 VAULT_CLIENT = frozenset(f"reconcile.vault.{name}" for name in (
-    "client", "connection", "tokens", "kv", "policies", "fastpath", "transport", "values", "pipeline", "retry"))
+    "client", "connection", "tokens", "kv", "policies", "roles", "fastpath", "transport", "values", "pipeline", "retry"))
 """The Vault client; the sync may import these and no other module of reconcile.vault."""
 
 THIRD_PARTY_ONLY_IN: dict[str, frozenset[str]] = {

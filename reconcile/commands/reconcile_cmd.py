@@ -23,13 +23,18 @@ from reconcile.engine.connect import CommandFailed
 from reconcile.engine.executor import Result, failures
 from reconcile.engine.planner import has_pending
 from reconcile.engine.session import ApplySession
+from reconcile.engine.vaultonly import VaultOnlySession
+
+Session = ApplySession | VaultOnlySession
 from reconcile.roster.issues import RosterInvalid
 
 
-def _start(args: argparse.Namespace, roster_path: str, *, lock: bool = False) -> ApplySession | int:
+def _start(args: argparse.Namespace, roster_path: str, *, lock: bool = False) -> Session | int:
+    prune = bool(getattr(args, "prune", False))
     try:
-        return ApplySession.open(roster_path, Path(args.root), prune=bool(getattr(args, "prune", False)),
-                                 lock=lock)
+        if getattr(args, "vault_only", False):
+            return VaultOnlySession.open(roster_path, prune=prune)
+        return ApplySession.open(roster_path, Path(args.root), prune=prune, lock=lock)
     except RosterInvalid as exc:
         for issue in exc.issues:
             print(issue.format(), file=sys.stderr)
@@ -44,9 +49,17 @@ def _print_problems(problems: list[UserProblem]) -> None:
         print(render.error_line(problem.user, problem.message), file=sys.stderr)
 
 
-def _scan_warning(session: ApplySession) -> str | None:
+def _scan_warning(session: Session) -> str | None:
     """The one WARN line of a token scan cut short (its intents stay for the next admin run), printed."""
     text = session.scan_warning
+    if text is not None:
+        print(f"WARN {text}", file=sys.stderr)
+    return text
+
+
+def _intents_warning(session: Session) -> str | None:
+    """The one WARN line of the hourly run about interrupted mints only an admin run can look for."""
+    text = session.intents_warning
     if text is not None:
         print(f"WARN {text}", file=sys.stderr)
     return text
@@ -59,13 +72,15 @@ def run_plan(args: argparse.Namespace, roster_path: str) -> int:
     session = _start(args, roster_path)
     if isinstance(session, int):
         return session
-    _print_problems(session.problems)
+    _print_problems(list(session.problems))
     scan_cut_short = _scan_warning(session)
+    _intents_warning(session)
     if args.json:
         print(render.plan_json(session.plan))
     else:
-        for line in render.elsewhere_lines(session.roster, session.desired.vault.host):
-            print(line)
+        if isinstance(session, ApplySession):
+            for line in render.elsewhere_lines(session.roster, session.desired.vault.host):
+                print(line)
         print(render.plan_text(session.plan, diff=bool(args.diff)))
     if session.problems or scan_cut_short:
         return Exit.ERROR
@@ -82,12 +97,15 @@ def run_apply(args: argparse.Namespace, roster_path: str) -> int:
         session.close()
 
 
-def _apply(args: argparse.Namespace, session: ApplySession) -> int:
+def _apply(args: argparse.Namespace, session: Session) -> int:
     as_json = bool(args.json)
-    _print_problems(session.problems)
+    _print_problems(list(session.problems))
     errors = [render.problem_text(p) for p in session.problems]
     scan_cut_short = _scan_warning(session)
     warnings: list[str] = [scan_cut_short] if scan_cut_short else []
+    interrupted = _intents_warning(session)
+    if interrupted:
+        warnings.append(interrupted)
 
     warned_skips: set[str] = set()
 

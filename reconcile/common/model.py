@@ -29,6 +29,8 @@ class Kind(str, Enum):
     """What a change is about, in the order the executor applies kinds."""
 
     POLICY = "policy"
+    HOST_ROLE = "host-role"
+    HOST_TOKEN = "host-token"
     DIRECTORY = "directory"
     TOKEN = "token"
     TOKEN_RENEWAL = "token-renewal"

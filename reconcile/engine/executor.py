@@ -32,7 +32,8 @@ from reconcile.local import apply as local_apply
 from reconcile.local.homefs import HomeFsError
 from reconcile.local.homelock import LockHeld
 from reconcile.common.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
-from reconcile.vault.apply import HANDLERS as VAULT_HANDLERS
+from reconcile.vault.apply import HANDLERS
+from reconcile.vault.hostapply import HOST_HANDLERS
 from reconcile.vault.apply import apply_policies_pipelined
 from reconcile.local.systemd import SystemdError
 from reconcile.vault.values import VaultError, VaultUnreachable
@@ -40,6 +41,7 @@ from reconcile.vault.apply import TokenFileWriteFailed, VaultContext
 
 LOCAL_KINDS = frozenset({Kind.DIRECTORY, Kind.TOKEN_FILE, Kind.UNIT, Kind.TIMER})
 _DOMAIN_ERRORS = (VaultError, HomeFsError, SystemdError, TokenFileWriteFailed)
+VAULT_HANDLERS = {**HANDLERS, **HOST_HANDLERS}
 _DONE = {Action.CREATE: "created", Action.UPDATE: "updated", Action.DELETE: "removed", Action.COLLECT: "revoked"}
 
 

@@ -9,11 +9,12 @@ grouped by person, is model.sort_for_display, applied by reconcile.commands.rend
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from reconcile.local import plan as local_plan
 from reconcile.common.model import Action, Change, Kind, Plan, is_pending, sort_for_apply
 from reconcile.vault.desired import DesiredVault
+from reconcile.vault.hosts import DesiredHost, ObservedHosts, plan_hosts
 from reconcile.vault.observe import ObservedVault, TokenState
 from reconcile.vault.plan import plan_vault
 
@@ -23,6 +24,10 @@ class Desired:
     vault: DesiredVault
     local: Any = None
     """local.desired.DesiredLocal, or None when the local domain is not planned."""
+    hosts: Mapping[str, DesiredHost] | None = None
+    """By host name, the identities this run keeps (vault.hosts); None: none is planned."""
+    this_host: str | None = None
+    """The host whose host token this run keeps (None: `--vault-only`)."""
 
 
 @dataclass(frozen=True)
@@ -30,10 +35,13 @@ class Observed:
     vault: ObservedVault
     local: Any = None
     """local.observe.ObservedLocal, or None when the local domain is not planned."""
+    hosts: ObservedHosts | None = None
 
 
 def make_plan(desired: Desired, observed: Observed, *, prune: bool) -> Plan:
     changes: list[Change] = list(plan_vault(desired.vault, observed.vault, prune=prune))
+    if desired.hosts is not None and observed.hosts is not None:
+        changes.extend(plan_hosts(desired.hosts, observed.hosts, this_host=desired.this_host))
     if desired.local is not None and observed.local is not None:
         # A timer waits for its person's token file, unless this run mints the token (admin mode).
         minting = {c.user for c in changes if c.kind is Kind.TOKEN and c.user is not None

@@ -51,7 +51,10 @@ from reconcile.vault.client import Vault
 from reconcile.vault.desired import desired_vault
 from reconcile.vault.observe import observe_vault
 from reconcile.vault.plan import mint_users
-from reconcile.vault.values import VaultError
+from reconcile.vault.hosts import role_name
+from reconcile.vault.values import Secret, VaultError
+from reconcile.engine.hostfile import host_token_path, write_host_token
+from reconcile.engine.hostmode import grants, host_identity, observe_host_token
 
 Report = Callable[[Result], None]
 """Called with each change's result as it is made (in Kind order)."""
@@ -81,6 +84,8 @@ class ApplySession:
     """The apply lock (apply only), held until the run ends."""
     allowance: LockAllowance = field(default_factory=LockAllowance)
     """What the whole run may still wait on locks in homes."""
+    host_client: Vault | None = None
+    """The hourly run with this host's host token: the client holding it (it mints); else None."""
 
     # --- opening: load, reach Vault, read the world, plan ------------------------------------
 
@@ -104,9 +109,15 @@ class ApplySession:
                        no_admin_reason: str | None, held: statefile.ApplyLock | None, *,
                        prune: bool) -> ApplySession:
         admin = no_admin_reason is None
+        try:
+            host_token, host_client = observe_host_token(vault, root, admin=admin)
+        except VaultError as exc:
+            raise CommandFailed(vault_failure(exc, vault.address)) from None
         if no_admin_reason is not None:
-            print(f"NOTE: running without an admin token ({no_admin_reason}): policies are not checked; "
-                  "changes that need an admin are left for the admin run", file=sys.stderr)
+            with_host = (f"; minting with this host's host token ({host_token_path(root)})"
+                         if host_client is not None else "")
+            print(f"NOTE: running without an admin token ({no_admin_reason}){with_host}: policies are not "
+                  "checked; changes that need an admin are left for the admin run", file=sys.stderr)
         try:
             state = statefile.read_state(root)
         except statefile.StateFileError as exc:
@@ -154,13 +165,29 @@ class ApplySession:
         o_vault = replace(o_vault, tokens=MappingProxyType(
             {user: token for user, token in o_vault.tokens.items() if user in accounts}))
 
-        desired = Desired(vault=d_vault, local=d_local)
-        observed = Observed(vault=o_vault, local=o_local)
+        try:
+            identity = host_identity(roster, vault, host, host_token, o_vault.policies if admin else None)
+        except VaultError as exc:
+            raise CommandFailed(vault_failure(exc, vault.address)) from None
+        if host_token.info is not None:
+            o_vault = replace(o_vault, host_token_accessor=host_token.info.accessor)
+        desired = Desired(vault=d_vault, local=d_local, hosts=identity.desired if identity else None,
+                          this_host=host)
+        observed = Observed(vault=o_vault, local=o_local, hosts=identity.observed if identity else None)
         plan = make_plan(desired, observed, prune=prune)
+        wanted = mint_users(plan) if host_client is not None else []
+        if host_client is not None and wanted:
+            # The second look (hourly run with a host token): may it mint for these people?
+            try:
+                granted = grants(host_client, roster, d_vault, host, wanted)
+            except VaultError as exc:
+                raise CommandFailed(vault_failure(exc, vault.address)) from None
+            observed = replace(observed, vault=replace(o_vault, host_grants=MappingProxyType(granted)))
+            plan = make_plan(desired, observed, prune=prune)
         return cls(roster=roster, roster_path=roster_path, root=root, admin=admin, vault=vault,
                    accounts=accounts, problems=_dedupe(problems), records=records,
                    desired=desired, observed=observed, plan=plan,
-                   pending_revoke=state.pending_revoke, state=state, lock=held)
+                   pending_revoke=state.pending_revoke, state=state, lock=held, host_client=host_client)
 
     def close(self) -> None:
         """Release the apply lock (apply only)."""
@@ -171,6 +198,19 @@ class ApplySession:
     def scan_warning(self) -> str | None:
         """The token scan cut short (its intents stay for the next admin run), or None."""
         return self.observed.vault.scan_warning
+
+    @property
+    def intents_warning(self) -> str | None:
+        """The hourly run with a host token: interrupted mints it cannot look for (it may not list tokens)."""
+        if self.admin or self.host_client is None:
+            return None
+        left = {nonce: user for nonce, user in self.state.intents.items()
+                if nonce not in self.observed.vault.resolved_intents}
+        if not left:
+            return None
+        users = ", ".join(sorted(set(left.values())))
+        return (f"{len(left)} token(s) that interrupted runs may have minted ({users}) are not accounted for: "
+                "the host token cannot look for them; an admin `claude-auth apply` on this host revokes them")
 
     # --- applying --------------------------------------------------------------------------
 
@@ -185,11 +225,14 @@ class ApplySession:
         lock = self.mint_lock()
         vault_ctx = VaultContext(vault=self.vault, admin=self.admin,
                                  write_token=homes.token_writer(self.accounts), mint_log=journal,
-                                 read_token=homes.token_reader(self.accounts), mint_lock=lock)
+                                 read_token=homes.token_reader(self.accounts), mint_lock=lock,
+                                 host_client=self.host_client,
+                                 host_role=role_name(self.roster.vault.policy_prefix.lower(), self.desired.this_host or ""),
+                                 write_host_token=self._host_token_writer() if self.admin else None)
         held = self.remove_stale_temps(lock)
         for user, why in sorted(held.items()):  # every holder is told, whether or not their row had changes
             skipped(user, why)
-        if self.admin:
+        if self.admin or self.host_client is not None:
             try:
                 journal.prepare(mint_users(self.plan))
             except statefile.StateFileError as exc:  # no intent on disk: no mint may be asked for
@@ -233,6 +276,10 @@ class ApplySession:
             except OSError as exc:
                 error("metrics", f"cannot write {textfile}: {exc.strerror}")
         return results
+
+    def _host_token_writer(self) -> Callable[[Secret], None]:
+        root = self.root
+        return lambda token: write_host_token(root, token)
 
     def mint_lock(self) -> MintLock:
         """Each person's mint lock, waited for out of this run's one allowance."""

@@ -48,6 +48,9 @@ VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 
 
+TWIN_SUFFIX = ".twin"
+
+
 class StateFileError(Exception):
     """The state file cannot be read or written; the message names it."""
 
@@ -241,6 +244,12 @@ class Journal:
             self._pending = tuple(sorted(set(self._pending) | fresh))
         if self._written_at is None or self._clock() - self._written_at >= self.SETTLE_INTERVAL:
             self._write(durable=False)
+
+    def keep_twin(self, nonce: str, user: str) -> None:
+        """The mint of `nonce` was sent twice and this run cannot look for a first copy (no admin token):
+        an intent `<nonce>.twin` stays for the next admin run, which revokes any such copy not in use."""
+        self._intents[nonce + TWIN_SUFFIX] = user
+        self._write(durable=True)
 
     def replace_all(self, state: State) -> None:
         """The state at the end of the run (computed from what the run saw and did)."""

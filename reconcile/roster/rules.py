@@ -127,6 +127,8 @@ _DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _DURATION_MINIMUMS: dict[DocPath, int] = {
     # The hourly reconcile renews tokens; a shorter period could lapse in between.
     ("vault", "token_period"): 3600,
+    # Rotation is checked by the hourly run: a shorter age would replace every token every run.
+    ("vault", "token_max_age"): 3600,
     # Every sync run sends one billed `claude -p` request.
     ("sync", "interval"): 60,
     ("sync", "randomized_delay"): 0,

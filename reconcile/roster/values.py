@@ -22,6 +22,9 @@ class VaultSettings:
     policy_prefix: str = "workstation-claude-"
     token_period: str = "768h"
     token_period_seconds: int = 768 * 3600
+    token_max_age: str | None = None
+    """Rotate each user's token once it is older than this; None: never rotated."""
+    token_max_age_seconds: int = 0
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from typing import Callable, ContextManager, Iterable, Mapping, Protocol, Sequen
 from reconcile.roster.durations import format_duration
 from reconcile.common.model import Action, Change, Kind
 from reconcile.vault.client import Vault
-from reconcile.vault.values import MintedToken, TokenInfo, VaultDenied, VaultError, VaultInvalid
+from reconcile.vault.values import MintedToken, Secret, TokenInfo, VaultDenied, VaultError, VaultInvalid
 from reconcile.vault.desired import (NONCE_META, DesiredPolicy, DesiredToken, DesiredVault, is_minted_for,
                                      is_ours_to_revoke, minted_for_whom)
+from reconcile.vault.hosts import DesiredHost
 from reconcile.vault.observe import (ObservedToken, ObservedVault, TokenFileUnreadable, TokenReader,
                                      TokenState, parse_token_file, scan_tokens)
 from reconcile.vault.plan import MintOrder, RevokeOrder, token_drift
@@ -56,6 +57,9 @@ class MintLog(Protocol):
         """The mint is accounted for: `user`'s token is now `accessor` (replacing `replaced`, still to
         revoke), or no token exists."""
 
+    def keep_twin(self, nonce: str, user: str) -> None:
+        """A first copy of the mint of `nonce` may exist that this run cannot look for: keep looking."""
+
 
 @dataclass
 class VaultContext:
@@ -69,6 +73,17 @@ class VaultContext:
     read_token: TokenReader | None = None
     """Re-reads a user's token file under the mint lock (None: no lock, no re-read)."""
     mint_lock: MintLock | None = None
+    host_client: Vault | None = None
+    """The hourly run with a host token: the client that holds it (mints go through `host_role`)."""
+    host_role: str = ""
+    write_host_token: Callable[[Secret], None] | None = None
+    """Writes this host's host token file (admin runs on a host; None elsewhere)."""
+
+    def minting_client(self) -> Vault | None:
+        """Who mints: the admin client, the host token's, or None (this run may not mint)."""
+        if self.admin:
+            return self.vault
+        return self.host_client
 
 
 class TokenFileWriteFailed(Exception):
@@ -83,6 +98,9 @@ def apply_policy(change: Change, ctx: VaultContext) -> str:
         ctx.vault.delete_policy(change.name)
         return "deleted"
     want = change.desired
+    if isinstance(want, DesiredHost):
+        ctx.vault.write_policy(want.role, want.policy_text)
+        return "created" if change.action is Action.CREATE else "updated"
     assert isinstance(want, DesiredPolicy)
     ctx.vault.write_policy(want.name, want.text)
     return "created" if change.action is Action.CREATE else "updated"
@@ -117,20 +135,22 @@ def apply_token(change: Change, ctx: VaultContext) -> str:
     if ctx.mint_lock is None:
         return _mint(mint, ctx)
     with ctx.mint_lock(mint.token.user):
-        adopted = _adoptable(mint.token, ctx)
+        adopted = _adoptable(mint, ctx)
         if adopted is not None:
             ctx.outcomes.minted[mint.token.user] = adopted.accessor
             return "adopted the valid token another host just wrote (shared home)"
         return _mint(mint, ctx)
 
 
-def _adoptable(want: DesiredToken, ctx: VaultContext) -> TokenInfo | None:
-    """The token now in the user's file, when it is one this tool minted for them with no drift.
+def _adoptable(mint: MintOrder, ctx: VaultContext) -> TokenInfo | None:
+    """The token now in the user's file, when it is one this tool minted for them with no drift and not
+    one this mint replaces (a rotation replaces a token without drift).
 
     Read under the mint lock: where hosts share a home, another host may have
     minted and written one since this run observed the file; every host then
     uses that one token instead of minting its own (docs/design.md, "Fleet").
     """
+    want = mint.token
     if ctx.read_token is None:
         return None
     try:
@@ -140,8 +160,8 @@ def _adoptable(want: DesiredToken, ctx: VaultContext) -> TokenInfo | None:
     secret = parse_token_file(raw) if raw is not None else None
     if secret is None:
         return None
-    info = ctx.vault.lookup_token(secret)
-    if info is None or not is_minted_for(info, want.user) or token_drift(want, info):
+    info = ctx.vault.lookup_token(secret) if ctx.admin else ctx.vault.lookup_token_self(secret)
+    if info is None or not is_minted_for(info, want.user) or token_drift(want, info) or info.accessor in mint.revoke:
         return None
     return info
 
@@ -154,8 +174,13 @@ def _mint(mint: MintOrder, ctx: VaultContext) -> str:
         meta[NONCE_META] = nonce
     sent = ctx.vault.requests["POST"]
     try:
-        minted = ctx.vault.create_orphan_token(policies=[want.policy], period=want.period,
-                                               display_name=want.display_name, meta=meta)
+        if ctx.admin:
+            minted = ctx.vault.create_orphan_token(policies=[want.policy], period=want.period,
+                                                   display_name=want.display_name, meta=meta)
+        else:
+            assert ctx.host_client is not None, "a mint without an admin or host token"
+            minted = ctx.host_client.create_role_token(ctx.host_role, policy=want.policy,
+                                                       display_name=want.display_name, meta=meta)
     except (VaultDenied, VaultInvalid):
         if nonce is not None and ctx.mint_log is not None:
             ctx.mint_log.settle(nonce)  # refused outright: no token exists
@@ -173,22 +198,47 @@ def _mint(mint: MintOrder, ctx: VaultContext) -> str:
         ctx.mint_log.settle(nonce, want.user, minted.accessor, mint.revoke)
     ctx.outcomes.minted[want.user] = minted.accessor
     if nonce is not None and ctx.vault.requests["POST"] - sent > 1:
-        _revoke_twins(ctx, nonce, minted.accessor)
-    failed: VaultError | None = None
-    for accessor in mint.revoke:
-        try:
-            ctx.vault.revoke_accessor(accessor)
-        except VaultError as exc:
-            ctx.outcomes.unrevoked.add(accessor)  # the state file keeps it; the next admin run retries
-            failed = failed or exc
-        else:
-            ctx.outcomes.revoked.add(accessor)
+        if ctx.admin:
+            _revoke_twins(ctx, nonce, minted.accessor)
+        elif ctx.mint_log is not None:
+            ctx.mint_log.keep_twin(nonce, want.user)
+    if mint.revoke and not ctx.vault.proves(minted.token):
+        # The new token is in the file but does not work: the old one stays, for the next run to see.
+        ctx.outcomes.unrevoked.update(mint.revoke)
+        raise VaultError("minted and written, but the new token fails its own lookup-self; the replaced "
+                         "token is kept until the next run")
+    failed = _revoke_replaced(mint, ctx)
     if failed is not None:
         raise VaultError(f"minted and written, but revoking the replaced token failed ({failed}); "
                          "the next admin run retries") from None
     if mint.revoke:
         return "minted, written, replaced token revoked"
     return "minted and written"
+
+
+def _revoke_replaced(mint: MintOrder, ctx: VaultContext) -> VaultError | None:
+    """Revoke the tokens a new one replaced: by accessor with an admin token; without one, the token that
+    was in the file revokes itself (revoke-self) and any other is left for the next admin run."""
+    failed: VaultError | None = None
+    # plan_token puts the accessor of the token in the file first, and hands its token only then.
+    own = mint.revoke[0] if mint.revoke and mint.old_token is not None else None
+    for accessor in mint.revoke:
+        try:
+            if ctx.admin:
+                ctx.vault.revoke_accessor(accessor)
+            elif accessor == own and mint.old_token is not None:
+                if not ctx.vault.revoke_token_self(mint.old_token):
+                    raise VaultError("the replaced token refused to revoke itself (its policy predates "
+                                     "revoke-self)")
+            else:
+                ctx.outcomes.unrevoked.add(accessor)  # only an admin can revoke it by accessor
+                continue
+        except VaultError as exc:
+            ctx.outcomes.unrevoked.add(accessor)  # the state file keeps it; the next admin run retries
+            failed = failed or exc
+        else:
+            ctx.outcomes.revoked.add(accessor)
+    return failed
 
 
 def _revoke_twins(ctx: VaultContext, nonce: str, keep: str) -> None:
@@ -219,7 +269,10 @@ def _write_or_revoke(ctx: VaultContext, user: str, minted: MintedToken, *, durab
     except Exception as exc:  # the file write failed: the new token must not outlive it
         detail = str(exc) or type(exc).__name__
         try:
-            ctx.vault.revoke_accessor(minted.accessor)
+            if ctx.admin:
+                ctx.vault.revoke_accessor(minted.accessor)
+            elif not ctx.vault.revoke_token_self(minted.token):
+                raise VaultError("it refused to revoke itself")
         except VaultError as revoke_exc:  # its intent stays: the next admin run finds and revokes it
             raise TokenFileWriteFailed(
                 f"writing the token file failed ({detail}); revoking the new token failed too: {revoke_exc}",

@@ -3,7 +3,7 @@
 The only code that talks to Vault through hvac is here and in the modules this
 one joins: reconcile.vault.connection (one connection, the retry policy, reads on
 the active node), tokens (lookups, renewals, mints, revocations), kv (the
-person's KV v2 path), policies (ACL policies) and fastpath (pipelined requests);
+person's KV v2 path), policies (ACL policies), roles (token roles, mints through them) and fastpath (pipelined requests);
 reconcile.vault.transport holds hvac's bounded adapter and what a failure means,
 reconcile.vault.values the values and errors they answer with.
 
@@ -23,10 +23,11 @@ from __future__ import annotations
 from reconcile.vault.fastpath import FastPath
 from reconcile.vault.kv import KvOperations
 from reconcile.vault.policies import PolicyOperations
+from reconcile.vault.roles import RoleOperations
 from reconcile.vault.tokens import TokenOperations
 
 
-class Vault(TokenOperations, KvOperations, PolicyOperations, FastPath):
+class Vault(TokenOperations, KvOperations, PolicyOperations, RoleOperations, FastPath):
     """One hvac client for one token: every operation, with a count of the requests it made.
 
     Made with `Vault(address, token)`; `with_token` and `twin` make more clients

@@ -60,6 +60,11 @@ class DesiredToken:
     """The roster's text (`768h`), handed to Vault as is."""
     period_seconds: int
     meta: Mapping[str, str]
+    max_age_seconds: int = 0
+    """Rotate the token once it is older than this (the roster's vault.token_max_age); 0: never."""
+    role_prefix: str = ""
+    """Names of the hosts' token roles start so: a token minted through one takes its period from the
+    role (its lookup shows none), which every admin run keeps equal to token_period."""
 
     @property
     def vault_display_name(self) -> str:
@@ -106,6 +111,7 @@ def desired_vault(roster: Roster, host: str) -> DesiredVault:
                 user=name, policy=policy, display_name=token_display_name(name),
                 period=roster.vault.token_period, period_seconds=roster.vault.token_period_seconds,
                 meta=MappingProxyType({"managed_by": TOOL, "user": name, "host": host}),
+                max_age_seconds=roster.vault.token_max_age_seconds, role_prefix=f"{prefix}host.",
             )
     return DesiredVault(policy_prefix=prefix, policies=MappingProxyType(policies),
                         tokens=MappingProxyType(tokens), users=frozenset(roster.users), host=host,

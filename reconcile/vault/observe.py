@@ -102,6 +102,13 @@ class ObservedVault:
     scan_cut_short: str = ""
     """Why the scan of every token stopped before its end (its budget ran out, a request failed); empty
     when it finished or never ran."""
+    observed_at: float = 0.0
+    """When Vault was read (seconds since the epoch): token ages are measured from it."""
+    host_grants: Mapping[str, str | None] | None = None
+    """The hourly run with a host token: for each person it would mint for, None when the host token may
+    (reconcile.vault.hosts.host_grants), else why not. None: not a host-token run."""
+    host_token_accessor: str = ""
+    """The accessor of the host token in this host's file: in use, never revoked as a stray."""
 
     @property
     def problems(self) -> list[UserProblem]:
@@ -258,6 +265,9 @@ def _resolve_intents(vault: Vault, intents: Mapping[str, str], tokens: Mapping[s
     outstanding = set(intents) - adopted
     if not outstanding or not admin:
         return IntentScan(frozenset(adopted), {})
+    # A twin intent (`<nonce>.twin`, statefile.TWIN_SUFFIX) stands for a first copy of a mint that was
+    # sent twice: it is searched for by its mint's nonce, and the copy in the file is in use, never a stray.
+    outstanding = {nonce.split(".", 1)[0] for nonce in outstanding}
     strays: dict[str, PendingRevoke] = {}
     started = clock()
     looked = 0
@@ -360,7 +370,8 @@ def observe_vault(vault: Vault, desired: DesiredVault, *, admin: bool, records: 
     observed = ObservedVault(admin=admin, policies=None if policies is None else MappingProxyType(policies),
                              tokens=MappingProxyType(tokens), recorded=MappingProxyType(recorded),
                              pending=MappingProxyType(pending), resolved_intents=scan.resolved,
-                             unresolved_intents=MappingProxyType(unresolved), scan_cut_short=scan.cut_short)
+                             unresolved_intents=MappingProxyType(unresolved), scan_cut_short=scan.cut_short,
+                             observed_at=time.time())
     if admin and collect_garbage:
         observed = replace(observed, garbage=MappingProxyType(observe_garbage(vault, desired, observed)))
     return observed
@@ -393,5 +404,7 @@ def observe_garbage(vault: Vault, desired: DesiredVault, observed: ObservedVault
 def in_use(observed: ObservedVault) -> set[str]:
     """Accessors of the tokens now in the users' files and of the records: never revoked as replaced."""
     live = {token.info.accessor for token in observed.tokens.values() if token.info is not None}
+    if observed.host_token_accessor:
+        live.add(observed.host_token_accessor)
     return live | {record.accessor for record in observed.recorded.values()}
 

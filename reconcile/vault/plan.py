@@ -9,14 +9,14 @@ is revoked or gone (`plan_pending`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 from reconcile.roster.durations import format_duration
 from reconcile.common.identity import token_display_name
 from reconcile.common.model import Action, Change, Kind
-from reconcile.vault.values import TokenInfo
-from reconcile.vault.desired import (DesiredToken, DesiredVault, is_minted_for, is_minted_here,
+from reconcile.vault.values import Secret, TokenInfo
+from reconcile.vault.desired import (TOOL, DesiredToken, DesiredVault, is_minted_for, is_minted_here,
                                      is_ours_to_revoke, is_tool_policy, minted_for_whom)
 from reconcile.vault.observe import ObservedToken, ObservedVault, RecordedToken, TokenState
 from reconcile.vault.observe import in_use
@@ -29,6 +29,8 @@ class MintOrder:
     token: DesiredToken
     revoke: tuple[str, ...]
     """Accessors to revoke once the new token is in the file: only tokens minted for this user."""
+    old_token: Secret | None = field(default=None, compare=False, repr=False)
+    """The token now in the file, when it is one of `revoke`: without an admin token it revokes itself."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ def token_drift(want: DesiredToken, info: TokenInfo) -> list[str]:
         reasons.append(f"policies are [{', '.join(info.policies)}], want [{want.policy}]")
     if info.display_name.lower() != want.vault_display_name.lower():
         reasons.append(f"display name is {info.display_name or '(none)'}, want {want.vault_display_name}")
-    if info.period_seconds != want.period_seconds:
+    role_period = (info.period_seconds == 0 and bool(want.role_prefix)
+                   and info.role.startswith(want.role_prefix))  # periodic through a host's role
+    if info.period_seconds != want.period_seconds and not role_period:
         have = format_duration(info.period_seconds) if info.period_seconds else "none"
         reasons.append(f"period is {have}, want {format_duration(want.period_seconds)}")
     return reasons
@@ -93,16 +97,33 @@ def _superseded_record(want: DesiredToken, current: ObservedToken, record: Recor
     return record.accessor
 
 
+def token_age(want: DesiredToken, info: TokenInfo, now: float) -> int | None:
+    """The token's age when it is older than the roster's token_max_age (it is rotated), else None."""
+    if not want.max_age_seconds or not info.creation_time or not now:
+        return None
+    age = int(now) - info.creation_time
+    return age if age > want.max_age_seconds else None
+
+
 def plan_token(want: DesiredToken, current: ObservedToken, record: RecordedToken | None,
-               host: str = "") -> list[Change]:
+               host: str = "", now: float = 0.0) -> list[Change]:
     """The changes that bring one user's token to the desired state: at most one for the token
-    itself, and the revocation of a superseded record (`_superseded_record`)."""
-    mint = MintOrder(token=want, revoke=_replaced_accessors(want.user, current, record))
+    itself, and the revocation of a superseded record (`_superseded_record`). `now` (seconds since
+    the epoch, when Vault was read) decides rotation (`token_age`)."""
+    replaced = _replaced_accessors(want.user, current, record)
+    own = current.token if current.info is not None and current.info.accessor in replaced else None
+    mint = MintOrder(token=want, revoke=replaced, old_token=own)
     if current.state is TokenState.VALID and current.info is not None:
         drift = token_drift(want, current.info)
         if drift:
             return [Change(Action.UPDATE, Kind.TOKEN, want.display_name, "; ".join(drift) + "; re-mint",
                            user=want.user, needs_admin=True, desired=mint, observed=current)]
+        age = token_age(want, current.info, now)
+        if age is not None:
+            reason = (f"token is {format_duration(age)} old, older than token_max_age "
+                      f"{format_duration(want.max_age_seconds)}; rotate")
+            return [Change(Action.UPDATE, Kind.TOKEN, want.display_name, reason, user=want.user,
+                           needs_admin=True, desired=mint, observed=current)]
         changes: list[Change] = []
         superseded = _superseded_record(want, current, record, host)
         if superseded is not None:
@@ -153,7 +174,8 @@ def plan_tokens(desired: DesiredVault, observed: ObservedVault, *, prune: bool) 
     for user, want in desired.tokens.items():
         current = observed.tokens.get(user)
         if current is not None and current.state is not TokenState.FAILED:  # else: a problem, reported
-            changes.extend(plan_token(want, current, observed.recorded.get(user), desired.host))
+            planned = plan_token(want, current, observed.recorded.get(user), desired.host, observed.observed_at)
+            changes.extend(_granted(change, observed.host_grants) for change in planned)
     for user, record in observed.recorded.items():
         if user in desired.tokens:
             continue
@@ -165,11 +187,28 @@ def plan_tokens(desired: DesiredVault, observed: ObservedVault, *, prune: bool) 
     return changes
 
 
+def _granted(change: Change, grants: Mapping[str, str | None] | None) -> Change:
+    """A mint the host token may make (the hourly run with a host token) needs no admin; one it may not
+    says why, and who fixes it (reconcile.vault.hosts.host_grants)."""
+    if grants is None or not isinstance(change.desired, MintOrder) or change.user is None \
+            or change.user not in grants:
+        return change
+    why = grants[change.user]
+    if why is None:
+        return replace(change, needs_admin=False)
+    return replace(change, reason=f"{change.reason} ({why})")
+
+
 PENDING_REASON = "replaced token still alive; revoke"
 INTERRUPTED_REASON = "minted by an interrupted run and in nobody's file; revoke"
 
 
-def plan_pending(observed: ObservedVault) -> list[Change]:
+def _stray_host_token(info: TokenInfo, host: str) -> bool:
+    return (bool(host) and info.meta.get("managed_by") == TOOL and info.meta.get("kind") == "host"
+            and info.meta.get("host") == host)
+
+
+def plan_pending(observed: ObservedVault, host: str = "") -> list[Change]:
     """Revoke each replaced token the state file remembers that still lives and that this tool minted.
 
     Only the admin lookup tells whether it lives: without one nothing is planned
@@ -181,6 +220,10 @@ def plan_pending(observed: ObservedVault) -> list[Change]:
         if not pending.checked or pending.info is None or accessor in referenced:
             continue
         user = minted_for_whom(pending.info)
+        if user is None and pending.interrupted and _stray_host_token(pending.info, host):
+            changes.append(Change(Action.DELETE, Kind.HOST_TOKEN, f"claude-auth-host-{host}", INTERRUPTED_REASON,
+                                  needs_admin=True, desired=RevokeOrder("", accessor)))
+            continue
         if user is None:
             continue  # not ours: never revoked, bookkeeping forgets it
         current = observed.tokens.get(user)
@@ -227,7 +270,7 @@ def plan_vault(desired: DesiredVault, observed: ObservedVault, *, prune: bool) -
     if observed.policies is not None:
         changes.extend(plan_policies(desired, observed.policies, prune=prune))
     changes.extend(plan_tokens(desired, observed, prune=prune))
-    changes.extend(plan_pending(observed))
+    changes.extend(plan_pending(observed, desired.host))
     changes.extend(plan_garbage(desired, observed))
     return changes
 

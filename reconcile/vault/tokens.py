@@ -123,3 +123,27 @@ class TokenOperations(Connection):
         """Revoke the token behind an accessor; an accessor that no longer exists is not an error."""
         self._call_or_none("token revoke-accessor", is_revoked_already,
                            self._client.auth.token.revoke_accessor, accessor)
+
+    def revoke_self(self) -> None:
+        """This client's token revokes itself. Raises VaultDenied when Vault refuses: the token is gone,
+        or its policy predates `revoke-self` (see `revoke_token_self`)."""
+        self._call("token revoke-self", self._client.adapter.post, "/v1/auth/token/revoke-self")
+
+    def revoke_token_self(self, token: Secret) -> bool:
+        """`token` revokes itself: True when it is gone now, False when it refused and still lives (a
+        policy written before revoke-self was in the template; an admin run revokes it by accessor)."""
+        client = self.with_token(token)
+        try:
+            client.revoke_self()
+        except VaultDenied:
+            return self.lookup_token_self(token) is None
+        return True
+
+    def proves(self, token: Secret) -> bool:
+        """Whether `token` works: its own lookup-self succeeds. A refusal is asked again of the active
+        node (a standby may not have the token a moment after its mint), whose word is final."""
+        if self.lookup_token_self(token) is not None:
+            return True
+        data = self._on_active("token lookup-self", is_forbidden, lambda client: client.adapter.get(
+            "/v1/auth/token/lookup-self", headers={"X-Vault-Token": token.reveal()}))
+        return data is not None

@@ -76,6 +76,8 @@ class TokenInfo:
     meta: Mapping[str, str] = field(default_factory=dict)
     creation_time: int = 0
     """Seconds since the epoch."""
+    role: str = ""
+    """The token role it was created through (a host's role), empty for none."""
 
     @classmethod
     def from_lookup(cls, data: Mapping[str, Any]) -> "TokenInfo":
@@ -88,6 +90,7 @@ class TokenInfo:
             ttl_seconds=int(data.get("ttl") or 0),
             meta=MappingProxyType(dict(data.get("meta") or {})),
             creation_time=int(data.get("creation_time") or 0),
+            role=str(data.get("role") or ""),
         )
 
 

@@ -91,7 +91,18 @@ class World:
         self.texts += [captured.out, captured.err]
         for user in self.uids:
             self.token(user)  # remember whatever token is in the files now
+        self.host_token()
         return Run(int(code), captured.out, captured.err)
+
+    def host_token(self) -> str | None:
+        """The host token in <root>/etc/claude-auth/host-token (remembered as a secret to search for)."""
+        try:
+            value = (self.root / "etc/claude-auth/host-token").read_text().strip()
+        except OSError:
+            return None
+        if value:
+            self.secrets_seen.add(value)
+        return value
 
     def writes(self) -> list[tuple[str, str]]:
         return [(m, p) for m, p in self.http if m not in ("GET", "LIST", "HEAD") and not p.endswith(READ_ONLY_POSTS)]
