@@ -107,6 +107,14 @@ class Sandbox:
     def state(self) -> dict[str, object]:
         return dict(json.loads((self.root / "var/lib/claude-auth/state.json").read_text()))
 
+    def host_token_accessor(self, client: hvac.Client) -> str | None:
+        path = self.root / "etc/claude-auth/host-token"
+        if not path.exists():
+            return None
+        value = path.read_text().strip()
+        self.outputs.append("")  # the value is searched for below, with the people's tokens
+        return str(client.auth.token.lookup(value)["data"]["accessor"])
+
     def temp_files(self) -> list[Path]:
         return [Path(folder) / name for folder, dirs, files in os.walk(self.root)
                 for name in files + dirs if TEMP_NAMES.match(name)]
@@ -121,8 +129,22 @@ def tool_tokens(client: hvac.Client, prefix: str) -> dict[str, dict[str, object]
         except hvac.exceptions.InvalidRequest:
             continue  # revoked meanwhile
         meta = data.get("meta") or {}
-        if meta.get("managed_by") == "claude-auth" and any(p.startswith(prefix) for p in data["policies"]):
+        if meta.get("managed_by") == "claude-auth" and meta.get("kind") != "host" and any(p.startswith(prefix) for p in data["policies"]):
             found[accessor] = data
+    return found
+
+
+def host_tokens(client: hvac.Client, prefix: str) -> set[str]:
+    """Accessors of every live host token the tool minted under `prefix` (issue 23)."""
+    found = set()
+    for accessor in client.list("auth/token/accessors")["data"]["keys"]:
+        try:
+            data = client.auth.token.lookup_accessor(accessor)["data"]
+        except hvac.exceptions.InvalidRequest:
+            continue
+        meta = data.get("meta") or {}
+        if meta.get("kind") == "host" and any(p.startswith(prefix) for p in data["policies"]):
+            found.add(accessor)
     return found
 
 
@@ -183,6 +205,8 @@ def test_a_killed_first_apply_leaves_no_token_unaccounted_for(bao: OpenBaoServer
             referenced = in_files | {entry["accessor"] for entry in tokens.values()} | set(pending)
             unreferenced = set(tool_tokens(client, sandbox.prefix)) - referenced
             assert unreferenced == set(), (when, nth)
+            # The host token is the first mint of a first apply (nth 1): exactly one lives, the one in the file.
+            assert host_tokens(client, sandbox.prefix) == {sandbox.host_token_accessor(client)}, (when, nth)
             assert sandbox.temp_files() == [], (when, nth)
             assert_no_secrets(sandbox.outputs, set(files.values()) | {bao.root_token})
 

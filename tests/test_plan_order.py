@@ -160,7 +160,7 @@ def test_no_changes_still_reads_no_changes() -> None:
 
 # --- the real thing: OpenBao, --root, the planners' own output ---------------------------------------
 
-KIND_RANK = ["policy", "token", "token-renewal", "directory", "token-file", "unit", "timer"]
+KIND_RANK = ["policy", "token", "token-renewal", "directory", "token-file", "unit", "timer", "host-role", "host-token"]
 
 
 def owner_of(shown: str, prefix: str) -> str | None:
@@ -174,6 +174,8 @@ def owner_of(shown: str, prefix: str) -> str | None:
         "token-file": r"([^:]+):.*",
         "unit": r"claude-auth-(?:sync@(.+)\.service|backup@(.+)\.(?:service|path))\.d/.*",
         "timer": r"claude-auth-(?:sync@(.+)\.timer|backup@(.+)\.path)",
+        "host-role": r"(?!)",
+        "host-token": r"(?!)",
     }
     match = re.fullmatch(patterns[kind], name)
     return next((group for group in match.groups() if group), None) if match else None

@@ -139,7 +139,7 @@ def tool_tokens(client: hvac.Client, prefix: str) -> dict[str, dict[str, Any]]:
         except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
             continue  # gone, or an accessor a killed leader left without its token (403)
         meta = data.get("meta") or {}
-        if meta.get("managed_by") == "claude-auth" and any(p.startswith(prefix) for p in data.get("policies") or ()):
+        if meta.get("managed_by") == "claude-auth" and meta.get("kind") != "host" and any(p.startswith(prefix) for p in data.get("policies") or ()):
             found[accessor] = data
     return found
 

@@ -30,4 +30,10 @@ def expected_policy(user: str, kv_path: str, kv_mount: str = "secret") -> str:
         'path "auth/token/renew-self" {\n'
         '  capabilities = ["update"]\n'
         "}\n"
+        "\n"
+        "# A token replaced by a rotation or a re-mint is revoked with its own hand (the hourly run holds no\n"
+        "# admin token): the token can end itself and nothing else.\n"
+        'path "auth/token/revoke-self" {\n'
+        '  capabilities = ["update"]\n'
+        "}\n"
     )
