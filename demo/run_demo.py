@@ -233,11 +233,12 @@ def main() -> int:
         say("Status: one row per person.")
         run(["status", *common], env=admin_env)
 
-        say("Dave leaves: remove him from the roster; plan lists his leftovers, apply --prune removes them.")
+        say("Dave leaves: remove him from the roster; plan lists his leftovers (and the host's token role,"
+            " which must no longer allow his policy); apply --prune removes them.")
         head, _, _ = ROSTER.read_text().partition("  # Fields kept for compatibility")
         ROSTER.write_text(head)
         print(f"(removed dave from {ROSTER})")
-        run(["plan", *common], env=admin_env)
+        run(["plan", *common], env=admin_env, ok=(2,))
         run(["apply", "--prune", *common], env=admin_env)
         run(["plan", *common], env=admin_env)
 

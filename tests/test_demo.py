@@ -51,7 +51,8 @@ def test_demo_runs_the_whole_lifecycle_and_leaves_nothing_running(reachable_dir:
     assert "the real Claude Code CLI" in out
     steps = [line for line in out.splitlines() if line.startswith("==> ")]
     assert len(steps) == 13
-    for expected in ("valid, 4 users", "Plan: 33 to add, 0 to change, 0 to remove.", "No changes.",
+    for expected in ("valid, 4 users", "Plan: 36 to add, 0 to change, 0 to remove.",
+                     "+ host-token claude-auth-host-", "No changes.",
                      "OK alice: login works", "vaultwarden_master_password", "RECOVERED alice:",
                      "USER   STATE", "- token devvm-claude-auth-dave: revoked",
                      "- policy workstation-claude-dave: deleted", 'CLAUDE_AUTH_LOGIN=setup-token"',

@@ -110,15 +110,6 @@ class ApplySession:
                        prune: bool) -> ApplySession:
         admin = no_admin_reason is None
         try:
-            host_token, host_client = observe_host_token(vault, root, admin=admin)
-        except VaultError as exc:
-            raise CommandFailed(vault_failure(exc, vault.address)) from None
-        if no_admin_reason is not None:
-            with_host = (f"; minting with this host's host token ({host_token_path(root)})"
-                         if host_client is not None else "")
-            print(f"NOTE: running without an admin token ({no_admin_reason}){with_host}: policies are not "
-                  "checked; changes that need an admin are left for the admin run", file=sys.stderr)
-        try:
             state = statefile.read_state(root)
         except statefile.StateFileError as exc:
             raise CommandFailed(str(exc)) from None
@@ -156,8 +147,15 @@ class ApplySession:
                                     token_users=[user for user in d_vault.tokens if user in found_accounts],
                                     pending_revoke=state.pending_revoke, intents=state.intents,
                                     collect_garbage=prune)
+            # After the people's lookups, which go first and pipelined: this host's own host token.
+            host_token, host_client = observe_host_token(vault, root, admin=admin)
         except VaultError as exc:
             raise CommandFailed(vault_failure(exc, vault.address)) from None
+        if no_admin_reason is not None:
+            with_host = (f"; minting with this host's host token ({host_token_path(root)})"
+                         if host_client is not None else "")
+            print(f"NOTE: running without an admin token ({no_admin_reason}){with_host}: policies are not "
+                  "checked; changes that need an admin are left for the admin run", file=sys.stderr)
         problems: list[UserProblem] = [v for v in found.values() if isinstance(v, UserProblem)]
         problems.extend(o_local.problems)
         problems.extend(o_vault.problems)
@@ -227,7 +225,8 @@ class ApplySession:
                                  write_token=homes.token_writer(self.accounts), mint_log=journal,
                                  read_token=homes.token_reader(self.accounts), mint_lock=lock,
                                  host_client=self.host_client,
-                                 host_role=role_name(self.roster.vault.policy_prefix.lower(), self.desired.this_host or ""),
+                                 host_role=role_name(self.roster.vault.policy_prefix.lower(),
+                                                     self.desired.this_host or ""),
                                  write_host_token=self._host_token_writer() if self.admin else None)
         held = self.remove_stale_temps(lock)
         for user, why in sorted(held.items()):  # every holder is told, whether or not their row had changes

@@ -3,7 +3,8 @@
 The only code that talks to Vault through hvac is here and in the modules this
 one joins: reconcile.vault.connection (one connection, the retry policy, reads on
 the active node), tokens (lookups, renewals, mints, revocations), kv (the
-person's KV v2 path), policies (ACL policies), roles (token roles, mints through them) and fastpath (pipelined requests);
+person's KV v2 path), policies (ACL policies), roles (token roles and mints through them)
+and fastpath (pipelined requests);
 reconcile.vault.transport holds hvac's bounded adapter and what a failure means,
 reconcile.vault.values the values and errors they answer with.
 
