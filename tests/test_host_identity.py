@@ -18,6 +18,7 @@ from reconcile.cli import main
 from reconcile.common.exitcodes import Exit
 from reconcile.vault import observe as vault_observe
 from tests.support.world import World
+from tests.test_vault_real import short_period
 
 HOST, OTHER = "h1", "h2"
 
@@ -256,3 +257,18 @@ def test_vault_only_needs_an_admin_token_and_touches_nothing_local(
     assert not (world.root / "var").exists() and not (world.root / "home/alice/.config").exists()
     assert world.run("plan", "--vault-only").lines == ["No changes."]
     assert yaml.safe_load(world.roster_path.read_text())["users"] == {"alice": {}}
+
+
+def test_the_hourly_run_renews_its_own_host_token(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    short_period(monkeypatch, "20s", 20)
+    monkeypatch.setenv("CLAUDE_AUTH_HOSTNAME", HOST)
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    host_token = world.host_token() or ""
+    time.sleep(11)  # the host token's TTL falls below half of the 20 s period (9 s to spare)
+    done = hourly(world, monkeypatch)
+    assert done.code == Exit.OK, done.err
+    assert any(line.startswith(f"~ host-token claude-auth-host-{HOST}: renewed") for line in done.lines), done.out
+    looked = world.lookup(host_token)
+    assert looked is not None and looked["ttl"] > 10
+    assert world.host_token() == host_token  # renewed, not replaced
