@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import hvac
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -167,6 +169,13 @@ def main() -> int:
         say("Plan again: the world now matches the roster.")
         run(["plan", *common], env=admin_env)
 
+        say("Alice's Vault token is revoked by mistake; the hourly run, with no admin token, re-mints it"
+            " with this host's own host token (written by the admin apply).")
+        alice_token = (ROOT / "home/alice/.config/claude-auth-sync/vault-token").read_text().strip()
+        hvac.Client(url=server.address, token=server.root_token).auth.token.revoke(alice_token)
+        hourly_env = {**root_env, "VAULT_ADDR": server.address, "CLAUDE_AUTH_NO_ADMIN": "1"}
+        run(["apply", *common], env=hourly_env)
+
         say("Alice logs in to Claude once (simulated SSO login), and her first sync proves it and backs it up.")
         write_login("alice", "demo-good-access-1", "demo-refresh-1")
         api.accept("demo-good-access-1")
@@ -179,7 +188,6 @@ def main() -> int:
         run(["sync", "--user", "alice"], env=user_env, user="alice")
 
         say("Another tool (a Vaultwarden helper) keeps its own key at Alice's Vault path.")
-        import hvac
 
         admin = hvac.Client(url=server.address, token=server.root_token)
         admin.secrets.kv.v2.patch(path="workstation/claude-users/alice", mount_point="secret",

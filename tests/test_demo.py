@@ -50,9 +50,10 @@ def test_demo_runs_the_whole_lifecycle_and_leaves_nothing_running(reachable_dir:
     assert result.returncode == 0, out + result.stderr
     assert "the real Claude Code CLI" in out
     steps = [line for line in out.splitlines() if line.startswith("==> ")]
-    assert len(steps) == 13
+    assert len(steps) == 14
     for expected in ("valid, 4 users", "Plan: 36 to add, 0 to change, 0 to remove.",
                      "+ host-token claude-auth-host-", "No changes.",
+                     "minting with this host's host token", "~ token devvm-claude-auth-alice: minted and written",
                      "OK alice: login works", "vaultwarden_master_password", "RECOVERED alice:",
                      "USER   STATE", "- token devvm-claude-auth-dave: revoked",
                      "- policy workstation-claude-dave: deleted", 'CLAUDE_AUTH_LOGIN=setup-token"',
