@@ -18,8 +18,8 @@ from reconcile.roster.durations import format_duration
 from reconcile.common.model import Action, Change, Kind
 from reconcile.vault.client import Vault
 from reconcile.vault.values import MintedToken, Secret, TokenInfo, VaultDenied, VaultError, VaultInvalid
-from reconcile.vault.desired import (NONCE_META, DesiredPolicy, DesiredToken, DesiredVault, is_minted_for,
-                                     is_ours_to_revoke, minted_for_whom)
+from reconcile.vault.desired import (NONCE_META, DesiredPolicy, DesiredToken, DesiredVault, is_host_token,
+                                     is_minted_for, is_ours_to_revoke, minted_for_whom)
 from reconcile.vault.hosts import DesiredHost
 from reconcile.vault.observe import (ObservedToken, ObservedVault, TokenFileUnreadable, TokenReader,
                                      TokenState, parse_token_file, scan_tokens)
@@ -349,12 +349,13 @@ def next_pending(pending: Iterable[str], records: Mapping[str, str], new_records
             continue
         result.add(old)
     kept = []
-    in_use = set(new_records.values())
+    in_use = set(new_records.values()) | ({observed.host_token_accessor} if observed.host_token_accessor else set())
     for accessor in sorted(result):
         seen = observed.pending.get(accessor)
         if accessor in outcomes.revoked or accessor in in_use:
             continue
-        if seen is not None and seen.checked and (seen.info is None or minted_for_whom(seen.info) is None):
+        if seen is not None and seen.checked and (seen.info is None or (minted_for_whom(seen.info) is None
+                                                                     and not is_host_token(seen.info))):
             continue
         kept.append(accessor)
     return tuple(kept)

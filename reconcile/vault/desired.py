@@ -179,3 +179,8 @@ def minted_for_whom(info: TokenInfo) -> str | None:
     """The user this tool minted the token for, or None when the tool did not mint it."""
     user = info.meta.get("user")
     return user if user and info.meta.get("managed_by") == TOOL else None
+
+
+def is_host_token(info: TokenInfo) -> bool:
+    """A host token this tool minted (any host): kept in `pending_revoke` until revoked, like a person's."""
+    return info.meta.get("managed_by") == TOOL and info.meta.get("kind") == "host"

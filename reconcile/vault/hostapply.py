@@ -82,7 +82,12 @@ def _mint_host_token(order: HostOrder, ctx: VaultContext) -> str:
     if nonce is not None and ctx.mint_log is not None:
         ctx.mint_log.settle(nonce)
     for accessor in order.revoke:
-        ctx.vault.revoke_accessor(accessor)
+        try:
+            ctx.vault.revoke_accessor(accessor)
+        except VaultError as exc:
+            ctx.outcomes.unrevoked.add(accessor)  # kept in pending_revoke: the next admin run revokes it
+            raise VaultError(f"minted and written, but revoking the replaced host token failed ({exc}); "
+                             "the next admin run retries") from None
         ctx.outcomes.revoked.add(accessor)
     return "minted and written" + (", replaced host token revoked" if order.revoke else "")
 

@@ -16,8 +16,8 @@ from reconcile.roster.durations import format_duration
 from reconcile.common.identity import token_display_name
 from reconcile.common.model import Action, Change, Kind
 from reconcile.vault.values import Secret, TokenInfo
-from reconcile.vault.desired import (TOOL, DesiredToken, DesiredVault, is_minted_for, is_minted_here,
-                                     is_ours_to_revoke, is_tool_policy, minted_for_whom)
+from reconcile.vault.desired import (DesiredToken, DesiredVault, is_minted_for, is_minted_here,
+                                     is_host_token, is_ours_to_revoke, is_tool_policy, minted_for_whom)
 from reconcile.vault.observe import ObservedToken, ObservedVault, RecordedToken, TokenState
 from reconcile.vault.observe import in_use
 
@@ -204,8 +204,8 @@ INTERRUPTED_REASON = "minted by an interrupted run and in nobody's file; revoke"
 
 
 def _stray_host_token(info: TokenInfo, host: str) -> bool:
-    return (bool(host) and info.meta.get("managed_by") == TOOL and info.meta.get("kind") == "host"
-            and info.meta.get("host") == host)
+    """A host token this tool minted for this host (in the pending list: not the one in the file)."""
+    return bool(host) and is_host_token(info) and info.meta.get("host") == host
 
 
 def plan_pending(observed: ObservedVault, host: str = "") -> list[Change]:
@@ -220,7 +220,7 @@ def plan_pending(observed: ObservedVault, host: str = "") -> list[Change]:
         if not pending.checked or pending.info is None or accessor in referenced:
             continue
         user = minted_for_whom(pending.info)
-        if user is None and pending.interrupted and _stray_host_token(pending.info, host):
+        if user is None and _stray_host_token(pending.info, host):
             changes.append(Change(Action.DELETE, Kind.HOST_TOKEN, f"claude-auth-host-{host}", INTERRUPTED_REASON,
                                   needs_admin=True, desired=RevokeOrder("", accessor)))
             continue
