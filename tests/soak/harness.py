@@ -1598,7 +1598,9 @@ class Soak:
             except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
                 continue
             meta = data.get("meta") or {}
-            if meta.get("managed_by") == "claude-auth" and any(p.startswith(PREFIX) for p in data.get("policies") or ()):
+            # People's tokens only: each host's own host token (issue 23, meta kind=host) is in its file.
+            if (meta.get("managed_by") == "claude-auth" and meta.get("kind") != "host"
+                    and any(p.startswith(PREFIX) for p in data.get("policies") or ())):
                 found[accessor] = data
         return found
 
