@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import hvac
 import hvac.exceptions
@@ -148,7 +148,10 @@ def host_tokens(client: hvac.Client, prefix: str) -> set[str]:
     return found
 
 
-def kill_at(sandbox: Sandbox, process: subprocess.Popen[str], when: str, nth: int) -> threading.Event:
+def kill_at(sandbox: Any, process: subprocess.Popen[str], when: str, nth: int,
+            marker: bytes = MINT) -> threading.Event:
+    """SIGKILL `process` before, in flight, or just after the `nth` request carrying `marker`
+    (a sandbox's fault proxy watches for it)."""
     killed = threading.Event()
 
     def kill() -> None:
@@ -157,23 +160,23 @@ def kill_at(sandbox: Sandbox, process: subprocess.Popen[str], when: str, nth: in
             killed.set()
 
     def on_request(head: bytes, number: int) -> bool:
-        if when == "before" and MINT in head and number == nth:
+        if when == "before" and marker in head and number == nth:
             kill()
             return False
         return True
 
     def on_reply(head: bytes, number: int) -> bool:
-        if when == "in-flight" and MINT in head and number == nth:
+        if when == "in-flight" and marker in head and number == nth:
             kill()
             return False
         return True
 
     def after_reply(head: bytes, number: int) -> None:
-        if when == "after" and MINT in head and number == nth:
+        if when == "after" and marker in head and number == nth:
             threading.Timer(0.002 * (nth % 5), kill).start()
 
     sandbox.proxy.seen.clear()
-    sandbox.proxy.count = (MINT,)
+    sandbox.proxy.count = (marker,)
     sandbox.proxy.on_request, sandbox.proxy.on_reply, sandbox.proxy.after_reply = on_request, on_reply, after_reply
     return killed
 

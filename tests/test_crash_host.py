@@ -25,7 +25,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -38,7 +37,7 @@ from reconcile.common.exitcodes import Exit
 from tests.support.faultproxy import FaultProxy
 from tests.support.leaks import assert_no_secrets
 from tests.support.openbao import OpenBaoServer
-from tests.test_crash import host_tokens, tool_tokens
+from tests.test_crash import host_tokens, kill_at, tool_tokens
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE_MINT = b"/v1/auth/token/create/"
@@ -115,36 +114,6 @@ class HostSandbox:
         return dict(json.loads((self.root / "var/lib/claude-auth/state.json").read_text()))
 
 
-def kill_around(proxy: FaultProxy, process: subprocess.Popen[str], marker: bytes, when: str,
-                nth: int) -> threading.Event:
-    killed = threading.Event()
-
-    def kill() -> None:
-        if not killed.is_set():
-            os.kill(process.pid, signal.SIGKILL)
-            killed.set()
-
-    def on_request(head: bytes, number: int) -> bool:
-        if when == "before" and marker in head and number == nth:
-            kill()
-            return False
-        return True
-
-    def on_reply(head: bytes, number: int) -> bool:
-        if when == "in-flight" and marker in head and number == nth:
-            kill()
-            return False
-        return True
-
-    def after_reply(head: bytes, number: int) -> None:
-        if when == "after" and marker in head and number == nth:
-            threading.Timer(0.003, kill).start()
-
-    proxy.seen.clear()
-    proxy.count = (marker,)
-    proxy.on_request, proxy.on_reply, proxy.after_reply = on_request, on_reply, after_reply
-    return killed
-
 
 @pytest.mark.parametrize("scenario", REMINT + ROTATE, ids=lambda s: f"{s[0]}-{s[1]}-{s[2]}")
 def test_a_killed_hourly_run_with_the_host_token_leaves_nothing_unaccounted_for(
@@ -164,7 +133,7 @@ def test_a_killed_hourly_run_with_the_host_token_leaves_nothing_unaccounted_for(
 
         process = sandbox.start("apply", admin=False, clock_ahead=rotate)
         marker = REVOKE_SELF if kind == "rotate-revoke" else ROLE_MINT
-        killed = kill_around(proxy, process, marker, when, nth)
+        killed = kill_at(sandbox, process, when, nth, marker)
         out, err = process.communicate(timeout=90)
         sandbox.outputs += [out, err]
         assert killed.is_set() and process.returncode == -signal.SIGKILL, (scenario, err)

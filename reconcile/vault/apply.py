@@ -123,13 +123,18 @@ def apply_policies_pipelined(changes: Sequence[Change], ctx: VaultContext) -> li
     return outcomes
 
 
+def revoke_order(change: Change, ctx: VaultContext) -> str:
+    """Revoke the token a RevokeOrder names by its accessor (a person's or a host's)."""
+    order = change.desired
+    assert isinstance(order, RevokeOrder)
+    ctx.vault.revoke_accessor(order.accessor)
+    ctx.outcomes.revoked.add(order.accessor)
+    return "revoked"
+
+
 def apply_token(change: Change, ctx: VaultContext) -> str:
     if change.action in (Action.DELETE, Action.COLLECT):
-        order = change.desired
-        assert isinstance(order, RevokeOrder)
-        ctx.vault.revoke_accessor(order.accessor)
-        ctx.outcomes.revoked.add(order.accessor)
-        return "revoked"
+        return revoke_order(change, ctx)
     mint = change.desired
     assert isinstance(mint, MintOrder)
     if ctx.mint_lock is None:

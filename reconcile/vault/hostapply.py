@@ -14,10 +14,9 @@ from typing import Callable, Mapping
 
 from reconcile.common.model import Action, Change, Kind
 from reconcile.roster.durations import format_duration
-from reconcile.vault.apply import VaultContext
+from reconcile.vault.apply import VaultContext, revoke_order
 from reconcile.vault.desired import NONCE_META
 from reconcile.vault.hosts import DesiredHost, HostOrder, ObservedHostToken
-from reconcile.vault.plan import RevokeOrder
 from reconcile.vault.values import Secret, VaultDenied, VaultError, VaultInvalid
 
 HOST_INTENT_USER = "@host"
@@ -34,11 +33,7 @@ def apply_role(change: Change, ctx: VaultContext) -> str:
 
 def apply_host_token(change: Change, ctx: VaultContext) -> str:
     if change.action is Action.DELETE:
-        order = change.desired
-        assert isinstance(order, RevokeOrder)
-        ctx.vault.revoke_accessor(order.accessor)
-        ctx.outcomes.revoked.add(order.accessor)
-        return "revoked"
+        return revoke_order(change, ctx)
     order = change.desired
     assert isinstance(order, HostOrder)
     if order.renew:
