@@ -5,12 +5,19 @@ The same policy against a real OpenBao behind a faulty proxy is in tests/test_va
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hvac.exceptions import InternalServerError
 
 from reconcile.vault.retry import (DEADLINE, REQUEST_TIMEOUT, Deadline, GaveUp, RetryPolicy, Transience,
                                    call_with_retries)
 from reconcile.vault.transport import classify as vault_classify
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class FakeClock:
@@ -181,3 +188,31 @@ def test_a_500_is_an_election_by_vaults_error_text_never_by_the_url() -> None:
         is Transience.PERMANENT
     assert vault_classify(error("internal error", "http://v/v1/sys/policies/acl/claude-sealed")) \
         is Transience.PERMANENT
+
+
+SHIFTED_RETRY = """
+from reconcile.vault.retry import Deadline, RetryPolicy, Transience, call_with_retries
+failures = [ConnectionRefusedError(), ConnectionRefusedError()]
+def attempt(timeout):
+    if failures:
+        raise failures.pop(0)
+    return "answered"
+print(call_with_retries(attempt, lambda exc: Transience.NOT_DONE, policy=RetryPolicy(),
+                        deadline=Deadline(60.0)))
+"""
+
+
+@pytest.mark.parametrize("shift", ["+3h", "-2h"])
+def test_the_waits_between_retries_survive_a_shifted_clock(shift: str) -> None:
+    """Under libfaketime (how the soak jumps a host's clock) CPython's time.sleep fails with
+    OSError EINVAL; the soak saw an hourly run die of it mid-retry (issue 27). The real default
+    sleep, in a real shifted process: no fake clock here."""
+    library = os.environ.get("CLAUDE_AUTH_FAKETIME_LIB") or str(REPO / ".tools/libfaketime.so.1")
+    assert Path(library).exists(), f"libfaketime is missing at {library}: run `make setup`"
+    env = dict(os.environ, LD_PRELOAD=library, FAKETIME=shift, FAKETIME_DONT_FAKE_MONOTONIC="1",
+               FAKETIME_NO_CACHE="1", PYTHONPATH=str(REPO))
+    shifted_sleep = subprocess.run([sys.executable, "-c", "import time; time.sleep(0.01)"], env=env,
+                                   capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", SHIFTED_RETRY], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "answered", (shifted_sleep.stderr[-300:], done.stderr)

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 
+from reconcile.common.pause import pause
 from reconcile.local.accounts import Account
 from reconcile.local.homefs import HomeFsError, UnsafePath, fix_descriptor, require_plain_file, split_path, walk, shown
 
@@ -125,7 +126,7 @@ def lock_private_file(account: Account, rel_path: str, *, timeout: float,
                     if time.monotonic() >= ends:
                         raise LockHeld(f"{display} is held by another process (this run waits on "
                                        f"such locks for {allowance.total:g} s in all)") from None
-                    time.sleep(0.02)
+                    pause(0.02)
                 except OSError as exc:
                     raise HomeFsError(f"cannot lock {display}: {exc.strerror}") from None
         finally:

@@ -27,11 +27,11 @@ it by check-and-set.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
 from reconcile.common import boundedjson
+from reconcile.common.pause import pause
 from reconcile.sync.credentials import MAX_DEPTH, oauth_problem
 from reconcile.sync.safefile import CREDENTIALS_LIMIT
 from reconcile.vault.values import CasConflict, KvRawSecret
@@ -139,7 +139,7 @@ def _pause(attempt: int) -> float:
 
 def merge_write(store: KvStore, mount: str, path: str,
                 updates: Callable[[Mapping[str, bytes]], Mapping[str, bytes] | None],
-                *, attempts: int = CAS_ATTEMPTS, sleep: Callable[[float], None] = time.sleep) -> BackupResult:
+                *, attempts: int = CAS_ATTEMPTS, sleep: Callable[[float], None] = pause) -> BackupResult:
     """Merge `updates(stored)` into the map at the path with check-and-set, keeping every other key.
 
     The path is read undecoded (kv_read_raw): `updates` sees what is stored
@@ -179,7 +179,7 @@ def merge_write(store: KvStore, mount: str, path: str,
 
 
 def back_up(store: KvStore, mount: str, path: str, oauth: Mapping[str, Any], backed_up_at: str,
-            *, attempts: int = CAS_ATTEMPTS, sleep: Callable[[float], None] = time.sleep,
+            *, attempts: int = CAS_ATTEMPTS, sleep: Callable[[float], None] = pause,
             not_older: bool = False) -> BackupResult:
     """Make the path hold `oauth`, keeping every other key; write nothing when it already does.
 

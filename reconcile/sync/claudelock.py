@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from reconcile.common.pause import pause
 from reconcile.sync import ownerrecord
 
 LOCK_NAME = ".oauth_refresh.lock"
@@ -161,7 +162,7 @@ class _Toucher:
 @contextmanager
 def held(claude_dir: Path, wait: float = DEFAULT_WAIT_SECONDS, *, home: Path | None = None,
          clock: Callable[[], float] = time.monotonic, now: Callable[[], float] = time.time,
-         sleep: Callable[[float], None] = time.sleep) -> Iterator[None]:
+         sleep: Callable[[float], None] = pause) -> Iterator[None]:
     """Hold Claude's refresh lock (and its legacy lock, where it can be made) for the `with` block.
 
     Raises ClaudeRefreshing when a live holder keeps either lock for `wait`

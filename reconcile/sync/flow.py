@@ -54,6 +54,7 @@ from typing import Any, Callable, Mapping, TextIO
 
 from reconcile.common.exitcodes import Exit
 from reconcile.common.loginmode import Login
+from reconcile.common.pause import pause
 from reconcile.sync import backup, claudelock, credentials, livecheck, notice, setup_token_sync
 from reconcile.sync import settings as config
 from reconcile.sync.claudelock import ClaudeRefreshing
@@ -318,7 +319,7 @@ class _Steps:
         seen = _file_state(path)
         still_since = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - still_since < SETTLE_SECONDS:
-            time.sleep(0.1)
+            pause(0.1)
             now = _file_state(path)
             if now != seen:
                 seen, still_since = now, time.monotonic()

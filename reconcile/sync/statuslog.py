@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Iterable
 
 from reconcile.common.atomicfile import make_folders
+from reconcile.common.pause import pause
 from reconcile.sync.safefile import UnsafeFile, open_checked
 
 LOG_LIMIT_BYTES = 1024 * 1024
@@ -152,7 +153,7 @@ class Lock:
         while not self.acquire():
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(poll)
+            pause(poll)
         return True
 
     def release(self) -> None:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Iterator, Mapping, TypeVar
 
+from reconcile.common.pause import pause
+
 T = TypeVar("T")
 
 TIMEOUT_ENV = "CLAUDE_AUTH_VAULT_TIMEOUT"
@@ -163,7 +165,7 @@ class GaveUp(Exception):
 
 def call_with_retries(attempt: Callable[[float], T], classify: Callable[[BaseException], Transience], *,
                       policy: RetryPolicy, deadline: Deadline, idempotent: bool = True,
-                      sleep: Callable[[float], None] = time.sleep,
+                      sleep: Callable[[float], None] = pause,
                       clock: Callable[[], float] = time.monotonic,
                       rand: Callable[[], float] = random.random) -> T:
     """`attempt(timeout)` until it returns, under the policy.
