@@ -49,13 +49,25 @@ class Host:
     roster: Path
     env_home: Path
     outputs: list[str] = field(default_factory=list)
+    admin: bool = True
+    """False: runs as the hourly timer does on an enrolled host, with no admin token anywhere (issue 23)."""
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("VAULT_", "BAO_", "CLAUDE_AUTH_"))}
-        env.update(VAULT_ADDR=self.address, VAULT_TOKEN=self.token, CLAUDE_AUTH_HOSTNAME=self.name,
-                   HOME=str(self.env_home), PYTHONPATH=str(REPO))
+        env.update(VAULT_ADDR=self.address, CLAUDE_AUTH_HOSTNAME=self.name, HOME=str(self.env_home),
+                   PYTHONPATH=str(REPO))
+        if self.admin:
+            env["VAULT_TOKEN"] = self.token
+        else:
+            env["CLAUDE_AUTH_NO_ADMIN"] = "1"
         return env
+
+    def host_token_file(self) -> Path:
+        return self.root / "etc/claude-auth/host-token"
+
+    def timer_enabled(self, user: str) -> bool:
+        return (self.root / f"etc/systemd/system/timers.target.wants/claude-auth-sync@{user}.timer").is_symlink()
 
     def start(self, *argv: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "reconcile", *argv, "--roster", str(self.roster),
@@ -149,27 +161,41 @@ class Relay:
     one request at a time), or a standby stand-in when `intercept` answers some requests itself.
 
     `intercept(method, path, answer)` sees each relayed answer (status, body) and may return another
-    (status, headers, body) for the client instead.
+    (status, headers, body) for the client instead. `delay` holds every answer back that long (a slow
+    link, so a run is still in flight when a test breaks something). An upstream that refuses the
+    connection is a 503 to the client, as a load balancer with no live backend answers.
     """
 
     def __init__(self, upstreams: list[str],
                  intercept: Callable[[str, str, tuple[int, bytes]], tuple[int, dict[str, str], bytes] | None]
-                 | None = None) -> None:
+                 | None = None, delay: float = 0.0) -> None:
         relay = self
         self.upstreams = upstreams
         self.intercept = intercept
+        self.delay = delay
+        self.relayed = 0
+        """Requests answered so far (by the upstream or with the 503)."""
         self.turn = itertools.count()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _relay(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 upstream = relay.upstreams[next(relay.turn) % len(relay.upstreams)]
-                answer = plain_requests.request(self.command, upstream + self.path, data=body, timeout=30,
-                                                allow_redirects=False,
-                                                headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
-                status, headers, content = answer.status_code, {"Content-Type": "application/json"}, answer.content
-                if "Location" in answer.headers:
-                    headers["Location"] = answer.headers["Location"]
+                headers = {"Content-Type": "application/json"}
+                try:
+                    answer = plain_requests.request(self.command, upstream + self.path, data=body, timeout=30,
+                                                    allow_redirects=False, headers={
+                                                        k: v for k, v in self.headers.items() if k.lower() != "host"})
+                    status, content = answer.status_code, answer.content
+                    if "Location" in answer.headers:
+                        headers["Location"] = answer.headers["Location"]
+                except plain_requests.exceptions.ConnectionError as exc:
+                    if "refused" not in str(exc).lower():
+                        raise  # sent, answer lost: the client sees its connection drop, as with no relay
+                    status, content = 503, b'{"errors":["no live upstream"]}'
+                if relay.delay:
+                    time.sleep(relay.delay)
+                relay.relayed += 1
                 if relay.intercept is not None:
                     replaced = relay.intercept(self.command, self.path, (status, content))
                     if replaced is not None:
