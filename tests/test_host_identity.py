@@ -272,3 +272,19 @@ def test_the_hourly_run_renews_its_own_host_token(world: World, monkeypatch: pyt
     looked = world.lookup(host_token)
     assert looked is not None and looked["ttl"] > 10
     assert world.host_token() == host_token  # renewed, not replaced
+
+
+def test_a_host_of_thousands_of_people_can_be_enrolled(openbao: Any) -> None:
+    """OpenBao refuses a JSON body of more than 1,000 strings; the role's policy list of a big host
+    must still be written whole, and read back equal (found by `make bench` at 1,000 people)."""
+    from reconcile.vault.client import Vault
+    from reconcile.vault.hosts import DesiredHost, role_drift
+    from reconcile.vault.values import Secret
+
+    want = DesiredHost(host="big", role="t-host.big", allowed_policies=tuple(f"t-u{i:05d}" for i in range(10_000)),
+                       policy_text="", period="768h", period_seconds=768 * 3600)
+    vault = Vault(openbao.address, Secret(openbao.root_token))
+    vault.write_role(want.role, want.role_fields())
+    have = vault.read_role(want.role)
+    assert have is not None and role_drift(want, have) == []
+    assert len(have["allowed_policies"]) == 10_000 and have["disallowed_policies_glob"] == []

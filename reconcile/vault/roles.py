@@ -28,9 +28,17 @@ class RoleOperations(Connection):
             return dict((data or {}).get("data") or {})
 
     def write_role(self, name: str, fields: Mapping[str, Any]) -> None:
-        """Create or replace the role (every field this tool manages is sent each time)."""
+        """Create or replace the role (every field this tool manages is sent each time).
+
+        Lists go as one comma-separated string, which the role API takes for every list field:
+        OpenBao refuses a JSON body of more than 1,000 strings ("exceeded maximum number of
+        strings"), so a host with a thousand people could not be enrolled (found by `make bench`).
+        Policy names hold no comma (the roster schema allows none in a prefix or a user name).
+        """
+        wire = {key: ",".join(str(item) for item in value) if isinstance(value, (list, tuple)) else value
+                for key, value in fields.items()}
         self._call(f"write token role {name}", self._client.adapter.post, f"/v1/auth/token/roles/{name}",
-                   json=dict(fields))
+                   json=wire)
 
     def delete_role(self, name: str) -> None:
         """Idempotent: deleting a missing role succeeds."""
