@@ -281,13 +281,16 @@ INVARIANTS = {
     "tokens_work": "every enabled person has a working token on every host assigned to them",
     "logins_valid": "every enabled person has a valid login file on every host assigned to them",
     "backups_restorable": "every backup is of a restorable shape",
-    "backups_fresh": "no backup is older than the newest healthy login written (expiresAt never goes back)",
+    "backups_fresh": ("per home, no backup of a home's login is older than one that home backed up before "
+                      "(a proven login of another home may replace a newer one: SPEC's proven sync); after the "
+                      "quiet cycle the backup is a login one of the person's homes holds"),
     "siblings_kept": "no sibling key at any KV path was ever lost (every version checked)",
     "no_orphan_tokens": "zero live tool-minted tokens that nothing references",
     "right_person": "no token ever in a file of the wrong person",
     "no_secrets_out": "no secret in any output",
     "converged": "every host converged (`plan`: No changes.) within one cycle of the last fault",
     "processes_end": "no run of the tool hung past its timeout",
+    "no_tracebacks": "no run of the tool died of an uncaught exception (each is one clear message)",
 }
 HARNESS = "harness"
 
@@ -341,6 +344,11 @@ class Soak:
         """KV path -> versions already checked."""
         self.kv_expires: dict[str, int] = {}
         self.node_fault = threading.Lock()
+        self.disk_fault = threading.Lock()
+        """One disk-full at a time: two fillers of one tmpfs would end (unlink) each other's fault."""
+        self.node_kills: Counter[str] = Counter()
+        """leader_kill faults by what they killed: the leader, or (no leader found) some live node."""
+        self.tracebacks: list[str] = []
         self.disk_full_ok: str = ""
         self.mounted: list[Path] = []
         self.schedule: list[Fault] = []
@@ -688,7 +696,25 @@ class Soak:
                 self.checks["processes_end"] += 1
         self.scan_output(out, where)
         self.scan_output(err, where)
+        self.keep_traceback(err, where)
         return process.returncode, out, err, killed
+
+    def keep_traceback(self, err: str, where: str) -> None:
+        """A product traceback goes to the events file whole (known secrets masked) so a soak's crash can
+        be read afterwards; it is a violation of no_tracebacks."""
+        with self.lock:
+            self.checks["no_tracebacks"] += 1
+        start = err.find("Traceback (most recent call last)") if err else -1
+        if start < 0:
+            return
+        text = err[start:][-6000:]
+        with self.lock:
+            for secret in sorted(self.secrets, key=len, reverse=True):
+                text = text.replace(secret, "<secret>")
+            self.tracebacks.append(text)
+        self.event("traceback", f"{where}:\n{text}")
+        last = (text.strip().splitlines() or [""])[-1][:200]
+        self.violate("no_tracebacks", f"{where}: {last}")
 
     @staticmethod
     def kill_group(process: subprocess.Popen[str]) -> None:
@@ -837,6 +863,12 @@ class Soak:
                 self.write_login(person, home)
                 self.ops["claude_refresh"] += 1
                 self.event("claude", f"refresh {person.name} {home.parent.name}")
+                host = next((h for h in self.hosts_of(person) if h.home_root / person.name == home), None)
+                if host is not None and person.enabled and rng.random() < 0.25:
+                    # What the person's path unit does on a change of the file: a backup that never
+                    # replaces a newer stored login (checked per home by backups_fresh).
+                    threading.Thread(target=self.run_person, args=(person, host, ["sync", "--backup-only",
+                                     "--user", person.name]), kwargs={"kind": "backup-only"}, daemon=True).start()
 
     def has_backup(self, person: Person) -> bool:
         return self.kv_expires.get(self.kv_path(person.name), 0) > 0
@@ -988,11 +1020,25 @@ class Soak:
         return result is not None and result[3]
 
     def fault_leader_kill(self, down: float) -> bool:
-        if not self.node_fault.acquire(blocking=False):
+        # Waits for a node fault in progress instead of skipping (a 30-minute run once did no leader
+        # kill at all), and kills some live node when no leader is agreed on: counted apart.
+        if not self.node_fault.acquire(timeout=90):
             return False
         try:
-            node = self.majority_leader(30)
-            self.event("FAULT", f"leader_kill node{node.index} for {down} s")
+            node, what = None, "leader"
+            for _ in range(3):
+                try:
+                    node = self.majority_leader(20)
+                    break
+                except RuntimeError as exc:
+                    self.event("fault_note", f"leader_kill: {exc}")
+            if node is None:
+                live = [n for n in self.cluster.nodes if n.alive]
+                if not live:
+                    return False
+                node, what = random.Random(self.params.seed + len(self.events)).choice(live), "other_node"
+            self.node_kills[what] += 1
+            self.event("FAULT", f"leader_kill node{node.index} ({what}) for {down} s")
             self.cluster.kill(node)
             time.sleep(down)
             self.restart_node(node)
@@ -1063,9 +1109,14 @@ class Soak:
             target.fault_lock.release()
 
     def fault_disk_full(self, seconds: float) -> bool:
-        if not self.mounted:
+        if not self.mounted or not self.disk_fault.acquire(blocking=False):
             return False
-        folder = self.mounted[0]
+        try:
+            return self.fill_disk(self.mounted[0], seconds)
+        finally:
+            self.disk_fault.release()
+
+    def fill_disk(self, folder: Path, seconds: float) -> bool:
         filler = folder / "soak-filler"
         self.event("FAULT", f"disk_full {folder.parent.parent.parent.name} for {seconds} s")
         fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -1578,6 +1629,8 @@ class Soak:
                 meta={"managed_by": "claude-auth", "user": victim.name, "host": "nowhere"})["auth"]
             self.remember(minted["client_token"])
             self.scan_output(f"oops: {minted['client_token']}", "the bite")
+            self.keep_traceback("Traceback (most recent call last):\n  File \"reconcile/vault/retry.py\"\n"
+                                "OSError: [Errno 22] Invalid argument\n", "the bite")
             self.check_right_person(client)
             self.check_kv_history(client, final=True)
             self.final_checks()
@@ -1586,7 +1639,7 @@ class Soak:
             caught = {v.invariant for v in self.violations}
             self.quiet["bites"] = {name: name in caught for name in
                                    ("siblings_kept", "backups_restorable", "right_person", "no_orphan_tokens",
-                                    "no_secrets_out")}
+                                    "no_secrets_out", "no_tracebacks")}
         finally:
             self.violations = real
 
@@ -1650,6 +1703,9 @@ class Soak:
             "params": {k: v for k, v in vars(self.params).items()},
             "replay": f"SOAK_SEED={self.params.seed} SOAK_MINUTES={self.params.minutes} make soak",
             "faults": fault_counts,
+            "leader_kills": {"leader": self.node_kills.get("leader", 0),
+                             "other_node": self.node_kills.get("other_node", 0)},
+            "tracebacks": len(self.tracebacks),
             "operations": dict(sorted(self.ops.items())),
             "invariants": invariants,
             "ok": all(entry["ok"] for entry in invariants.values()) and not self.harness_error,
@@ -1682,6 +1738,9 @@ def table(report: dict[str, Any]) -> str:
              "", f"{'fault':<12} {'done':>5} {'skipped':>8}"]
     for kind, counts in report["faults"].items():
         lines.append(f"{kind:<12} {counts['done']:>5} {counts['skipped']:>8}")
+    kills = report.get("leader_kills", {})
+    lines.append(f"leader_kill killed the leader {kills.get('leader', 0)} times, another node "
+                 f"{kills.get('other_node', 0)} times (no leader agreed on)")
     lines += ["", f"{'operation':<34} {'count':>6}"]
     for name, count in report["operations"].items():
         lines.append(f"{name:<34} {count:>6}")
