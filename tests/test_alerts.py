@@ -28,7 +28,7 @@ def test_prometheus_rules_pass_promtool_check() -> None:
     result = subprocess.run([promtool(), "check", "rules", "claude-auth.prometheus.yml"],
                             cwd=ALERTS, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
     assert "FAILED" not in result.stdout + result.stderr  # e.g. promtool's duplicate-rule lint
 
 
@@ -62,6 +62,13 @@ def test_setup_token_rule_unit_tests_can_fail(tmp_path: Path) -> None:
     assert _rule_tests_with(tmp_path, "claude-auth.setup-token.prometheus.test.yml",
                             "< 7 * 86400)\n          and on (instance, user)\n          (claude_auth_user_enabled",
                             "< 3 * 86400)\n          and on (instance, user)\n          (claude_auth_user_enabled") != 0
+
+
+def test_host_token_rule_unit_tests_can_fail(tmp_path: Path) -> None:
+    """Not vacuous: with the threshold at 3 days, ws3's 5 days left must no longer fire."""
+    assert _rule_tests_with(tmp_path, "claude-auth.host-token.prometheus.test.yml",
+                            "expr: claude_auth_host_token_ttl_seconds < 7 * 86400",
+                            "expr: claude_auth_host_token_ttl_seconds < 3 * 86400") != 0
 
 
 def test_prometheus_rule_unit_tests_can_fail(tmp_path: Path) -> None:

@@ -288,3 +288,36 @@ def test_a_host_of_thousands_of_people_can_be_enrolled(openbao: Any) -> None:
     have = vault.read_role(want.role)
     assert have is not None and role_drift(want, have) == []
     assert len(have["allowed_policies"]) == 10_000 and have["disallowed_policies_glob"] == []
+
+
+def test_status_and_the_metrics_show_the_host_token(fleet: World, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Any) -> None:
+    """A dead host token silently turns the hourly run back into warnings: status says so, and the
+    metric the alert reads goes to 0 (absent when the host is not enrolled)."""
+    import json
+
+    world = fleet
+    textfile = tmp_path / "claude-auth.prom"
+
+    def host_samples() -> list[str]:
+        return [line for line in textfile.read_text().splitlines()
+                if line.startswith("claude_auth_host_token_ttl_seconds{")]
+
+    shown = world.run("status", "--prometheus", str(textfile))
+    assert shown.code == Exit.OK and f"Host token of {HOST}: alive, 32.0 days left." in shown.out
+    (sample,) = host_samples()
+    assert sample.startswith(f'claude_auth_host_token_ttl_seconds{{host="{HOST}"}} ')
+    assert 31 * 86400 < float(sample.split()[-1]) <= 32 * 86400
+
+    world.client.auth.token.revoke(world.host_token())
+    dead = hourly(world, monkeypatch, "status", "--prometheus", str(textfile))
+    assert f"Host token of {HOST}: dead; an admin `claude-auth apply` on this host mints a new one." in dead.out
+    assert host_samples() == [f'claude_auth_host_token_ttl_seconds{{host="{HOST}"}} 0']
+    as_json = json.loads(hourly(world, monkeypatch, "status", "--json").out)
+    assert as_json["host_token"] == {"host": HOST, "state": "dead", "ttl_seconds": None, "note": None}
+
+    (world.root / "etc/claude-auth/host-token").unlink()
+    gone = hourly(world, monkeypatch, "status", "--prometheus", str(textfile))
+    assert f"Host token of {HOST}: not enrolled" in gone.out
+    assert host_samples() == []
+    world.texts.append(textfile.read_text())  # searched for every token at teardown (the world fixture)

@@ -123,18 +123,20 @@ def run(args: argparse.Namespace, roster_path: str) -> int:
             print(issue.format(), file=sys.stderr)
         return Exit.ERROR
     try:
-        rows = collect(roster, roster_path, Path(args.root))
+        rows, host = collect(roster, roster_path, Path(args.root))
     except UserDatabaseUnreadable as exc:
         print(f"ERROR: {exc}", file=sys.stderr)  # nothing about any person can be known
         return Exit.ERROR
     if args.prometheus:
         try:
-            write_prometheus(args.prometheus, rows)
+            write_prometheus(args.prometheus, rows, host)
         except OSError as exc:
             print(f"ERROR: cannot write {args.prometheus}: {exc.strerror}", file=sys.stderr)
             return Exit.ERROR
     if args.json:
-        print(json.dumps({"generated_at": int(time.time()), "users": [row.as_json() for row in rows]}, indent=2))
+        print(json.dumps({"generated_at": int(time.time()), "users": [row.as_json() for row in rows],
+                          "host_token": host.as_json()}, indent=2))
     else:
         print(render_table(rows))
+        print(f"\n{host.line()}")
     return Exit.OK

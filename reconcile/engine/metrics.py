@@ -30,7 +30,11 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("claude_auth_login_reauth_deadline_timestamp_seconds",
      "When the person must log in again at the latest: Claude's refreshTokenExpiresAt as their last sync "
      "read it, or the setup token's expiry; absent when unknown."),
+    ("claude_auth_host_token_ttl_seconds",
+     "Seconds left on this host's host token (what the hourly run mints with); 0 when it is dead or its "
+     "file unreadable; absent when the host is not enrolled or Vault could not be asked."),
 )
+HOST_FAMILY = "claude_auth_host_token_ttl_seconds"
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,23 @@ def _sample(name: str, labels: dict[str, str], value: float) -> str:
     return f"{name}{{{rendered}}} {value:.17g}"
 
 
-def render_textfile(rows: list[UserMetrics]) -> str:
+@dataclass(frozen=True)
+class HostMetrics:
+    host: str
+    host_token_ttl: float | None = None
+
+
+def render_textfile(rows: list[UserMetrics], host: HostMetrics | None = None) -> str:
     """Every row gets claude_auth_user_enabled; other unknown values are left out rather
     than written as a fake 0."""
     lines: list[str] = []
     for name, help_text in FAMILIES:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} gauge")
+        if name == HOST_FAMILY:
+            if host is not None and host.host_token_ttl is not None:
+                lines.append(_sample(name, {"host": host.host}, float(host.host_token_ttl)))
+            continue
         for row in sorted(rows, key=lambda r: r.user):
             labels = {"user": row.user}
             if name == "claude_auth_sync_last_result":

@@ -268,10 +268,12 @@ class ApplySession:
         textfile = self.roster.status.prometheus_textfile
         if textfile:
             # The hourly run keeps the node_exporter metrics fresh (roster: status.prometheus_textfile).
+            from reconcile.engine.hoststatus import host_token_status
             from reconcile.engine.status import gather, write_prometheus  # only runs that write them pay
             try:
                 write_prometheus(textfile, gather(self.roster, self.roster_path, self.root, self.vault,
-                                                  admin=self.admin))
+                                                  admin=self.admin),
+                                 host_token_status(self.root, this_host(), self.vault, admin=self.admin))
             except OSError as exc:
                 error("metrics", f"cannot write {textfile}: {exc.strerror}")
         return results

@@ -25,6 +25,7 @@ from reconcile.local.accounts import Account, lookup_accounts
 from reconcile.roster.fleet import this_host
 from reconcile.local.homefs import STATE_DIR, HomeFsError, read_private_tail
 from reconcile.engine.connect import CommandFailed, connect_vault
+from reconcile.engine.hoststatus import HostTokenStatus, host_token_status
 from reconcile.engine.metrics import UserMetrics, render_textfile, write_textfile
 from reconcile.common.model import UserProblem
 from reconcile.roster.values import Roster
@@ -419,16 +420,21 @@ def by_user(rows: list[UserStatus]) -> Mapping[str, UserStatus]:
     return {row.user: row for row in rows}
 
 
-def collect(roster: Roster, roster_path: str, root: Path) -> list[UserStatus]:
-    """Every row, with whatever Vault access there is: any token will do (read-only), and a Vault that
-    cannot be reached only blanks the cells it would fill (the reason goes below the table)."""
+def collect(roster: Roster, roster_path: str, root: Path) -> tuple[list[UserStatus], HostTokenStatus]:
+    """Every row and this host's host token, with whatever Vault access there is: any token will do
+    (read-only), and a Vault that cannot be reached only blanks the cells it would fill (the reason
+    goes below the table)."""
     try:
         vault, no_admin_reason = connect_vault(roster, allow_non_admin=True)  # read-only: any token
     except CommandFailed as exc:
-        return gather(roster, roster_path, root, None, admin=False, vault_note=str(exc))
-    return gather(roster, roster_path, root, vault, admin=no_admin_reason is None)
+        return (gather(roster, roster_path, root, None, admin=False, vault_note=str(exc)),
+                host_token_status(root, this_host(), None, admin=False))
+    admin = no_admin_reason is None
+    return (gather(roster, roster_path, root, vault, admin=admin),
+            host_token_status(root, this_host(), vault, admin=admin))
 
 
-def write_prometheus(path: str, rows: list[UserStatus]) -> None:
-    """The node_exporter textfile for `rows`, written atomically."""
-    write_textfile(Path(path), render_textfile([row.metrics() for row in rows]))
+def write_prometheus(path: str, rows: list[UserStatus], host: HostTokenStatus | None = None) -> None:
+    """The node_exporter textfile for `rows` (and the host token), written atomically."""
+    write_textfile(Path(path), render_textfile([row.metrics() for row in rows],
+                                               host.metrics() if host is not None else None))
