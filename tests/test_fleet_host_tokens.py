@@ -27,7 +27,7 @@ import hvac.exceptions
 import pytest
 
 from tests.support.cluster import RaftCluster
-from tests.support.fleet import REPO, Outcome, Relay, make_hosts, run_all, tool_tokens, write_roster
+from tests.support.fleet import REPO, Outcome, Relay, host_tokens, make_hosts, run_all, tool_tokens, write_roster
 from tests.support.leaks import assert_no_secrets
 
 HOSTS = 10
@@ -78,20 +78,6 @@ def working(cluster: RaftCluster, token: str) -> dict[str, Any] | None:
         return dict(hvac.Client(url=cluster.wait_leader().address, token=token).auth.token.lookup_self()["data"])
     except hvac.exceptions.Forbidden:
         return None
-
-
-def host_tokens(client: hvac.Client, prefix: str) -> dict[str, list[str]]:
-    """host name -> accessors of the live host tokens of this prefix."""
-    found: dict[str, list[str]] = {}
-    for accessor in client.auth.token.list_accessors()["data"]["keys"]:
-        try:
-            data = client.auth.token.lookup_accessor(accessor)["data"]
-        except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
-            continue
-        meta = data.get("meta") or {}
-        if meta.get("kind") == "host" and any(p.startswith(prefix) for p in data.get("policies") or ()):
-            found.setdefault(str(meta.get("host")), []).append(accessor)
-    return found
 
 
 def test_ten_hosts_run_themselves_with_host_tokens_through_a_leader_kill(cluster: RaftCluster,

@@ -55,6 +55,7 @@ import yaml
 from reconcile.sync.credentials import oauth_problem
 from tests.support.cluster import RaftCluster
 from tests.support.faultproxy import FaultProxy
+from tests.support.fleet import tool_tokens as fleet_tool_tokens
 from tests.support.leaks import assert_no_secrets
 from tests.support.messages_api import MessagesApiStandIn, digest
 
@@ -1643,19 +1644,9 @@ class Soak:
         finally:
             self.violations = real
 
-    def tool_tokens(self, client: hvac.Client) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        for accessor in client.auth.token.list_accessors()["data"]["keys"]:
-            try:
-                data = client.auth.token.lookup_accessor(accessor)["data"]
-            except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
-                continue
-            meta = data.get("meta") or {}
-            # People's tokens only: each host's own host token (issue 23, meta kind=host) is in its file.
-            if (meta.get("managed_by") == "claude-auth" and meta.get("kind") != "host"
-                    and any(p.startswith(PREFIX) for p in data.get("policies") or ())):
-                found[accessor] = data
-        return found
+    @staticmethod
+    def tool_tokens(client: hvac.Client) -> dict[str, dict[str, Any]]:
+        return fleet_tool_tokens(client, PREFIX)
 
     def teardown(self) -> None:
         self.stop.set()

@@ -141,8 +141,9 @@ def run_all(hosts: list[Host], *argv: str, timeout: float = 300) -> list[Outcome
         return list(pool.map(lambda pair: pair[0].finish(pair[1], started, timeout), processes))
 
 
-def tool_tokens(client: hvac.Client, prefix: str) -> dict[str, dict[str, Any]]:
-    """accessor -> lookup data of every live token the tool minted under this policy prefix (root client)."""
+def managed_tokens(client: hvac.Client, prefix: str) -> dict[str, dict[str, Any]]:
+    """accessor -> lookup data of every live token the tool minted under this policy prefix (root
+    client): people's tokens and host tokens (meta kind=host, issue 23)."""
     found: dict[str, dict[str, Any]] = {}
     keys = client.auth.token.list_accessors()["data"]["keys"]
     for accessor in keys:
@@ -151,8 +152,23 @@ def tool_tokens(client: hvac.Client, prefix: str) -> dict[str, dict[str, Any]]:
         except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
             continue  # gone, or an accessor a killed leader left without its token (403)
         meta = data.get("meta") or {}
-        if meta.get("managed_by") == "claude-auth" and meta.get("kind") != "host" and any(p.startswith(prefix) for p in data.get("policies") or ()):
+        if meta.get("managed_by") == "claude-auth" and any(p.startswith(prefix) for p in data.get("policies") or ()):
             found[accessor] = data
+    return found
+
+
+def tool_tokens(client: hvac.Client, prefix: str) -> dict[str, dict[str, Any]]:
+    """The people's tokens of managed_tokens: each host's own host token is in its file, not a person's."""
+    return {a: d for a, d in managed_tokens(client, prefix).items() if (d.get("meta") or {}).get("kind") != "host"}
+
+
+def host_tokens(client: hvac.Client, prefix: str) -> dict[str, list[str]]:
+    """host name -> accessors of its live host tokens under this prefix."""
+    found: dict[str, list[str]] = {}
+    for accessor, data in managed_tokens(client, prefix).items():
+        meta = data.get("meta") or {}
+        if meta.get("kind") == "host":
+            found.setdefault(str(meta.get("host")), []).append(accessor)
     return found
 
 
