@@ -144,9 +144,14 @@ def test_the_hourly_run_mints_for_a_new_person_after_one_vault_only_run(
     assert any(line.startswith(f"~ host-role {world.prefix}host.{HOST}") for line in vault_only.lines)
     assert world.token("dave") is None  # nothing local
 
+    from reconcile.vault.client import Vault
+    one_by_one: list[str] = []
+    read_policy = Vault.read_policy
+    monkeypatch.setattr(Vault, "read_policy", lambda self, name: one_by_one.append(name) or read_policy(self, name))
     done = hourly(world, monkeypatch)
     assert done.code == Exit.OK, done.err
     assert "WARN" not in done.err, done.err
+    assert one_by_one == []  # dave's policy was read pipelined (hostmode.grants): a hiring batch waits on no round trip each
     token = world.token("dave")
     assert token is not None
     info = world.lookup(token)

@@ -83,9 +83,15 @@ def grants(host_client: Vault, roster: Roster, desired: DesiredVault, host: str,
         role = host_client.read_role(role_name(roster.vault.policy_prefix.lower(), host))
     except VaultDenied:
         role = None
-    texts: dict[str, str | None] = {}
+    names = sorted(set(wanted.values()))
+    # Pipelined first (a hiring batch is one policy read each); what that did not answer plainly
+    # (a refusal, no such policy, a dropped connection) is read the ordinary way.
+    texts: dict[str, str | None] = {name: text for name, text in zip(names, host_client.read_policies_pipelined(names))
+                                    if text is not None}
     denied: set[str] = set()
-    for policy in sorted(set(wanted.values())):
+    for policy in names:
+        if policy in texts:
+            continue
         try:
             texts[policy] = host_client.read_policy(policy)
         except VaultDenied:  # the host policy lets it read only the policies of its own people
