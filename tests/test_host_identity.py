@@ -326,3 +326,15 @@ def test_status_and_the_metrics_show_the_host_token(fleet: World, monkeypatch: p
     assert f"Host token of {HOST}: not enrolled" in gone.out
     assert host_samples() == []
     world.texts.append(textfile.read_text())  # searched for every token at teardown (the world fixture)
+
+
+def test_a_killed_enrollments_temporary_file_is_removed(fleet: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL between the temporary host-token file's creation and its rename left it (holding a token,
+    revoked by the admin scan) for good (seen in tests/test_crash.py under load); the next run removes it."""
+    world = fleet
+    left = world.root / "etc/claude-auth/.host-token.0123456789ab.tmp"
+    left.write_text("hvs.left-by-a-killed-run\n")
+    left.chmod(0o600)
+    assert hourly(world, monkeypatch).code == Exit.OK
+    assert not left.exists()
+    assert world.host_token() is not None

@@ -309,6 +309,7 @@ class ApplySession:
         targets = [unit_dir / unit.name for unit in self.desired.local.units]
         targets += [unit_dir / name for name in self.observed.local.stray_drop_ins]
         targets.append(statefile.state_path(self.root))
+        targets.append(host_token_path(self.root))  # a killed enrollment's temporary holds a (revoked) token
         atomicfile.remove_stale_temps(targets)
         return held
 
