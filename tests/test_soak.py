@@ -2,9 +2,9 @@
 
 The same harness as `make soak` (tests/soak/harness.py) on a smaller fleet: 6 hosts (two pairs
 sharing /home), 24 people, every fault kind at least once (the schedule's first ten faults are one
-of each), then the quiet cycle and every invariant. Then each of five checks is shown able to fail
+of each), then the quiet cycle and every invariant. Then each of six checks is shown able to fail
 (the bite: a dropped sibling key, a stub backed up, a token in the wrong person's file, a minted
-token nobody references, a printed secret).
+token nobody references, a printed secret, a traceback).
 """
 
 from __future__ import annotations

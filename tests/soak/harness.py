@@ -99,7 +99,7 @@ class Params:
     kv_edit_interval: float = 1.0
     monitor_interval: float = 8.0
     bite: bool = False
-    """After the real checks: break each of five invariants on purpose and show the checks catch it."""
+    """After the real checks: break each of six invariants on purpose and show the checks catch it."""
     disk_full_host: int = -1
     """The host whose state folder (/var/lib/claude-auth) is a small tmpfs (-1: the last host)."""
 
