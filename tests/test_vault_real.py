@@ -99,6 +99,19 @@ def test_fresh_plan_apply_then_nothing(world: World) -> None:
     assert json.loads(second_json.out) == {"changes": [], "results": [], "warnings": [], "errors": []}
 
 
+def test_a_policy_listing_larger_than_16_mib_is_read(world: World) -> None:
+    """Every policy's text comes in one listing: 17 MiB at 10,000 people, which the 16 MiB cap of
+    ordinary answers refused (`make bench`); the listing has a bound of its own (transport.MAX_LISTING_BYTES)."""
+    world.write_roster({"alice": {}})
+    assert world.run("apply").code == Exit.OK
+    filler = "# " + "x" * (1024 * 1024) + "\npath \"secret/data/nobody\" {\n  capabilities = [\"read\"]\n}\n"
+    for index in range(18):  # other tools' policies: 18 MiB of listing
+        world.client.sys.create_or_update_acl_policy(name=f"other-tool-{index}", policy=filler)
+    planned = world.run("plan")
+    assert planned.code == Exit.OK, planned.err
+    assert planned.lines[-1] == "No changes."
+
+
 def test_apply_json_reports_results(world: World) -> None:
     world.write_roster({"alice": {}})
     run = world.run("apply", "--json")

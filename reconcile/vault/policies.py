@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from reconcile.vault.connection import Connection
-from reconcile.vault.transport import is_not_found, is_unsupported, reading
+from reconcile.vault.transport import MAX_LISTING_BYTES, is_not_found, is_unsupported, reading
 
 
 class PolicyOperations(Connection):
@@ -13,7 +13,8 @@ class PolicyOperations(Connection):
     def list_policies_detailed(self) -> dict[str, str] | None:
         """Every ACL policy name and text in one request (OpenBao); None where unsupported (HashiCorp Vault)."""
         what = "list sys/policies/detailed/acl"
-        data = self._call_or_none(what, is_unsupported, self._client.adapter.list, "/v1/sys/policies/detailed/acl")
+        data = self._call_or_none(what, is_unsupported, self._client.adapter.list, "/v1/sys/policies/detailed/acl",
+                                  answer_cap=MAX_LISTING_BYTES)
         if data is None:
             return None
         with reading(what):

@@ -36,8 +36,12 @@ from reconcile.vault.values import (CasConflict, KvMetadata, KvRawSecret, KvSecr
 
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
-"""Above Vault's own 32 MiB request cap would be reachable only by a misbehaving server; real answers
-(even every policy of thousands of users in one list) stay far below."""
+"""Any answer but the policy listing: a person can store up to Vault's own 32 MiB request cap at
+their path, and such a value fails only their row."""
+MAX_LISTING_BYTES = 128 * 1024 * 1024
+"""The policy listing (sys/policies/detailed/acl, admin only: nothing in it is a person's to write)
+holds every policy's text: about 1.7 KiB per person, so 17 MiB at 10,000 people (seen by `make
+bench`, where 16 MiB refused it); this bound is reached at about 75,000."""
 MAX_ANSWER_DEPTH = 64
 """Vault's own envelopes nest 3 deep; what a person stores at their path gets the rest."""
 
@@ -65,10 +69,10 @@ def nesting_depth(raw: bytes) -> int:
     return max(accumulate(memoryview(steps).cast("b")), default=0)
 
 
-def decode_answer(raw: bytes) -> Any:
+def decode_answer(raw: bytes, cap: int = MAX_ANSWER_BYTES) -> Any:
     """Vault's JSON answer, bounded in size and depth; raises Unreadable otherwise."""
-    if len(raw) > MAX_ANSWER_BYTES:
-        raise Unreadable(f"it is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
+    if len(raw) > cap:
+        raise Unreadable(f"it is larger than {cap // (1024 * 1024)} MiB")
     # Fewer brackets than the cap cannot nest deeper than it: most answers skip the scan.
     if raw.count(b"[") + raw.count(b"{") > MAX_ANSWER_DEPTH and nesting_depth(raw) > MAX_ANSWER_DEPTH:
         raise Unreadable(f"it nests deeper than {MAX_ANSWER_DEPTH} levels")
@@ -93,7 +97,8 @@ class BoundedAdapter(hvac.adapters.RawAdapter):  # type: ignore[misc]  # hvac ha
         return response["auth"]["client_token"]
 
     def request(self, method: str, url: str, headers: Any = None, raise_exception: bool = True,
-                **kwargs: Any) -> Any:
+                answer_cap: int = MAX_ANSWER_BYTES, **kwargs: Any) -> Any:
+        """`answer_cap`: the most this answer may be (MAX_LISTING_BYTES for the policy listing only)."""
         if self.on_request is not None:
             self.on_request(method, url)
         if self.attempt_timeout is not None:
@@ -101,7 +106,7 @@ class BoundedAdapter(hvac.adapters.RawAdapter):  # type: ignore[misc]  # hvac ha
         kwargs["stream"] = True  # read below, up to the cap
         response = super().request(method, url, headers=headers, raise_exception=False, **kwargs)
         try:
-            read_bounded(response)
+            read_bounded(response, answer_cap)
         finally:
             response.close()
         if 300 <= response.status_code < 400:
@@ -111,18 +116,18 @@ class BoundedAdapter(hvac.adapters.RawAdapter):  # type: ignore[misc]  # hvac ha
                 self._raise_for_error(method, url, response)
             return response
         if response.status_code == 200:
-            return decode_answer(response.content)
+            return decode_answer(response.content, answer_cap)
         return response
 
 
-def read_bounded(response: requests.Response) -> None:
+def read_bounded(response: requests.Response, cap: int = MAX_ANSWER_BYTES) -> None:
     """Read the body into the response (as requests would without `stream`), refusing more than the cap."""
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(64 * 1024):
         size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise Unreadable(f"it is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
+        if size > cap:
+            raise Unreadable(f"it is larger than {cap // (1024 * 1024)} MiB")
         chunks.append(chunk)
     response._content = b"".join(chunks)  # what requests' own `.content` does, bounded
 
