@@ -1611,11 +1611,20 @@ class Soak:
         try:
             members = sorted((p for p in self.people.values() if p.enabled and not p.setup_token and self.hosts_of(p)),
                              key=lambda p: p.name)
-            victim, other = members[0], members[1]
+            # A victim whose other tool wrote the constant sibling key; if nobody's did (a loaded machine
+            # runs fewer KV edits: seen once), write it first as that tool would, so there is one to drop.
+            victim = next((p for p in members if SIBLING_CONSTANT in self.siblings.get(self.kv_path(p.name), {})),
+                          members[0])
+            other = next(p for p in members if p is not victim)
             path = self.kv_path(victim.name)
             read = client.secrets.kv.v2.read_secret_version(path=path, mount_point=KV_MOUNT,
                                                             raise_on_deleted_version=False)
             data = dict(read["data"]["data"])
+            if SIBLING_CONSTANT not in self.siblings.get(path, {}):
+                written = client.secrets.kv.v2.create_or_update_secret(
+                    path=path, secret={**data, SIBLING_CONSTANT: "hunter2-not-secret"}, mount_point=KV_MOUNT)
+                with self.lock:
+                    self.siblings.setdefault(path, {})[SIBLING_CONSTANT] = int(written["data"]["version"])
             data.pop(SIBLING_CONSTANT, None)
             data["claude_ai_oauth_json"] = json.dumps({"accessToken": "", "refreshToken": "", "expiresAt": 0})
             client.secrets.kv.v2.create_or_update_secret(path=path, secret=data, mount_point=KV_MOUNT)
