@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconcile.engine.hostfile import host_token_path
+from reconcile.engine.hostfile import HostTokenFileError, read_host_token
 from reconcile.engine.hostmode import observe_host_token
 from reconcile.engine.metrics import HostMetrics
 from reconcile.vault.client import Vault
@@ -48,10 +48,15 @@ class HostTokenStatus:
 
 
 def host_token_status(root: Path, host: str, vault: Vault | None, *, admin: bool) -> HostTokenStatus:
-    if not host_token_path(root).exists() and not host_token_path(root).is_symlink():
-        return HostTokenStatus(host, NOT_ENROLLED)
+    """The file is read once, through hostfile's checked descriptor (observe_host_token), whether or
+    not Vault can be asked."""
     if vault is None:
-        return HostTokenStatus(host, UNKNOWN, note="Vault not reachable")
+        try:
+            held = read_host_token(root)
+        except HostTokenFileError as exc:
+            return HostTokenStatus(host, UNREADABLE, note=str(exc))
+        return HostTokenStatus(host, NOT_ENROLLED) if held is None else HostTokenStatus(
+            host, UNKNOWN, note="Vault not reachable")
     try:
         observed, _ = observe_host_token(vault, root, admin=admin)
     except VaultError as exc:
